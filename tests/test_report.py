@@ -11,7 +11,7 @@ VIT = dict(image_size=8, channels=1, patch=4, classes=3, d=8, depth=2, heads=2, 
 def test_dense_mlp_and_attention_by_hand():
     tokens, d = 5, 8  # 4 patches + class token
     dense = report.account("vit", VIT, mlp="dense")
-    assert dense.parts["mlp"].mult == 2 * (tokens * d * 4 * d)  # fc and proj, per block
+    assert dense.parts["mlp"].mult == 2 * 2 * (tokens * d * 4 * d)  # 2 blocks x (fc, proj)
     # qkv 3d^2, out proj d^2 per token; q k^T and att v: T^2 d; scale and normalise: 2 T^2 h
     per_block = tokens * 4 * d * d + 2 * tokens * tokens * d + 2 * tokens * tokens * 2
     assert dense.parts["attention"].mult == 2 * per_block
