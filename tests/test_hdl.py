@@ -1,0 +1,222 @@
+"""The HDL generator: Amaranth simulation of the MLP engine against the golden model, the
+summary and the `rtl` command. Small blocks and a few hundred tokens: the Python simulator
+is slow."""
+
+import json
+
+import numpy as np
+import pytest
+
+from quweit_hw import QuweitError, bundle, golden
+from quweit_hw.cli import main
+from quweit_hw.hdl import (ComparatorBank, LUTLayer, MLPEngine, Popcount, Registers, ROMLUTLayer,
+                           estimate_lut4, simulate, write_rtl)
+
+# engines built only to read their properties are never elaborated
+pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+
+
+def tokens(block, count, seed):
+    lo, hi = -(2 ** (block.bits - 1)), 2 ** (block.bits - 1) - 1
+    return np.random.default_rng(seed).integers(lo, hi + 1, size=(count, block.d))
+
+
+def edge_tokens(block, seed=0):
+    """For every kept comparator (f, theta): a token with q_f = theta and one with theta + 1
+    (the other features random), so each comparator is seen on both sides of its edge."""
+    lo, hi = -(2 ** (block.bits - 1)), 2 ** (block.bits - 1) - 1
+    rows = []
+    base = tokens(block, 1, seed)[0]
+    bank = ComparatorBank(block)
+    bank._MustUse__silence = True  # inspected, not built
+    for f, theta in bank.comparators:
+        for v in (theta, theta + 1):
+            if lo <= v <= hi:
+                row = base.copy()
+                row[f] = v
+                rows.append(row)
+                base = np.roll(base, 1)
+    return np.array(rows, np.int64)
+
+
+# (n, hidden, group_size, registers, rom): n = 2..6, one to three layers, every placement
+SHAPES = [
+    (2, (), 3, "all", None),
+    (3, (20,), 4, "ports", None),
+    (4, (24, 16), 2, "layers", None),
+    (5, (16,), 4, Registers(comparators=False, layers=(True, False), popcount_every=1), None),
+    (6, (12, 10), 5, Registers(comparators=True, layers=(False, True, False), popcount_every=1), None),
+    (6, (16,), 4, "all", {0: 5}),  # ROM form, folded 16 / 5 -> 4 clocks per token
+    (4, (12, 12), 4, "ports", {1: 12, 2: 3}),  # two ROM layers, fold 1 and 6
+]
+
+
+@pytest.mark.parametrize("n, hidden, k, registers, rom", SHAPES)
+def test_engine_matches_golden_with_stalls(n, hidden, k, registers, rom):
+    block = bundle.random_block(d=4, thresholds=5, n=n, hidden=hidden, group_size=k, seed=n + len(hidden))
+    engine = MLPEngine(block, registers=registers, rom=rom)
+    q = np.concatenate([edge_tokens(block), tokens(block, 60, seed=1)])
+    got, trace = simulate(engine, q, valid_prob=0.7, ready_prob=0.6, seed=2)
+    np.testing.assert_array_equal(got, golden.counts(block, q))
+    assert len(trace["delivered"]) == len(q)
+    # a ROM engine takes a token every `fold` clocks, never faster
+    assert min(np.diff(trace["accepted"])) >= engine.fold
+
+
+@pytest.mark.parametrize("registers, rom", [("all", None), ("ports", None), ("layers", {0: 3})])
+def test_latency_and_full_throughput(registers, rom):
+    block = bundle.random_block(d=3, thresholds=4, n=4, hidden=(12,), group_size=4, seed=5)
+    engine = MLPEngine(block, registers=registers, rom=rom)
+    q = tokens(block, 40, seed=3)
+    got, trace = simulate(engine, q)  # i.valid and o.ready always high
+    np.testing.assert_array_equal(got, golden.counts(block, q))
+    accepted, delivered = np.array(trace["accepted"]), np.array(trace["delivered"])
+    # one token every `fold` clocks from the first cycle, and each comes out exactly `latency` later
+    np.testing.assert_array_equal(accepted, np.arange(len(q)) * engine.fold)
+    np.testing.assert_array_equal(delivered - accepted, engine.latency)
+    assert engine.tokens_per_cycle == 1 / engine.fold
+
+
+def test_latency_values():
+    block = bundle.random_block(d=2, thresholds=3, n=3, hidden=(8, 8), group_size=16, seed=0)
+    # input register 1 + comparators 1 + 3 layers + popcount (4 levels, every 2 -> 1) + FIFO 2
+    assert MLPEngine(block, registers="all").latency == 1 + 1 + 3 + 1 + 2
+    assert MLPEngine(block, registers="layers").latency == 1 + 1 + 3 + 0 + 2
+    assert MLPEngine(block, registers="ports").latency == 1 + 2
+    rom = MLPEngine(block, registers="ports", rom={1: 3})  # 8 nodes, 3 per clock: fold 3, latency 3 + 2
+    assert (rom.fold, rom.latency) == (3, 1 + 5 + 2)
+
+
+def test_every_kept_threshold_edge():
+    # duplicated thresholds (shared comparators) and both out-of-range ends (constant bits)
+    block = bundle.random_block(d=3, thresholds=6, n=6, hidden=(), group_size=12, seed=7)
+    th = block.thresholds.copy()
+    th[0] = [-129, -129, -5, -5, 0, 127]
+    th[1] = [-128, -1, 3, 3, 3, 126]
+    block = bundle.Block(name="edges", d=3, bits=8, thresholds=th, layers=block.layers, group_size=12)
+    used = block.used_thresholds()
+    bank = ComparatorBank(block)
+    bank._MustUse__silence = True  # inspected, not built
+    kept = {(f, int(th[f, t])) for f in range(3) for t in range(6) if used[f, t]}
+    assert sorted(bank.comparators) == sorted(kept)  # one comparator per distinct used (f, theta)
+    assert bank.constant == sum(1 for _, theta in kept if theta in (-129, 127))
+    q = edge_tokens(block)
+    expected_pairs = sum((-128 <= theta <= 127) + (-128 <= theta + 1 <= 127) for _, theta in kept)
+    assert len(q) == expected_pairs
+    got, _ = simulate(MLPEngine(block, registers="layers"), q, ready_prob=0.5, seed=4)
+    np.testing.assert_array_equal(got, golden.counts(block, q))
+
+
+def test_components_standalone():
+    block = bundle.random_block(d=2, thresholds=4, n=3, hidden=(6,), group_size=3, seed=9)
+    with pytest.raises(ValueError, match=r"reads bits \[0, 9\] of a 4-bit input"):
+        LUTLayer(np.array([[0, 9, 1]]), np.zeros((1, 8), np.uint8), 4)
+    with pytest.raises(ValueError, match="nodes_per_cycle must be a positive int, got 0"):
+        ROMLUTLayer(np.array([[0, 1, 2]]), np.zeros((1, 8), np.uint8), 4, 0)
+    pc = Popcount(groups=3, group_size=16, register_every=1)
+    assert (pc.width, pc.levels, pc.latency) == (5, 4, 3)
+    assert Popcount(groups=1, group_size=1).latency == 0
+    with pytest.raises(ValueError, match="unknown register preset 'fast'"):
+        MLPEngine(block, registers="fast")
+    with pytest.raises(ValueError, match="rom layer index 5 out of range"):
+        MLPEngine(block, rom={5: 2})
+    with pytest.raises(ValueError, match="registers.layers has 1 entries for a block of 2 layers"):
+        MLPEngine(block, registers=Registers(layers=(True,)))
+
+
+def test_lut4_estimate():
+    block = bundle.random_block(d=2, thresholds=4, n=6, hidden=(10,), group_size=4, seed=1)
+    engine = MLPEngine(block)
+    est = estimate_lut4(engine)
+    kept = len(engine.comparator_bank.comparators) - engine.comparator_bank.constant
+    assert est["lut_layers"] == (10 + 8) * 4  # six-input node: 4 LUT4
+    assert est["comparators"] == kept * 9
+    assert est["popcount"] == 2 * (2 + 2 + 3)  # k=4: two 1+1 adders (2 bits each), one 2+2 adder (3 bits)
+    assert est["total"] == est["lut_layers"] + est["comparators"] + est["popcount"]
+
+
+def test_write_rtl_and_summary(tmp_path):
+    block = bundle.random_block(d=2, thresholds=4, n=4, hidden=(8,), group_size=4, seed=3)
+    path = bundle.write_bundle(tmp_path / "b", [block, block])
+    summary = write_rtl(path, tmp_path / "out", block_index=1, rom={0: 4})
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert files == ["mlp_engine.il", "mlp_engine.v", "summary.json"]
+    on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert [l["lut_nodes"] for l in summary["layers"]] == [8, 8]
+    assert summary["layers"][0]["form"] == "rom" and summary["layers"][0]["fold"] == 2
+    assert summary["tokens_per_cycle"] == 0.5 and "1/2" in summary["throughput"]
+    assert summary["popcount"]["width"] == 3
+    verilog = (tmp_path / "out" / "mlp_engine.v").read_text()
+    assert "module mlp_engine(" in verilog and "i__payload" in verilog and "o__ready" in verilog
+    assert "mlp_engine.layer1" in verilog  # readable submodule names
+    with pytest.raises(QuweitError, match="exists"):
+        write_rtl(path, tmp_path / "out")
+    write_rtl(block, tmp_path / "out", force=True)
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["layers"][0]["form"] == "fabric"
+
+
+def test_cli_rtl_and_bad_input(tmp_path, capsys):
+    block = bundle.random_block(d=2, thresholds=4, n=3, hidden=(), group_size=4, seed=3)
+    good = bundle.write_bundle(tmp_path / "good", [block])
+    assert main(["rtl", str(good), "-o", str(tmp_path / "hw" / "x")]) == 0
+    assert "latency" in capsys.readouterr().out
+
+    def fails(argv, pattern, out):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and pattern in err, err
+        assert not out.exists() and not any(p.name.startswith(f".{out.name}") for p in out.parent.glob(".*"))
+
+    fails(["rtl", str(good), "--block", "3", "-o", str(tmp_path / "hw" / "y")], "block index 3 out of range",
+          tmp_path / "hw" / "y")
+    wide = bundle.random_block(d=1, thresholds=16, n=9, hidden=(), group_size=2, seed=0)
+    path = bundle.write_bundle(tmp_path / "wide", [wide])
+    fails(["rtl", str(path), "-o", str(tmp_path / "hw" / "z")], "fan-in n=9", tmp_path / "hw" / "z")
+    corrupt = bundle.write_bundle(tmp_path / "corrupt", [block])
+    (corrupt / "block0" / "layer0_table.npy").write_bytes(b"garbage")
+    fails(["rtl", str(corrupt), "-o", str(tmp_path / "hw" / "w")], "corrupt", tmp_path / "hw" / "w")
+    fails(["rtl", str(good), "--rom", "4:2", "-o", str(tmp_path / "hw" / "v")], "rom layer index 4",
+          tmp_path / "hw" / "v")
+    assert main(["rtl", str(good), "-o", str(tmp_path / "hw" / "x")]) == 2  # exists, no --force
+    assert "--force" in capsys.readouterr().err
+
+
+def reference_tokens(block, limit=48):
+    """Real activations of the reference model's LUT-MLP block (the q its torch eval feeds the
+    block on test inputs) when the checkpoint and data are there, else None."""
+    ckpt = bundle.REFERENCE / "checkpoint.pt"
+    if not ckpt.exists():
+        return None
+    from quweit_hw.backend import GoldenBackend, attach, detach
+    from quweit_hw.train import evaluate, load_checkpoint
+
+    model, meta = load_checkpoint(ckpt)
+    seen = []
+
+    class Recorder(GoldenBackend):
+        def counts(self, index, q):
+            if index == 0:
+                seen.append(np.asarray(q))
+            return super().counts(index, q)
+
+    attach(model, Recorder(bundle.load_bundle(bundle.REFERENCE)))
+    try:
+        evaluate(model, meta, "test", 4, 4, False)
+    finally:
+        detach(model)
+    q = np.concatenate(seen)
+    return q[np.random.default_rng(0).permutation(len(q))[:limit]]
+
+
+def test_reference_bundle():
+    # The shipped bundle must exist (a skipped gate is never a pass).
+    assert (bundle.REFERENCE / "manifest.json").exists(), f"reference bundle missing at {bundle.REFERENCE}"
+    ref = bundle.load_bundle(bundle.REFERENCE)
+    block = ref.blocks[0]
+    engine = MLPEngine(block)
+    real = reference_tokens(block)
+    parts = [edge_tokens(block)] + ([real] if real is not None else [tokens(block, 32, seed=8)])
+    q = np.concatenate(parts)
+    got, _ = simulate(engine, q, valid_prob=0.8, ready_prob=0.7, seed=1)
+    np.testing.assert_array_equal(got, golden.counts(block, q))
