@@ -1,0 +1,458 @@
+"""Board top: the bundle's MLP engines behind a framed UART link (docs/uart-protocol.md), for the ULX3S.
+
+`LinkCore` is the whole design minus the pins: UART receiver and transmitter, the
+frame decoder (CRC, length and block checks, an inter-byte timeout), a payload
+buffer that commits a frame only once its CRC checks, the feeder that turns
+committed bytes into tokens for the engine the frame selects, and the reply
+encoder that streams counts out as the engine produces them. Every frame gets
+exactly one reply, in frame order. `BoardTop` adds the PLL, the reset button,
+the FT231X UART pins and the LEDs for an `amaranth_boards` platform.
+"""
+
+from amaranth import Array, C, Cat, ClockDomain, ClockSignal, Const, Elaboratable, Instance, Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.cdc import FFSynchronizer, ResetSynchronizer
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from . import host
+from .host import BoardInfo
+
+LEDS = 8
+
+
+def uart_divisor(clock_hz, baud):
+    """Clock cycles per UART bit; ValueError when the rate error would exceed 2 %."""
+    divisor = round(clock_hz / baud)
+    if divisor < 4 or abs(clock_hz / divisor - baud) / baud > 0.02:
+        raise ValueError(f"baud rate {baud!r} is not reachable from a {clock_hz / 1e6:g} MHz clock "
+                         f"(divisor {clock_hz / baud:.2f})")
+    return divisor
+
+
+class UARTRx(wiring.Component):
+    """8N1 receiver. `o.valid` pulses one cycle per byte whose stop bit is high (no backpressure);
+    `frame_error` pulses when the stop bit is low."""
+
+    rx: In(1, init=1)
+    o: Out(stream.Signature(8))
+    frame_error: Out(1)
+
+    def __init__(self, divisor):
+        if not isinstance(divisor, int) or divisor < 4:
+            raise ValueError(f"UART divisor must be an int >= 4, got {divisor!r}")
+        self.divisor = divisor
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        rx = Signal(init=1)
+        m.submodules.rx_sync = FFSynchronizer(self.rx, rx, init=1)
+        timer = Signal(range(self.divisor))
+        bit = Signal(range(8))
+        shreg = Signal(8)
+        m.d.comb += self.o.payload.eq(shreg)
+        with m.If(timer != 0):
+            m.d.sync += timer.eq(timer - 1)
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(~rx):
+                    m.d.sync += timer.eq(self.divisor // 2 - 1)  # to the middle of the start bit
+                    m.next = "START"
+            with m.State("START"):
+                with m.If(timer == 0):
+                    m.d.sync += [timer.eq(self.divisor - 1), bit.eq(0)]
+                    m.next = "DATA"
+                    with m.If(rx):  # a glitch, not a start bit
+                        m.next = "IDLE"
+            with m.State("DATA"):
+                with m.If(timer == 0):
+                    m.d.sync += [shreg.eq(Cat(shreg[1:], rx)), timer.eq(self.divisor - 1), bit.eq(bit + 1)]
+                    with m.If(bit == 7):
+                        m.next = "STOP"
+            with m.State("STOP"):
+                with m.If(timer == 0):
+                    m.d.comb += [self.o.valid.eq(rx), self.frame_error.eq(~rx)]
+                    m.next = "IDLE"
+        return m
+
+
+class UARTTx(wiring.Component):
+    """8N1 transmitter: takes a byte from `i` whenever idle; `tx` is registered."""
+
+    i: In(stream.Signature(8))
+    tx: Out(1, init=1)
+
+    def __init__(self, divisor):
+        if not isinstance(divisor, int) or divisor < 4:
+            raise ValueError(f"UART divisor must be an int >= 4, got {divisor!r}")
+        self.divisor = divisor
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        timer = Signal(range(self.divisor))
+        left = Signal(range(11))
+        shreg = Signal(10)
+        with m.If(timer != 0):
+            m.d.sync += timer.eq(timer - 1)
+        with m.Elif(left != 0):
+            m.d.sync += [self.tx.eq(shreg[0]), shreg.eq(shreg >> 1), left.eq(left - 1),
+                         timer.eq(self.divisor - 1)]
+        with m.Else():
+            m.d.comb += self.i.ready.eq(1)
+            with m.If(self.i.valid):
+                m.d.sync += [shreg.eq(Cat(C(0, 1), self.i.payload, C(1, 1))), left.eq(10)]
+        return m
+
+
+def crc16_update(crc, byte):
+    """CRC-16/CCITT-FALSE register after shifting in `byte` MSB first (same as host.crc16)."""
+    for i in reversed(range(8)):
+        feedback = byte[i] ^ crc[15]
+        crc = (crc << 1)[:16] ^ Mux(feedback, 0x1021, 0)
+    return crc
+
+
+class LinkCore(wiring.Component):
+    """The board design without pins: `rx`/`tx` are the UART lines, `leds` the status LEDs.
+
+    engines: [(bundle block index, engine component)], all with the same d, bits <= 8 and
+    count width <= 8. max_tokens: tokens per INFER frame. timeout: cycles of silence that
+    abort a frame in progress. stretch: cycles an activity LED stays lit.
+    """
+
+    rx: In(1, init=1)
+    tx: Out(1)
+    leds: Out(LEDS)
+
+    def __init__(self, engines, *, divisor, max_tokens=32, timeout=1_000_000, stretch=1 << 20, bundle_id=0):
+        if not engines or len(engines) > 16:
+            raise ValueError(f"need 1 to 16 engines, got {len(engines)}")
+        first = engines[0][1]
+        self.d, self.bits, self.count_width = first.block.d, first.block.bits, first.block.count_width
+        for index, engine in engines:
+            b = engine.block
+            if (b.d, b.bits, b.count_width) != (self.d, self.bits, self.count_width):
+                raise ValueError(f"block {index} has (d, bits, count width) {(b.d, b.bits, b.count_width)}, "
+                                 f"block {engines[0][0]} {(self.d, self.bits, self.count_width)}")
+        if self.bits > 8 or self.count_width > 8:
+            raise ValueError(f"the link carries one byte per feature and count, got bits={self.bits} "
+                             f"and count width {self.count_width}")
+        if not 1 <= max_tokens * self.d <= 0xFFFF:
+            raise ValueError(f"max_tokens={max_tokens!r} x d={self.d} does not fit the 16-bit length")
+        self.engines = engines
+        self.divisor, self.max_tokens, self.timeout, self.stretch = divisor, max_tokens, timeout, stretch
+        self.info = BoardInfo(host.PROTOCOL_VERSION, self.d, self.bits, self.count_width, max_tokens,
+                              bundle_id, tuple(i for i, _ in engines), tuple(e.latency for _, e in engines))
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        d, bits, cw, n_eng = self.d, self.bits, self.count_width, len(self.engines)
+        engines = [e for _, e in self.engines]
+        for k, e in enumerate(engines):
+            m.submodules[f"engine{k}"] = e
+
+        m.submodules.uart_rx = urx = UARTRx(self.divisor)
+        m.submodules.uart_tx = utx = UARTTx(self.divisor)
+        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx)]
+
+        # payload buffer: a ring of two full frames; wr runs ahead, commit marks accepted
+        # frames, rd is the feeder. Pointers carry one extra bit to tell full from empty.
+        frame_bytes = self.max_tokens * d
+        depth = 1 << (2 * frame_bytes - 1).bit_length()
+        abits = depth.bit_length() - 1
+        m.submodules.buffer = buf = Memory(shape=8, depth=depth, init=[])
+        wr_port, rd_port = buf.write_port(), buf.read_port()
+        wr_ptr, commit_ptr, rd_ptr = (Signal(abits + 1, name=n) for n in ("wr_ptr", "commit_ptr", "rd_ptr"))
+
+        slot_bits = max(1, (n_eng - 1).bit_length())
+        event = data.StructLayout({"kind": 2, "code": 8, "block": 8, "slot": slot_bits, "length": 16})
+        job = data.StructLayout({"slot": slot_bits, "tokens": 16})
+        m.submodules.events = events = SyncFIFOBuffered(width=event.size, depth=4)
+        m.submodules.jobs = jobs = SyncFIFOBuffered(width=job.size, depth=4)
+        ev_in, job_in = Signal(event), Signal(job)
+        m.d.comb += [events.w_data.eq(ev_in), jobs.w_data.eq(job_in)]
+        KIND_RESULT, KIND_INFO, KIND_ERROR = 0, 1, 2
+
+        # ---- frame decoder ----
+        byte, got = urx.o.payload, urx.o.valid
+        crc = Signal(16, init=0xFFFF)
+        crc_next = crc16_update(crc, byte)
+        cmd, blk, length, count = Signal(8), Signal(8), Signal(16), Signal(16)
+        tokens, in_token = Signal(16), Signal(range(d))
+        slot_ok, overflow = Signal(), Signal()
+        silent = Signal(range(self.timeout + 1))
+        error_seen, dropped = Signal(), Signal()
+        slot_of = Signal(slot_bits)
+        with m.Switch(blk):
+            for k, (index, _) in enumerate(self.engines):
+                with m.Case(index):
+                    m.d.comb += [slot_ok.eq(1), slot_of.eq(k)]
+
+        def reply(kind, code=0):
+            """Queue a reply for the frame now ending."""
+            m.d.comb += [ev_in.kind.eq(kind), ev_in.code.eq(code), ev_in.block.eq(blk),
+                         ev_in.slot.eq(slot_of), ev_in.length.eq(length), events.w_en.eq(1)]
+            with m.If(~events.w_rdy):
+                m.d.sync += dropped.eq(1)
+
+        def error(code):
+            reply(KIND_ERROR, code)
+            m.d.sync += [wr_ptr.eq(commit_ptr), error_seen.eq(1)]
+
+        with m.If(got):
+            m.d.sync += [silent.eq(0), crc.eq(crc_next)]
+        with m.Elif(silent != self.timeout):
+            m.d.sync += silent.eq(silent + 1)
+
+        def timed_out():
+            """Abort a frame whose bytes stopped (checked in every state but HUNT)."""
+            with m.If(~got & (silent == self.timeout)):
+                error(host.ERR_TIMEOUT)
+                m.next = "HUNT"
+
+        with m.FSM(name="decoder"):
+            with m.State("HUNT"):
+                m.d.sync += crc.eq(0xFFFF)
+                with m.If(got & (byte == host.SOF_REQUEST)):
+                    m.d.sync += [count.eq(0), tokens.eq(0), in_token.eq(0), overflow.eq(0)]
+                    m.next = "CMD"
+            for state, target, nxt in (("CMD", cmd, "BLOCK"), ("BLOCK", blk, "LEN0")):
+                with m.State(state):
+                    timed_out()
+                    with m.If(got):
+                        m.d.sync += target.eq(byte)
+                        m.next = nxt
+            with m.State("LEN0"):
+                timed_out()
+                with m.If(got):
+                    m.d.sync += length[:8].eq(byte)
+                    m.next = "LEN1"
+            with m.State("LEN1"):
+                timed_out()
+                full = Cat(length[:8], byte)
+                with m.If(got):
+                    m.d.sync += length[8:].eq(byte)
+                    with m.If(cmd == host.CMD_INFER):
+                        with m.If((full == 0) | (full > frame_bytes)):
+                            error(host.ERR_LENGTH)
+                            m.next = "HUNT"
+                        with m.Elif(~slot_ok):
+                            error(host.ERR_BLOCK)
+                            m.next = "HUNT"
+                        with m.Else():
+                            m.next = "PAYLOAD"
+                    with m.Elif(cmd == host.CMD_INFO):
+                        m.next = "CRC0"
+                        with m.If(full != 0):
+                            error(host.ERR_LENGTH)
+                            m.next = "HUNT"
+                    with m.Else():
+                        error(host.ERR_COMMAND)
+                        m.next = "HUNT"
+            with m.State("PAYLOAD"):
+                timed_out()
+                with m.If(got):
+                    with m.If((wr_ptr - rd_ptr)[:abits + 1] == depth):
+                        m.d.sync += overflow.eq(1)
+                    with m.Else():
+                        m.d.comb += [wr_port.addr.eq(wr_ptr[:abits]), wr_port.data.eq(byte), wr_port.en.eq(1)]
+                        m.d.sync += wr_ptr.eq(wr_ptr + 1)
+                    m.d.sync += [count.eq(count + 1), in_token.eq(Mux(in_token == d - 1, 0, in_token + 1))]
+                    with m.If(in_token == d - 1):
+                        m.d.sync += tokens.eq(tokens + 1)
+                    with m.If(count + 1 == length):
+                        m.next = "CRC0"
+            with m.State("CRC0"):
+                timed_out()
+                with m.If(got):
+                    m.next = "CRC1"
+            with m.State("CRC1"):
+                timed_out()
+                with m.If(got):
+                    m.next = "HUNT"
+                    with m.If(crc_next != 0):
+                        error(host.ERR_CRC)
+                    with m.Elif(cmd == host.CMD_INFO):
+                        reply(KIND_INFO)
+                    with m.Elif(overflow):
+                        error(host.ERR_OVERFLOW)
+                    with m.Elif(in_token != 0):
+                        error(host.ERR_LENGTH)
+                    with m.Elif(~events.w_rdy | ~jobs.w_rdy):
+                        m.d.sync += [wr_ptr.eq(commit_ptr), dropped.eq(1)]
+                    with m.Else():
+                        reply(KIND_RESULT)
+                        m.d.comb += [job_in.slot.eq(slot_of), job_in.tokens.eq(tokens), jobs.w_en.eq(1)]
+                        m.d.sync += [commit_ptr.eq(wr_ptr), error_seen.eq(0)]
+
+        # ---- feeder: committed bytes -> tokens -> the selected engine ----
+        job_out = data.View(job, jobs.r_data)
+        f_slot, f_left, f_byte = Signal(slot_bits), Signal(16), Signal(range(d))
+        token = Signal(d * bits)
+        m.d.comb += rd_port.addr.eq(rd_ptr[:abits])
+        for k, e in enumerate(engines):
+            m.d.comb += e.i.payload.eq(token)
+        ready = Array(e.i.ready for e in engines)[f_slot]
+        with m.FSM(name="feeder") as feeder:
+            with m.State("IDLE"):
+                with m.If(jobs.r_rdy):
+                    m.d.comb += jobs.r_en.eq(1)
+                    m.d.sync += [f_slot.eq(job_out.slot), f_left.eq(job_out.tokens), f_byte.eq(0)]
+                    m.next = "READ"
+            with m.State("READ"):  # the read port answers one cycle later
+                m.next = "LATCH"
+            with m.State("LATCH"):
+                m.d.sync += [token.eq(Cat(token[bits:], rd_port.data[:bits])), rd_ptr.eq(rd_ptr + 1)]
+                m.d.sync += f_byte.eq(Mux(f_byte == d - 1, 0, f_byte + 1))
+                m.next = "READ"
+                with m.If(f_byte == d - 1):
+                    m.next = "PUSH"
+            with m.State("PUSH"):
+                for k, e in enumerate(engines):
+                    m.d.comb += e.i.valid.eq(f_slot == k)
+                with m.If(ready):
+                    m.d.sync += f_left.eq(f_left - 1)
+                    m.next = "READ"
+                    with m.If(f_left == 1):
+                        m.next = "IDLE"
+
+        # ---- reply encoder: events in order; RESULT payload streams from the engine ----
+        ev = Signal(event)
+        tx_byte, tx_valid, tx_crc_on = Signal(8), Signal(), Signal()
+        e_crc, e_left, e_have = Signal(16, init=0xFFFF), Signal(16), Signal(range(d + 1))
+        counts = Signal(d * cw)
+        info_rom = Array(Const(b, 8) for b in self.info.encode())
+        info_len = len(self.info.encode())
+        out_payload = Array(e.o.payload.as_value() for e in engines)[ev.slot]
+        out_valid = Array(e.o.valid for e in engines)[ev.slot]
+        m.d.comb += [utx.i.payload.eq(tx_byte), utx.i.valid.eq(tx_valid)]
+        sent = tx_valid & utx.i.ready
+        with m.If(sent & tx_crc_on):
+            m.d.sync += e_crc.eq(crc16_update(e_crc, tx_byte))
+        reply_len = Mux(ev.kind == KIND_RESULT, ev.length, Mux(ev.kind == KIND_INFO, info_len, 1))
+        reply_kind = Array([C(host.REPLY_RESULT, 8), C(host.REPLY_INFO, 8), C(host.REPLY_ERROR, 8),
+                            C(host.REPLY_ERROR, 8)])[ev.kind]
+        with m.FSM(name="encoder") as encoder:
+            with m.State("IDLE"):
+                with m.If(events.r_rdy):
+                    m.d.comb += events.r_en.eq(1)
+                    m.d.sync += [ev.eq(events.r_data), e_crc.eq(0xFFFF), e_have.eq(0)]
+                    m.next = "SOF"
+            header = [("SOF", C(host.SOF_REPLY, 8), False, "KIND"), ("KIND", reply_kind, True, "BLOCK"),
+                      ("BLOCK", ev.block, True, "LEN0"), ("LEN0", reply_len[:8], True, "LEN1")]
+            for state, value, crc_on, nxt in header:
+                with m.State(state):
+                    m.d.comb += [tx_byte.eq(value), tx_valid.eq(1), tx_crc_on.eq(crc_on)]
+                    with m.If(sent):
+                        m.next = nxt
+            with m.State("LEN1"):
+                m.d.comb += [tx_byte.eq(reply_len[8:]), tx_valid.eq(1), tx_crc_on.eq(1)]
+                with m.If(sent):
+                    m.d.sync += e_left.eq(reply_len)
+                    m.next = "PAYLOAD"
+            with m.State("PAYLOAD"):
+                m.d.comb += tx_crc_on.eq(1)
+                with m.If(ev.kind == KIND_RESULT):
+                    with m.If(e_have == 0):
+                        for k, e in enumerate(engines):
+                            m.d.comb += e.o.ready.eq(ev.slot == k)
+                        with m.If(out_valid):
+                            m.d.sync += [counts.eq(out_payload), e_have.eq(d)]
+                    with m.Else():
+                        m.d.comb += [tx_byte.eq(counts[:cw]), tx_valid.eq(1)]
+                        with m.If(sent):
+                            m.d.sync += [counts.eq(counts >> cw), e_have.eq(e_have - 1)]
+                with m.Elif(ev.kind == KIND_INFO):
+                    m.d.comb += [tx_byte.eq(info_rom[info_len - e_left]), tx_valid.eq(1)]
+                with m.Else():
+                    m.d.comb += [tx_byte.eq(ev.code), tx_valid.eq(1)]
+                with m.If(sent):
+                    m.d.sync += e_left.eq(e_left - 1)
+                    with m.If(e_left == 1):
+                        m.next = "CRC0"
+            with m.State("CRC0"):
+                m.d.comb += [tx_byte.eq(e_crc[8:]), tx_valid.eq(1)]
+                with m.If(sent):
+                    m.next = "CRC1"
+            with m.State("CRC1"):
+                m.d.comb += [tx_byte.eq(e_crc[:8]), tx_valid.eq(1)]
+                with m.If(sent):
+                    m.next = "IDLE"
+
+        # ---- LEDs: 0 heartbeat, 1 rx activity, 2 tx activity, 3 last frame refused,
+        # 4 engine work pending, 5 a reply was dropped (sticky until reset) ----
+        heartbeat = Signal(range(self.stretch * 8))
+        rx_led, tx_led = Signal(range(self.stretch + 1)), Signal(range(self.stretch + 1))
+        m.d.sync += heartbeat.eq(heartbeat + 1)
+        for led, pulse in ((rx_led, got), (tx_led, sent)):
+            with m.If(pulse):
+                m.d.sync += led.eq(self.stretch)
+            with m.Elif(led != 0):
+                m.d.sync += led.eq(led - 1)
+        m.d.comb += self.leds.eq(Cat(heartbeat[-1], rx_led != 0, tx_led != 0, error_seen,
+                                     ~feeder.ongoing("IDLE") | ~encoder.ongoing("IDLE"), dropped))
+        return m
+
+
+def pll_params(clock_in_hz, clock_hz):
+    """EHXPLLL dividers (CLKI_DIV, CLKFB_DIV, CLKOP_DIV) giving exactly `clock_hz` from `clock_in_hz`
+    with the VCO in 400-800 MHz (closest to 600); ValueError when none does."""
+    best = None
+    for clki in range(1, 129):
+        for fb in range(1, 81):
+            out = clock_in_hz * fb / clki
+            if out != clock_hz or not 3.125e6 <= clock_in_hz / clki <= 400e6:
+                continue
+            for op in range(1, 129):
+                vco = out * op
+                if 400e6 <= vco <= 800e6 and (best is None or abs(vco - 600e6) < abs(best[3] - 600e6)):
+                    best = (clki, fb, op, vco)
+    if best is None:
+        raise ValueError(f"no ECP5 PLL setting makes {clock_hz / 1e6:g} MHz from {clock_in_hz / 1e6:g} MHz")
+    return best[:3]
+
+
+class BoardTop(Elaboratable):
+    """A `LinkCore` on an amaranth_boards ULX3S platform: PLL to `clock_hz`, reset on
+    `reset_button`, UART on the FT231X pins, LEDs 0-7."""
+
+    def __init__(self, core, *, clock_hz, reset_button="button_fire"):
+        self.core, self.clock_hz, self.reset_button = core, clock_hz, reset_button
+
+    def elaborate(self, platform):
+        m = Module()
+        clk_in = platform.request(platform.default_clk).i
+        clock_in_hz = platform.default_clk_frequency
+        m.domains.sync = ClockDomain("sync")
+        locked = Signal(init=1)
+        if self.clock_hz == clock_in_hz:
+            m.d.comb += ClockSignal("sync").eq(clk_in)
+        else:
+            clki, fb, op = pll_params(clock_in_hz, self.clock_hz)
+            clk_out = Signal()
+            m.submodules.pll = Instance(
+                "EHXPLLL",
+                a_FREQUENCY_PIN_CLKI=f"{clock_in_hz / 1e6:g}", a_FREQUENCY_PIN_CLKOP=f"{self.clock_hz / 1e6:g}",
+                a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1", a_MFG_GMCREF_SEL="2",
+                p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+                p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_CLKOP_ENABLE="ENABLED",
+                p_CLKI_DIV=clki, p_CLKFB_DIV=fb, p_CLKOP_DIV=op, p_CLKOP_CPHASE=op // 2, p_CLKOP_FPHASE=0,
+                p_FEEDBK_PATH="CLKOP",
+                i_RST=0, i_STDBY=0, i_CLKI=clk_in, o_CLKOP=clk_out, i_CLKFB=clk_out, i_PHASESEL0=0,
+                i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1, i_PLLWAKESYNC=0,
+                i_ENCLKOP=0, o_LOCK=locked)
+            m.d.comb += ClockSignal("sync").eq(clk_out)
+            platform.add_clock_constraint(clk_out, self.clock_hz)
+        button = platform.request(self.reset_button, 0).i
+        m.submodules.reset_sync = ResetSynchronizer(button | ~locked, domain="sync")
+
+        m.submodules.core = core = self.core
+        uart = platform.request("uart", 0)
+        m.d.comb += [core.rx.eq(uart.rx.i), uart.tx.o.eq(core.tx)]
+        for i in range(LEDS):
+            m.d.comb += platform.request("led", i).o.eq(core.leds[i])
+        return m
