@@ -142,13 +142,9 @@ class ComparatorBank(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         lo, hi = -(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1
-        for k, (f, theta) in enumerate(self.comparators):
-            if theta < lo:
-                m.d.comb += self.o[k].eq(1)
-            elif theta >= hi:
-                m.d.comb += self.o[k].eq(0)
-            else:
-                m.d.comb += self.o[k].eq(self.q[f] > theta)
+        bits = [Const(1, 1) if theta < lo else Const(0, 1) if theta >= hi else self.q[f] > theta
+                for f, theta in self.comparators]
+        m.d.comb += self.o.eq(_named(Cat(*bits)))
         return m
 
 
@@ -168,9 +164,11 @@ class LUTLayer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         n = self.mapping.shape[1]
-        for j, (row, tab) in enumerate(zip(self.mapping, self.table)):
+        nodes = []
+        for row, tab in zip(self.mapping, self.table):
             address = Cat(*(self.i[int(x)] for x in row))  # column 0 is the LSB
-            m.d.comb += self.o[j].eq(Const(_table_int(tab), 2**n).bit_select(address, 1))
+            nodes.append(Const(_table_int(tab), 2**n).bit_select(address, 1))
+        m.d.comb += self.o.eq(_named(Cat(*nodes)))
         return m
 
 
@@ -236,13 +234,13 @@ class ROMLUTLayer(wiring.Component):
             addresses.append(address_r)
 
         # cycle 2: select each lane's bit into its place in the output register
+        lane_bits = [words[r].bit_select(addresses[r], 1) for r in range(P)]
         with m.If(active_r):
             with m.Switch(phase_r):
                 for p in range(F):
                     with m.Case(p):
-                        for r in range(P):
-                            if p * P + r < out:
-                                m.d.sync += self.o[p * P + r].eq(words[r].bit_select(addresses[r], 1))
+                        width = min(P, out - p * P)
+                        m.d.sync += self.o[p * P:p * P + width].eq(Cat(*lane_bits[:width]))
         m.d.sync += self.o_valid.eq(active_r & (phase_r == F - 1))
         return m
 
@@ -303,6 +301,16 @@ class Popcount(wiring.Component):
             m.d.comb += self.o[g].eq(ts[0][0])
         m.d.comb += self.o_valid.eq(valid)
         return m
+
+
+def _named(value):
+    """`value` through one cell, so that the port it drives keeps its name in the Verilog.
+
+    Amaranth 0.5 turns a port driven by a bare Cat of many cells into one port per
+    bit (`port$123$0`); per-bit assignments keep the name but elaborate in time
+    quadratic in the width. A no-op XOR is one cell and costs nothing after synthesis.
+    """
+    return value ^ 0
 
 
 def _check_layer(mapping, table, in_features):
@@ -630,8 +638,10 @@ def generate(engine):
     """(verilog_text, rtlil_text) of an engine; the top module is named TOP."""
     from amaranth.back import rtlil, verilog
     _ensure_yosys()
-    il = rtlil.convert(engine, name=TOP)
-    v = verilog.convert(engine, name=TOP, emit_src=False)
+    # Elaborate once and let Yosys write the Verilog from that RTLIL (what
+    # amaranth.back.verilog.convert does after elaborating a second time).
+    il = rtlil.convert(engine, name=TOP, emit_src=False)
+    v = verilog._convert_rtlil_text(il)
     return v, il
 
 
