@@ -735,3 +735,36 @@ def run_rtl(args):
           f"{summary['comparators']['kept']} comparators, latency {summary['latency_cycles']} cycles, "
           f"{summary['throughput']}, ~{est} ECP5 LUT4 (estimate), {summary['generation_seconds']} s")
     return 0
+
+
+class RTLBackend:
+    """MLP backend (quweit_hw.backend) that runs each bundle block through its generated Verilog,
+    simulated on Verilator (default) or Icarus by the lean harnesses of quweit_hw.rtlsim.
+    Each block's engine is generated and compiled on first use, in a temporary folder."""
+
+    name = "rtl"
+
+    def __init__(self, bundle, *, sim="verilator", registers="all", workdir=None):
+        from .rtlsim import SIMULATORS
+        if sim not in SIMULATORS:
+            raise QuweitError(f"unknown simulator {sim!r}; expected one of {', '.join(SIMULATORS)}")
+        self.bundle, self.sim, self.registers = bundle, sim, registers
+        self._own = workdir is None
+        self.workdir = Path(tempfile.mkdtemp(prefix="quweit-rtl-")) if workdir is None else Path(workdir)
+        self._engines = {}
+
+    def engine(self, index):
+        from .rtlsim import VerilogEngine
+        if index not in self._engines:
+            block = self.bundle.block(index)
+            out = self.workdir / f"block{index}"
+            write_rtl(block, out / "rtl", registers=self.registers, force=True)
+            self._engines[index] = VerilogEngine(out / "rtl" / f"{TOP}.v", block, out / self.sim, sim=self.sim)
+        return self._engines[index]
+
+    def counts(self, index, q):  # (N, d) int -> (N, d) int64
+        return self.engine(index).counts(q)
+
+    def close(self):
+        if self._own:
+            shutil.rmtree(self.workdir, ignore_errors=True)
