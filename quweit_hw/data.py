@@ -1,0 +1,206 @@
+"""Training data: Fashion-MNIST from Debian's idx files, character text, and LUT-MLP calibration."""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import QuweitError
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
+FORTUNES_DIR = Path("/usr/share/games/fortunes")
+FORTUNES_PACKAGE = "fortunes-min"
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+# Pixel statistics of the Fashion-MNIST training set (of x / 255).
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
+
+
+def read_idx(path) -> np.ndarray:
+    """Read an idx file (optionally gzip-compressed): big-endian header, unsigned byte data."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise QuweitError(f"{str(path)!r} is not an unsigned-byte idx file")
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise QuweitError(f"{str(path)!r} holds {data.size} bytes of data, its header says {shape}")
+    return data.reshape(shape)
+
+
+_FASHION_CACHE: dict = {}
+
+
+def load_fashion_mnist(split: str = "train", root=None):
+    """Return (images, labels): images (N, 1, 28, 28) float32 normalised, labels (N,) int64.
+
+    split is "train" (60000 images) or "test" (10000).
+    """
+    if split not in ("train", "test"):
+        raise QuweitError(f"Fashion-MNIST split must be 'train' or 'test', not {split!r}")
+    root = Path(root) if root is not None else FASHION_MNIST_DIR
+    prefix = "train" if split == "train" else "t10k"
+    key = (str(root), split)
+    if key not in _FASHION_CACHE:
+        paths = [root / f"{prefix}-images-idx3-ubyte.gz", root / f"{prefix}-labels-idx1-ubyte.gz"]
+        for p in paths:
+            if not p.is_file():
+                raise QuweitError(
+                    f"Fashion-MNIST file {str(p)!r} is missing; install the Debian package "
+                    f"{FASHION_MNIST_PACKAGE} (sudo apt-get install {FASHION_MNIST_PACKAGE})"
+                )
+        images, labels = (read_idx(p) for p in paths)
+        if images.ndim != 3 or labels.shape != images.shape[:1]:
+            raise QuweitError(f"Fashion-MNIST {split} files disagree: images {images.shape}, labels {labels.shape}")
+        x = torch.from_numpy(images.astype(np.float32) / 255.0)
+        x = ((x - FASHION_MNIST_MEAN) / FASHION_MNIST_STD).unsqueeze(1)  # (N, 1, 28, 28)
+        _FASHION_CACHE[key] = (x, torch.from_numpy(labels.astype(np.int64)))
+    return _FASHION_CACHE[key]
+
+
+# --- text ------------------------------------------------------------------------------------
+
+
+def text_files(path=None) -> list[Path]:
+    """The files a text path names: a file, or a folder's plain files (fortune's .dat indexes and .u8 links skipped)."""
+    path = Path(path) if path is not None else FORTUNES_DIR
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(
+            p for p in path.iterdir()
+            if p.is_file() and not p.is_symlink() and p.suffix not in (".dat", ".u8")
+        )
+        if files:
+            return files
+    hint = f"; install the Debian package {FORTUNES_PACKAGE}" if path == FORTUNES_DIR else ""
+    raise QuweitError(f"no text found at {str(path)!r}{hint}")
+
+
+def read_text(path=None) -> str:
+    """All text under `path` (default: Debian's fortunes), files joined in name order."""
+    parts = []
+    for f in text_files(path):
+        parts.append(f.read_bytes().decode("utf-8", errors="replace"))
+    text = "".join(parts)
+    if len(text) < 2:
+        raise QuweitError(f"text at {str(path)!r} is too short to train on ({len(text)} characters)")
+    return text
+
+
+@dataclass(frozen=True)
+class CharText:
+    """A character corpus encoded with its vocabulary; the last `val_fraction` is the validation split."""
+
+    vocab: str                  # the characters, sorted; token i is vocab[i]
+    train: torch.Tensor         # (N_train,) int64
+    val: torch.Tensor           # (N_val,) int64
+
+    @classmethod
+    def from_text(cls, text: str, val_fraction: float = 0.1, vocab: str | None = None) -> "CharText":
+        if not 0.0 < val_fraction < 1.0:
+            raise QuweitError(f"val_fraction must be in (0, 1), not {val_fraction!r}")
+        if vocab is None:
+            vocab = "".join(sorted(set(text)))
+        missing = sorted(set(text) - set(vocab))
+        if missing:
+            raise QuweitError(f"text holds characters outside the vocabulary: {''.join(missing[:10])!r}")
+        ids = encode(text, vocab)
+        n_val = max(1, int(len(ids) * val_fraction))
+        return cls(vocab=vocab, train=ids[:-n_val], val=ids[-n_val:])
+
+    def split(self, name: str) -> torch.Tensor:
+        """"train", or "val"/"test" (one held-out split; "test" is an alias of "val")."""
+        if name == "train":
+            return self.train
+        if name in ("val", "test"):
+            return self.val
+        raise QuweitError(f"text split must be 'train', 'val' or 'test', not {name!r}")
+
+
+def encode(text: str, vocab: str) -> torch.Tensor:
+    index = {c: i for i, c in enumerate(vocab)}
+    return torch.tensor([index[c] for c in text], dtype=torch.long)
+
+
+def decode(ids, vocab: str) -> str:
+    return "".join(vocab[int(i)] for i in ids)
+
+
+def random_windows(ids: torch.Tensor, batch_size: int, block_size: int, generator=None):
+    """A batch of random windows: inputs (B, T) and next-character targets (B, T)."""
+    if len(ids) < block_size + 1:
+        raise QuweitError(f"text split of {len(ids)} characters is shorter than block_size + 1 = {block_size + 1}")
+    start = torch.randint(len(ids) - block_size, (batch_size,), generator=generator)  # (B,)
+    offsets = torch.arange(block_size)  # (T,)
+    x = ids[start[:, None] + offsets]  # (B, T)
+    y = ids[start[:, None] + offsets + 1]  # (B, T)
+    return x, y
+
+
+def sequential_windows(ids: torch.Tensor, block_size: int):
+    """Non-overlapping windows covering the split once (evaluation): inputs and targets (N, T)."""
+    n = (len(ids) - 1) // block_size
+    if n < 1:
+        raise QuweitError(f"text split of {len(ids)} characters is shorter than block_size + 1 = {block_size + 1}")
+    x = ids[: n * block_size].view(n, block_size)
+    y = ids[1 : n * block_size + 1].view(n, block_size)
+    return x, y
+
+
+# --- calibration -----------------------------------------------------------------------------
+
+
+class _Captured(Exception):
+    """Raised by a forward pre-hook to stop the forward pass once the block input is captured."""
+
+
+@torch.no_grad()
+def calibrate_lut_mlps(model, batches, progress: bool = False) -> int:
+    """Fit every LUT-MLP block's quantizer and thermometer thresholds on its real input.
+
+    Block by block, in order: run the model on every batch of `batches` (a list of model
+    inputs) until the block is reached, capture the LayerNorm output the block receives
+    (flattened to (N, d)), and call its `calibrate`. Later blocks see the outputs of the
+    blocks calibrated before them, as in inference. Returns the number of tokens per block.
+    """
+    blocks = model.lut_mlps()
+    was_training = model.training
+    model.eval()
+    n = 0
+    try:
+        for name, mlp in blocks:
+            captured = []
+
+            def hook(module, args):
+                captured.append(args[0].detach().reshape(-1, args[0].shape[-1]))
+                raise _Captured
+
+            handle = mlp.register_forward_pre_hook(hook)
+            try:
+                for x in batches:
+                    try:
+                        model(x)
+                    except _Captured:
+                        pass
+            finally:
+                handle.remove()
+            h = torch.cat(captured)  # (N, d)
+            mlp.calibrate(h)
+            n = len(h)
+            if progress:
+                print(f"calibrated {name} on {n} tokens")
+    finally:
+        model.train(was_training)
+    return n

@@ -1,0 +1,154 @@
+"""Training: loss goes down, checkpoints round-trip and resume exactly, bad arguments fail in one line."""
+
+import argparse
+
+import pytest
+import torch
+
+from quweit_hw import QuweitError, cli, data
+from quweit_hw import train as tr
+from quweit_hw.vit import ViT, ViTConfig
+
+TINY_GPT = ["--d", "16", "--depth", "1", "--heads", "2", "--block-size", "8", "--batch-size", "8",
+            "--steps-per-epoch", "6", "--warmup", "2", "--lr", "3e-3", "--no-progress"]
+TINY_LUT = ["--thresholds", "4", "--hidden", "64", "--group-size", "4", "--window", "8", "--calib-batches", "2"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "corpus.txt"
+    path.write_text("the quick brown fox jumps over the lazy dog.\n" * 12)
+    return path
+
+
+def run(argv, capsys=None):
+    rc = cli.main(argv)
+    err = capsys.readouterr().err if capsys is not None else ""
+    return rc, err
+
+
+@pytest.fixture(scope="module")
+def dense_ckpt(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "dense"
+    assert cli.main(["train", "--task", "text", "--text", str(corpus), "--out", str(out), "--epochs", "2",
+                     *TINY_GPT]) == 0
+    return out / "checkpoint.pt"
+
+
+@pytest.mark.parametrize("mlp", ["dense", "lut"])
+def test_a_few_steps_lower_the_loss(mlp):
+    torch.manual_seed(0)
+    lut = None
+    if mlp == "lut":
+        from quweit_hw.nn import LUTMLPConfig
+
+        lut = LUTMLPConfig(d=16, thresholds=4, hidden=(64,), group_size=4, window=8)
+    model = ViT(ViTConfig(image_size=8, patch=4, d=16, depth=1, heads=2, mlp=mlp, lut=lut))
+    # Synthetic, learnable: the label is which quadrant holds the bright patch.
+    y = torch.arange(64) % 4
+    x = torch.randn(64, 1, 8, 8) * 0.1
+    for i, q in enumerate(y.tolist()):
+        x[i, 0, 4 * (q // 2) : 4 * (q // 2) + 4, 4 * (q % 2) : 4 * (q % 2) + 4] += 2.0
+    data.calibrate_lut_mlps(model, [x])
+    args = argparse.Namespace(lr=3e-3, lut_lr=None, weight_decay=0.0)
+    opt = tr.make_optimizer(model, args)
+    for g in opt.param_groups:
+        g["lr"] = args.lr * g["lr_scale"]
+    model.train()
+    losses = []
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_checkpoint_round_trip(dense_ckpt):
+    model, ckpt = tr.load_checkpoint(dense_ckpt)
+    assert ckpt["format"] == "quweit-hw-checkpoint" and ckpt["version"] == 1
+    assert ckpt["task"] == "text" and ckpt["arch"] == "gpt" and ckpt["epoch"] == 2
+    assert ckpt["vocab"] == "\n .abcdefghijklmnopqrstuvwxyz"
+    assert [m["epoch"] for m in ckpt["metrics"]] == [1, 2]
+    assert not model.training
+    result = tr.evaluate(model, ckpt, split="val", progress=False)
+    # The reloaded model reproduces the figures measured at the end of training.
+    assert result["loss"] == pytest.approx(ckpt["metrics"][-1]["val_loss"], rel=1e-6)
+    assert result["bits_per_char"] == pytest.approx(result["loss"] / 0.6931471805599453)
+    x, y = tr.test_inputs(ckpt, "val")
+    assert x.shape[1] == 8 and torch.equal(x[:, 1:], y[:, :-1])
+    assert result["n"] == y.numel() and result["predictions"].shape == y.shape
+
+
+def test_resume_is_exact_and_init_from_builds_a_calibrated_lut_model(corpus, dense_ckpt, tmp_path, monkeypatch):
+    common = ["train", "--task", "text", "--text", str(corpus), "--mlp", "lut", "--init-from", str(dense_ckpt),
+              "--d", "16", *TINY_GPT, *TINY_LUT, "--epochs", "2"]
+    assert cli.main([*common, "--out", str(tmp_path / "straight")]) == 0
+    save = tr.save_checkpoint
+
+    def save_then_interrupt(path, ckpt):  # the run is stopped right after its first checkpoint
+        save(path, ckpt)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "save_checkpoint", save_then_interrupt)
+    assert cli.main([*common, "--out", str(tmp_path / "resumed")]) == 130
+    monkeypatch.setattr(tr, "save_checkpoint", save)
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert cli.main(["train", "--out", str(tmp_path / "resumed"), "--resume", "--no-progress"]) == 0
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    assert a["epoch"] == b["epoch"] == 2
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    model, ckpt = tr.load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    assert [name for name, _ in model.lut_mlps()] == ["blocks.0.mlp"]
+    assert ckpt["config"]["lut"]["hidden"] == (64,)
+    # Calibrated: the thresholds are not all equal (an uncalibrated quantizer has one value).
+    assert len(set(model.blocks[0].mlp.export_arrays()["thresholds"].ravel().tolist())) > 4
+
+
+def test_init_from_copies_every_weight_outside_the_mlps(corpus, dense_ckpt, tmp_path):
+    out = tmp_path / "lut"
+    # lr so small that training cannot move the copied weights measurably
+    assert cli.main(["train", "--task", "text", "--text", str(corpus), "--mlp", "lut", "--init-from", str(dense_ckpt),
+                     *TINY_GPT, *TINY_LUT, "--lr", "1e-12", "--epochs", "1", "--out", str(out)]) == 0
+    dense = torch.load(dense_ckpt, weights_only=True)["state_dict"]
+    lut = torch.load(out / "checkpoint.pt", weights_only=True)["state_dict"]
+    outside = [k for k in lut if ".mlp." not in k]
+    assert sorted(outside) == sorted(k for k in dense if ".mlp." not in k) and len(outside) == 13  # tok, pos, 8 per block, ln_f, tied head
+    for k in outside:
+        torch.testing.assert_close(lut[k], dense[k], rtol=0, atol=1e-9)
+    assert any(".mlp.layers.0.luts" in k for k in lut)
+
+
+def test_bad_arguments_give_one_line_errors(corpus, dense_ckpt, tmp_path, capsys, monkeypatch):
+    def one_line_error(argv, *needles):
+        rc, err = run(argv, capsys)
+        assert rc == 2, err
+        assert err.count("\n") == 1 and err.startswith("quweit-hw train: error:"), err
+        for needle in needles:
+            assert needle in err, err
+
+    one_line_error(["train", "--task", "mnist"], "unknown task 'mnist'")
+    one_line_error(["train", "--task", "text", "--mlp", "sparse"], "'sparse'")
+    one_line_error(["train", "--task", "text", "--text", str(tmp_path / "none")], "no text found")
+    monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path / "no-fashion")
+    one_line_error(["train", "--task", "fashion-mnist", "--out", str(tmp_path / "f")], "dataset-fashion-mnist")
+    # --init-from: another task, another shape, not a checkpoint
+    one_line_error(["train", "--task", "fashion-mnist", "--mlp", "lut", "--init-from", str(dense_ckpt),
+                    "--out", str(tmp_path / "g")], "trained on task 'text'")
+    one_line_error(["train", "--task", "text", "--text", str(corpus), "--mlp", "lut", "--init-from", str(dense_ckpt),
+                    "--d", "32", "--out", str(tmp_path / "h")], "--d 32 differs")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    one_line_error(["train", "--task", "text", "--init-from", str(tmp_path / "junk.pt"),
+                    "--out", str(tmp_path / "i")], "not a torch checkpoint")
+    torch.save({"format": "something-else"}, tmp_path / "other.pt")
+    one_line_error(["train", "--task", "text", "--init-from", str(tmp_path / "other.pt"),
+                    "--out", str(tmp_path / "j")], "not a quweit-hw checkpoint")
+    one_line_error(["train", "--task", "text", "--text", str(corpus), "--thresholds", "8",
+                    "--out", str(tmp_path / "k")], "--thresholds needs --mlp lut")
+    one_line_error(["train", "--task", "text", "--text", str(corpus), "--out", str(dense_ckpt.parent)],
+                   "pass --resume")
+    with pytest.raises(QuweitError, match="not a torch checkpoint"):
+        tr.load_checkpoint(tmp_path / "junk.pt")
