@@ -9,7 +9,7 @@ exactly one reply, in frame order. `BoardTop` adds the PLL, the reset button,
 the FT231X UART pins and the LEDs for an `amaranth_boards` platform.
 """
 
-from amaranth import Array, C, Cat, ClockDomain, ClockSignal, Const, Elaboratable, Instance, Module, Mux, Signal
+from amaranth import Array, C, Cat, ClockDomain, Const, Elaboratable, Instance, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.cdc import FFSynchronizer, ResetSynchronizer
 from amaranth.lib.fifo import SyncFIFOBuffered
@@ -427,13 +427,12 @@ class BoardTop(Elaboratable):
         m = Module()
         clk_in = platform.request(platform.default_clk).i
         clock_in_hz = platform.default_clk_frequency
-        m.domains.sync = ClockDomain("sync")
+        m.domains.sync = cd_sync = ClockDomain("sync")
         locked = Signal(init=1)
         if self.clock_hz == clock_in_hz:
-            m.d.comb += ClockSignal("sync").eq(clk_in)
+            m.d.comb += cd_sync.clk.eq(clk_in)
         else:
             clki, fb, op = pll_params(clock_in_hz, self.clock_hz)
-            clk_out = Signal()
             m.submodules.pll = Instance(
                 "EHXPLLL",
                 a_FREQUENCY_PIN_CLKI=f"{clock_in_hz / 1e6:g}", a_FREQUENCY_PIN_CLKOP=f"{self.clock_hz / 1e6:g}",
@@ -442,11 +441,10 @@ class BoardTop(Elaboratable):
                 p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_CLKOP_ENABLE="ENABLED",
                 p_CLKI_DIV=clki, p_CLKFB_DIV=fb, p_CLKOP_DIV=op, p_CLKOP_CPHASE=op // 2, p_CLKOP_FPHASE=0,
                 p_FEEDBK_PATH="CLKOP",
-                i_RST=0, i_STDBY=0, i_CLKI=clk_in, o_CLKOP=clk_out, i_CLKFB=clk_out, i_PHASESEL0=0,
+                i_RST=0, i_STDBY=0, i_CLKI=clk_in, o_CLKOP=cd_sync.clk, i_CLKFB=cd_sync.clk, i_PHASESEL0=0,
                 i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1, i_PLLWAKESYNC=0,
                 i_ENCLKOP=0, o_LOCK=locked)
-            m.d.comb += ClockSignal("sync").eq(clk_out)
-            platform.add_clock_constraint(clk_out, self.clock_hz)
+            platform.add_clock_constraint(cd_sync.clk, self.clock_hz)
         button = platform.request(self.reset_button, 0).i
         m.submodules.reset_sync = ResetSynchronizer(button | ~locked, domain="sync")
 

