@@ -264,6 +264,20 @@ class _EFDKernel:
         return _walsh_hadamard(f_hat * weight_hat[None], n) / size
 
 
+def _sparse_pair(mapping_flat: Tensor, out: int, n: int, in_rows: int, dtype, spread: bool = True):
+    """The two sparse matrices of a mapping: `address` (out, in) with entries 2**l at
+    (j, mapping[j, l]), so address @ x is every LUT's address; `spread` (in, out*n) with ones at
+    (mapping[c], c), so spread @ rows sums each input's gradient contributions (None unless `spread`)."""
+    dev = mapping_flat.device
+    lut = torch.arange(out, device=dev).repeat_interleave(n)
+    weight = (2.0 ** torch.arange(n, device=dev, dtype=dtype)).repeat(out)
+    pos = torch.arange(out * n, device=dev)
+    return (
+        _csr(lut, mapping_flat, weight, (out, in_rows)),
+        _csr(mapping_flat, pos, torch.ones(out * n, device=dev, dtype=dtype), (in_rows, out * n)) if spread else None,
+    )
+
+
 def _csr(rows: Tensor, cols: Tensor, values: Tensor, shape) -> Tensor:
     """Sparse CSR matrix from COO triplets (duplicates summed). CSR @ dense is the fastest way
     torch offers to gather-and-sum rows on CPU (several times index_add_) and runs on CUDA."""
@@ -286,36 +300,34 @@ class _LUTFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, luts, weights, mapping_flat, kernel, learn):
+    def forward(ctx, x, luts, weights, mapping_flat, kernel, learn, sparse):
         out, n, batch = luts.shape[0], kernel.n, x.shape[1]
         if weights is not None:
             mapping_flat = (learn[1] + weights.argmax(0)) % x.shape[0]
         # addr[j] = sum_l x[mapping[j, l]] << l as one sparse (out, in) @ (in, B) product with
         # entries 2**l: exact in float (< 2**n <= 2**16) and no (out, n, B) temporary
-        lut = torch.arange(out, device=x.device).repeat_interleave(n)
-        weight = (2.0 ** torch.arange(n, device=x.device, dtype=x.dtype)).repeat(out)
-        addr = (_csr(lut, mapping_flat, weight, (out, x.shape[0])) @ x).long()  # (out, B)
-        ctx.save_for_backward(luts, addr, mapping_flat, x if weights is not None else None, weights)
-        ctx.kernel, ctx.learn, ctx.in_rows = kernel, learn, x.shape[0]
+        if sparse is None:
+            sparse = _sparse_pair(mapping_flat, out, n, x.shape[0], x.dtype, spread=weights is None)
+        addr = (sparse[0] @ x).long()  # (out, B)
+        ctx.save_for_backward(luts, addr, x if weights is not None else None, weights)
+        ctx.kernel, ctx.learn, ctx.spread = kernel, learn, sparse[1]
         return (luts.gather(1, addr) > 0).to(luts.dtype)  # (out, B)
 
     @staticmethod
     def backward(ctx, g):
-        luts, addr, mapping_flat, x, weights = ctx.saved_tensors
+        luts, addr, x, weights = ctx.saved_tensors
         (out, batch), n = addr.shape, ctx.kernel.n
         g = g.contiguous()
         dx = dluts = dw = None
         if ctx.needs_input_grad[1]:
             dluts = torch.zeros_like(luts).scatter_add_(1, addr, g)
         if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[2]):
-            return dx, dluts, dw, None, None, None
+            return dx, dluts, dw, None, None, None, None
         e = ctx.kernel.table(luts)  # (out, n, 2**n)
         gsel = torch.gather(e, 2, addr.unsqueeze(1).expand(out, n, batch)).mul_(g.unsqueeze(1))
         gsel = gsel.view(out * n, batch)
         if weights is None:
-            pos = torch.arange(out * n, device=gsel.device)
-            spread = _csr(mapping_flat, pos, torch.ones_like(pos, dtype=gsel.dtype), (ctx.in_rows, out * n))
-            return spread @ gsel, dluts, None, None, None, None
+            return ctx.spread @ gsel, dluts, None, None, None, None, None
         tau, _, cols, index = ctx.learn
         (nb, span), (w, used), mn = cols.shape, weights.shape, index.shape[2]
         gb = gsel.new_zeros(nb * mn, batch)
@@ -331,7 +343,7 @@ class _LUTFunction(torch.autograd.Function):
             band = soft.new_zeros(nb, span, mn).scatter_(1, index, soft)
             rows = torch.bmm(band, gb).view(nb * span, batch)
             dx = rows.new_zeros(x.shape).index_add_(0, cols.flatten(), rows)
-        return dx, dluts, dw, None, None, None
+        return dx, dluts, dw, None, None, None, None
 
 
 # ----------------------------------------------------------------------------- LUT layer
@@ -385,6 +397,7 @@ class LUTLayer(nn.Module):
             raise ValueError(f"tau must be > 0, got {tau!r}")
         self.tau = float(tau)
         self.check_binary = True
+        self._sparse, self._sparse_key = None, None
         self._kernel = _EFDKernel(self.n, efd, alpha, beta)
         rng = dict(generator=generator)
         nin, nout, w = self.in_features, self.out_features, self.window
@@ -445,8 +458,13 @@ class LUTLayer(nn.Module):
                 self.luts.clamp_(-1, 1)
         if self.mapping_kind == "learnable":
             learn = (self.tau, self.col_start, self.band_cols, self.band_index)
-            return _LUTFunction.apply(x, self.luts, self.weights, None, self._kernel, learn)
-        return _LUTFunction.apply(x, self.luts, None, self.mapping.flatten(), self._kernel, None)
+            return _LUTFunction.apply(x, self.luts, self.weights, None, self._kernel, learn, None)
+        # the sparse matrices of a fixed mapping are built once per (mapping, dtype, device)
+        key = (self.mapping.data_ptr(), self.mapping._version, x.dtype, x.device)
+        if self._sparse_key != key:
+            self._sparse = _sparse_pair(self.mapping.flatten(), self.out_features, self.n, self.in_features, x.dtype)
+            self._sparse_key = key
+        return _LUTFunction.apply(x, self.luts, None, self.mapping.flatten(), self._kernel, None, self._sparse)
 
     def forward(self, x: Tensor) -> Tensor:
         """x (batch, in_features) float 0/1 -> (batch, out_features) float 0/1."""
