@@ -1,0 +1,101 @@
+"""Export and agreement: torch eval counts equal the golden model's for every token, exactly."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from quweit_hw import backend, bundle, cli, golden
+from quweit_hw.export import export_checkpoint, file_sha256, model_blocks
+from quweit_hw.nn import LUTMLPConfig
+from quweit_hw.train import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
+from quweit_hw.vit import ViT, ViTConfig
+from quweit_hw.data import calibrate_lut_mlps
+
+
+def tiny_vit(mlp="lut", mapping="learnable", bit_order="feature", seed=0):
+    torch.manual_seed(seed)
+    lut = LUTMLPConfig(d=8, thresholds=6, n=4, hidden=(48,), group_size=4, mapping=mapping, window=16,
+                       bit_order=bit_order) if mlp == "lut" else None
+    config = ViTConfig(image_size=8, patch=4, classes=3, d=8, depth=2, heads=2, mlp=mlp, lut=lut)
+    model = ViT(config)
+    if mlp == "lut":
+        calibrate_lut_mlps(model, [torch.randn(32, 1, 8, 8)])
+        # a few optimiser steps so that tables and the learnable mapping leave their initial state
+        opt = torch.optim.Adam(model.parameters(), lr=0.05)
+        for _ in range(5):
+            loss = model(torch.randn(16, 1, 8, 8)).logsumexp(-1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def save(model, path):
+    save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "task": "fashion-mnist",
+                           "arch": "vit", "config": dataclasses.asdict(model.config),
+                           "state_dict": model.state_dict(), "metrics": [{"epoch": 1, "test_accuracy": 0.5}]})
+    return path
+
+
+@pytest.mark.parametrize("mapping,bit_order", [("learnable", "feature"), ("local", "threshold"), ("random", "feature")])
+def test_torch_eval_equals_golden_on_every_token(tmp_path, mapping, bit_order):
+    model = tiny_vit(mapping=mapping, bit_order=bit_order)
+    path = export_checkpoint(save(model, tmp_path / "m.pt"), tmp_path / "bundle")
+    b = bundle.load_bundle(path)
+    assert [blk.name for blk in b.blocks] == ["blocks.0.mlp", "blocks.1.mlp"]
+    images = torch.randn(300, 1, 8, 8) * 2  # 300 images x 5 tokens = 1500 tokens per block
+    with torch.no_grad():
+        reference = model(images)
+        agreement = backend.Agreement(2)
+        backend.attach(model, backend.GoldenBackend(b), agreement=agreement)
+        routed = model(images)
+        backend.detach(model)
+    assert agreement.tokens == [1500, 1500] and agreement.exact, str(agreement)
+    assert torch.equal(routed, reference)  # same counts, same affine step: identical logits
+
+
+def test_every_integer_input_agrees(tmp_path):
+    model = tiny_vit()
+    for (name, mlp), block in zip(model.lut_mlps(), model_blocks(model)):
+        # every value of every feature, so every threshold is hit at q = theta and theta + 1
+        q = np.repeat(np.arange(-128, 128)[:, None], block.d, axis=1)
+        q = np.concatenate([q, np.roll(q, 37, axis=0)])
+        with torch.no_grad():
+            c = mlp.counts(torch.from_numpy(q).float()).round().long().numpy()
+        assert np.array_equal(c, golden.counts(block, q)), name
+
+
+def test_manifest_records_source_and_metrics(tmp_path):
+    ckpt = save(tiny_vit(), tmp_path / "m.pt")
+    b = bundle.load_bundle(export_checkpoint(ckpt, tmp_path / "bundle"))
+    assert b.manifest["source_checkpoint"]["sha256"] == file_sha256(ckpt)
+    assert b.manifest["model"]["arch"] == "vit" and b.manifest["model"]["config"]["d"] == 8
+    assert b.manifest["metrics"]["test_accuracy"] == 0.5
+
+
+def test_export_errors_write_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    not_ckpt = tmp_path / "notes.txt"
+    not_ckpt.write_text("hello")
+    assert cli.main(["export", str(not_ckpt), "-o", str(out)]) == 2
+    assert "is not a torch checkpoint" in capsys.readouterr().err
+    dense = save(tiny_vit(mlp="dense"), tmp_path / "dense.pt")
+    assert cli.main(["export", str(dense), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "dense-only checkpoint" in err and err.count("\n") == 1
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["dense.pt", "notes.txt"]
+    lut = save(tiny_vit(), tmp_path / "lut.pt")
+    assert cli.main(["export", str(lut), "-o", str(out)]) == 0
+    assert cli.main(["export", str(lut), "-o", str(out)]) == 2
+    assert "exists (use --force" in capsys.readouterr().err
+    assert cli.main(["export", str(lut), "-o", str(out), "--force"]) == 0
+
+
+def test_eval_refuses_a_bundle_of_another_checkpoint(tmp_path, capsys):
+    a = save(tiny_vit(seed=1), tmp_path / "a.pt")
+    b = save(tiny_vit(seed=2), tmp_path / "b.pt")
+    bundle_b = export_checkpoint(b, tmp_path / "bundle_b")
+    assert cli.main(["eval", str(a), "--mlp-backend", "golden", "--bundle", str(bundle_b)]) == 2
+    assert "was not exported from" in capsys.readouterr().err
