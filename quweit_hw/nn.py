@@ -444,6 +444,12 @@ class LUTLayer(nn.Module):
         self.register_buffer("band_cols", cols.contiguous(), persistent=False)
         self.register_buffer("band_index", index.contiguous(), persistent=False)
 
+    def __getstate__(self):
+        # the cached sparse matrices cannot be copied or pickled; they are rebuilt on demand
+        state = self.__dict__.copy()
+        state["_sparse"] = state["_sparse_key"] = None
+        return state
+
     def mapping_indices(self) -> Tensor:
         """(out_features, n) int64 input indices read now (argmax for learnable); column 0 = address LSB."""
         if self.mapping_kind != "learnable":

@@ -222,6 +222,18 @@ def test_block_forward_is_deterministic_under_a_seed():
     assert outs[0][1].abs().sum() > 0  # the surrogate lets gradient reach h
 
 
+def test_state_dict_round_trip_and_deepcopy():
+    import copy
+
+    a, h = calibrated_block(seed=1, mapping="random", deep_mapping="random")
+    b, _ = calibrated_block(seed=2, mapping="random", deep_mapping="random")
+    ya = a(h)
+    assert not torch.equal(b(h), ya)  # b has built its cached sparse matrices for its own wiring
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(b(h), ya)  # loading new wiring invalidates that cache
+    assert torch.equal(copy.deepcopy(a)(h), ya)
+
+
 def test_calibrated_eval_counts_are_exact_integers():
     block, h = calibrated_block()
     block.eval()
@@ -234,6 +246,26 @@ def test_calibrated_eval_counts_are_exact_integers():
     assert len(c.unique()) > 2
     y = block(h)
     torch.testing.assert_close(y, c * block.affine_a + block.affine_b)
+
+
+def test_block_learns_a_small_regression():
+    """End to end: EFD, the straight-through tables and the affine step together reduce a loss."""
+    torch.manual_seed(0)
+    block = LUTMLP(LUTMLPConfig(d=4, thresholds=8, n=4, hidden=(32,), group_size=8, window=16))
+    h = torch.randn(256, 4)
+    target = torch.tanh(2 * h.flip(1))  # each channel a nonlinear function of another channel
+    block.calibrate(h)
+    opt = torch.optim.Adam(block.parameters(), lr=0.03)
+    losses = []
+    for _ in range(40):
+        loss = (block(h) - target).square().mean()
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < 0.4 * losses[0]
+    block(h)  # the clamp to [-1, 1] happens at the start of each training forward
+    assert all(layer.luts.abs().max() <= 1 for layer in block.layers)
 
 
 def numpy_counts(arrays, q):
