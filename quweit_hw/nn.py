@@ -1,10 +1,14 @@
 """DWN building blocks in plain torch: thermometer, LUT layers with EFD backward, group sum, LUT-MLP block.
 
-Layout note: inside the LUT path, activations travel as *rows*: a (features, batch) tensor.
-Selecting a LUT's inputs is then a copy of whole rows (`index_select(0, ...)`) and the EFD
-input gradient a row-wise `index_add_`, both contiguous and cheap on CPU and CUDA alike. The
-public `forward` methods take and return the usual (batch, features) layout; the transposes
-between chained layers are free views.
+Speed (no Python loop over samples or table entries; CPU and CUDA alike):
+- inside the LUT path activations travel as *rows*, a (features, batch) tensor; the public
+  `forward` methods take and return (batch, features), and between chained layers the
+  transposes are free views;
+- a fixed mapping is two cached sparse CSR matrices: (out, in) with entries 2**l, so one
+  sparse @ dense product gives every LUT's address, and (in, out*n) with ones, which sums the
+  EFD gradient of each input over the LUTs that read it;
+- the EFD gradient is linear in a LUT's table: E = luts @ G^T forms it for every LUT,
+  input bit and address at once (out, n, 2**n), then one gather picks each sample's address.
 """
 
 from __future__ import annotations
