@@ -1,0 +1,114 @@
+"""Benchmark of the RTL flow: bundle block -> Verilog, and simulated tokens per second.
+
+For the reference bundle (block 0) and a synthetic block of 4096 six-input LUTs
+(d=64, T=16, 3072 + 1024 LUTs, local windows of 32), in the fabric form and the ROM
+form: generation time and Verilog size (write_rtl: elaboration, RTLIL, Yosys
+write_verilog), the ECP5 LUT4 estimate, and tokens/s on Amaranth's simulator,
+Icarus and Verilator. Every simulated run is checked against the golden model.
+
+Harnesses (quweit_hw.rtlsim): Verilator and Icarus figures come from the lean
+harnesses (a C++ main for Verilator, a Verilog testbench for Icarus) with i.valid
+and o.ready always high, timed inside the simulation loop (Verilator) or around the
+vvp process (Icarus); the Amaranth figure from quweit_hw.hdl.simulate. Goals
+(issue 5): 4096-LUT block to Verilog < 30 s; Verilator >= 100,000 tokens/s on the
+reference engine.
+
+    .venv/bin/python bench/rtl_flow.py [--quick] [--json FILE]
+"""
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from quweit_hw import bundle, golden
+from quweit_hw.hdl import TOP, MLPEngine, simulate, write_rtl
+from quweit_hw.rtlsim import VerilogEngine
+
+
+def tokens(block, count, seed=0):
+    lo, hi = -(2 ** (block.bits - 1)), 2 ** (block.bits - 1) - 1
+    return np.random.default_rng(seed).integers(lo, hi + 1, size=(count, block.d))
+
+
+def measure(name, block, rom, workdir, counts):
+    row = {"design": name, "lut_nodes": block.lut_nodes, "form": "rom" if rom else "fabric"}
+    out = workdir / name
+    start = time.perf_counter()
+    summary = write_rtl(block, out / "rtl", rom=rom, force=True)
+    row["generate_s"] = time.perf_counter() - start
+    row["verilog_kib"] = summary["verilog_bytes"] / 1024
+    row["lut4_estimate"] = summary["ecp5_lut4_estimate"]["total"]
+    row["latency"] = summary["latency_cycles"]
+    row["tokens_per_cycle"] = summary["tokens_per_cycle"]
+
+    q = tokens(block, counts["amaranth"])
+    engine = MLPEngine(block, rom=rom)
+    start = time.perf_counter()
+    got, _ = simulate(engine, q)
+    row["amaranth_tok_s"] = len(q) / (time.perf_counter() - start)
+    assert (got == golden.counts(block, q)).all(), f"{name}: Amaranth simulation differs from golden"
+
+    verilog = out / "rtl" / f"{TOP}.v"
+    for sim in ("icarus", "verilator"):
+        runner = VerilogEngine(verilog, block, out / sim, sim=sim)
+        if runner.build_seconds is not None:
+            row[f"{sim}_build_s"] = runner.build_seconds
+        q = tokens(block, counts[sim], seed=1)
+        got = runner.counts(q)
+        assert (got == golden.counts(block, q)).all(), f"{name}: {sim} differs from golden"
+        row[f"{sim}_tok_s"] = len(q) / runner.last_run["sim_seconds"]
+    print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+    return row
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer tokens (a smoke run)")
+    parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--workdir", help="keep the generated designs here (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    scale = 0.1 if args.quick else 1.0
+    counts = {"amaranth": max(20, int(200 * scale)), "icarus": max(20, int(200 * scale)),
+              "verilator": max(1000, int(200_000 * scale))}
+
+    designs = []
+    if (bundle.REFERENCE / "manifest.json").exists():
+        ref = bundle.load_bundle(bundle.REFERENCE).blocks[0]
+        designs += [("reference", ref, None),
+                    ("reference-rom64", ref, {i: 64 for i in range(len(ref.layers))})]
+    else:
+        print(f"reference bundle missing at {bundle.REFERENCE}: measuring the synthetic block only", file=sys.stderr)
+    synthetic = bundle.random_block(d=64, thresholds=16, n=6, hidden=(3072,), group_size=16, window=32,
+                                    seed=0, name="synthetic-4096")
+    designs += [("synthetic-4096", synthetic, None)]
+
+    with tempfile.TemporaryDirectory(prefix="rtl-flow-") as tmp:
+        workdir = Path(args.workdir) if args.workdir else Path(tmp)
+        rows = [measure(name, block, rom, workdir, counts) for name, block, rom in designs]
+
+    cols = ["design", "lut_nodes", "form", "generate_s", "verilog_kib", "lut4_estimate", "latency",
+            "tokens_per_cycle", "amaranth_tok_s", "icarus_tok_s", "verilator_build_s", "verilator_tok_s"]
+    print()
+    print(" | ".join(cols))
+    for row in rows:
+        print(" | ".join(f"{row.get(c, ''):.3g}" if isinstance(row.get(c), float) else str(row.get(c, ""))
+                         for c in cols))
+    synth = next(r for r in rows if r["design"] == "synthetic-4096")
+    print(f"\ngoal: 4096-LUT block to Verilog < 30 s: {synth['generate_s']:.1f} s "
+          f"({'met' if synth['generate_s'] < 30 else 'NOT met'})")
+    ref = next((r for r in rows if r["design"] == "reference"), None)
+    if ref:
+        print(f"goal: Verilator >= 100,000 tokens/s on the reference engine (lean C++ harness): "
+              f"{ref['verilator_tok_s']:,.0f} tokens/s ({'met' if ref['verilator_tok_s'] >= 1e5 else 'NOT met'})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
