@@ -173,7 +173,8 @@ class LinkCore(wiring.Component):
         job = data.StructLayout({"slot": slot_bits, "tokens": 16})
         m.submodules.events = events = SyncFIFOBuffered(width=event.size, depth=4)
         m.submodules.jobs = jobs = SyncFIFOBuffered(width=job.size, depth=4)
-        ev_in, job_in = Signal(event), Signal(job)
+        ev_in = Signal(event)
+        job_in = Signal(job)
         m.d.comb += [events.w_data.eq(ev_in), jobs.w_data.eq(job_in)]
         KIND_RESULT, KIND_INFO, KIND_ERROR = 0, 1, 2
 
@@ -181,16 +182,18 @@ class LinkCore(wiring.Component):
         byte, got = urx.o.payload, urx.o.valid
         crc = Signal(16, init=0xFFFF)
         crc_next = crc16_update(crc, byte)
-        cmd, blk, length, count = Signal(8), Signal(8), Signal(16), Signal(16)
-        tokens, in_token = Signal(16), Signal(range(d))
-        slot_ok, overflow = Signal(), Signal()
+        cmd = Signal(8)
+        blk = Signal(8)
+        length = Signal(16)
+        remaining = Signal(16)
+        tokens = Signal(16)
+        in_token = Signal(range(d))
+        slot_ok = Signal()
+        overflow = Signal()
         silent = Signal(range(self.timeout + 1))
-        error_seen, dropped = Signal(), Signal()
+        error_seen = Signal()
+        dropped = Signal()
         slot_of = Signal(slot_bits)
-        with m.Switch(blk):
-            for k, (index, _) in enumerate(self.engines):
-                with m.Case(index):
-                    m.d.comb += [slot_ok.eq(1), slot_of.eq(k)]
 
         def reply(kind, code=0):
             """Queue a reply for the frame now ending."""
@@ -218,14 +221,24 @@ class LinkCore(wiring.Component):
             with m.State("HUNT"):
                 m.d.sync += crc.eq(0xFFFF)
                 with m.If(got & (byte == host.SOF_REQUEST)):
-                    m.d.sync += [count.eq(0), tokens.eq(0), in_token.eq(0), overflow.eq(0)]
+                    m.d.sync += [tokens.eq(0), in_token.eq(0), overflow.eq(0)]
                     m.next = "CMD"
-            for state, target, nxt in (("CMD", cmd, "BLOCK"), ("BLOCK", blk, "LEN0")):
-                with m.State(state):
-                    timed_out()
-                    with m.If(got):
-                        m.d.sync += target.eq(byte)
-                        m.next = nxt
+            with m.State("CMD"):
+                timed_out()
+                with m.If(got):
+                    m.d.sync += cmd.eq(byte)
+                    m.next = "BLOCK"
+            with m.State("BLOCK"):
+                # the engine slot is decoded as the byte arrives (off the timing path; and a
+                # comb decode of a register that never changes stays X in Icarus)
+                timed_out()
+                with m.If(got):
+                    m.d.sync += [blk.eq(byte), slot_ok.eq(0), slot_of.eq(0)]
+                    with m.Switch(byte):
+                        for k, (index, _) in enumerate(self.engines):
+                            with m.Case(index):
+                                m.d.sync += [slot_ok.eq(1), slot_of.eq(k)]
+                    m.next = "LEN0"
             with m.State("LEN0"):
                 timed_out()
                 with m.If(got):
@@ -235,7 +248,7 @@ class LinkCore(wiring.Component):
                 timed_out()
                 full = Cat(length[:8], byte)
                 with m.If(got):
-                    m.d.sync += length[8:].eq(byte)
+                    m.d.sync += [length[8:].eq(byte), remaining.eq(full)]
                     with m.If(cmd == host.CMD_INFER):
                         with m.If((full == 0) | (full > frame_bytes)):
                             error(host.ERR_LENGTH)
@@ -261,10 +274,10 @@ class LinkCore(wiring.Component):
                     with m.Else():
                         m.d.comb += [wr_port.addr.eq(wr_ptr[:abits]), wr_port.data.eq(byte), wr_port.en.eq(1)]
                         m.d.sync += wr_ptr.eq(wr_ptr + 1)
-                    m.d.sync += [count.eq(count + 1), in_token.eq(Mux(in_token == d - 1, 0, in_token + 1))]
+                    m.d.sync += [remaining.eq(remaining - 1), in_token.eq(Mux(in_token == d - 1, 0, in_token + 1))]
                     with m.If(in_token == d - 1):
                         m.d.sync += tokens.eq(tokens + 1)
-                    with m.If(count + 1 == length):
+                    with m.If(remaining == 1):
                         m.next = "CRC0"
             with m.State("CRC0"):
                 timed_out()
@@ -291,7 +304,9 @@ class LinkCore(wiring.Component):
 
         # ---- feeder: committed bytes -> tokens -> the selected engine ----
         job_out = data.View(job, jobs.r_data)
-        f_slot, f_left, f_byte = Signal(slot_bits), Signal(16), Signal(range(d))
+        f_slot = Signal(slot_bits)
+        f_left = Signal(16)
+        f_byte = Signal(range(d))
         token = Signal(d * bits)
         m.d.comb += rd_port.addr.eq(rd_ptr[:abits])
         for k, e in enumerate(engines):
@@ -322,38 +337,50 @@ class LinkCore(wiring.Component):
 
         # ---- reply encoder: events in order; RESULT payload streams from the engine ----
         ev = Signal(event)
-        tx_byte, tx_valid, tx_crc_on = Signal(8), Signal(), Signal()
-        e_crc, e_left, e_have = Signal(16, init=0xFFFF), Signal(16), Signal(range(d + 1))
+        ev_next = data.View(event, events.r_data)
+        tx_byte = Signal(8)
+        tx_valid = Signal()
+        tx_crc_on = Signal()
+        e_crc = Signal(16, init=0xFFFF)
+        e_len = Signal(16)
+        e_left = Signal(16)
+        e_have = Signal(range(d + 1))
         counts = Signal(d * cw)
-        info_rom = Array(Const(b, 8) for b in self.info.encode())
-        info_len = len(self.info.encode())
+        info_bytes = self.info.encode()
+        # the INFO payload leaves through a shift register (a comb ROM indexed by a register
+        # that never changes would stay X in Icarus, which never evaluates it)
+        info = Signal(8 * len(info_bytes))
         out_payload = Array(e.o.payload.as_value() for e in engines)[ev.slot]
         out_valid = Array(e.o.valid for e in engines)[ev.slot]
         m.d.comb += [utx.i.payload.eq(tx_byte), utx.i.valid.eq(tx_valid)]
         sent = tx_valid & utx.i.ready
-        with m.If(sent & tx_crc_on):
-            m.d.sync += e_crc.eq(crc16_update(e_crc, tx_byte))
-        reply_len = Mux(ev.kind == KIND_RESULT, ev.length, Mux(ev.kind == KIND_INFO, info_len, 1))
+        # The CRC takes each sent byte one cycle later (off the byte mux's timing path); the
+        # transmitter is busy for 10 * divisor cycles after a byte, so it is current when read.
+        crc_pending = Signal()
+        crc_byte = Signal(8)
+        m.d.sync += [crc_pending.eq(sent & tx_crc_on), crc_byte.eq(tx_byte)]
+        with m.If(crc_pending):
+            m.d.sync += e_crc.eq(crc16_update(e_crc, crc_byte))
         reply_kind = Array([C(host.REPLY_RESULT, 8), C(host.REPLY_INFO, 8), C(host.REPLY_ERROR, 8),
                             C(host.REPLY_ERROR, 8)])[ev.kind]
         with m.FSM(name="encoder") as encoder:
             with m.State("IDLE"):
                 with m.If(events.r_rdy):
                     m.d.comb += events.r_en.eq(1)
-                    m.d.sync += [ev.eq(events.r_data), e_crc.eq(0xFFFF), e_have.eq(0)]
+                    m.d.sync += [ev.eq(ev_next), e_crc.eq(0xFFFF), e_have.eq(0),
+                                 info.eq(int.from_bytes(info_bytes, "little")),
+                                 e_len.eq(Mux(ev_next.kind == KIND_RESULT, ev_next.length,
+                                              Mux(ev_next.kind == KIND_INFO, len(info_bytes), 1)))]
                     m.next = "SOF"
             header = [("SOF", C(host.SOF_REPLY, 8), False, "KIND"), ("KIND", reply_kind, True, "BLOCK"),
-                      ("BLOCK", ev.block, True, "LEN0"), ("LEN0", reply_len[:8], True, "LEN1")]
+                      ("BLOCK", ev.block, True, "LEN0"), ("LEN0", e_len[:8], True, "LEN1"),
+                      ("LEN1", e_len[8:], True, "PAYLOAD")]
             for state, value, crc_on, nxt in header:
                 with m.State(state):
                     m.d.comb += [tx_byte.eq(value), tx_valid.eq(1), tx_crc_on.eq(crc_on)]
+                    m.d.sync += e_left.eq(e_len)
                     with m.If(sent):
                         m.next = nxt
-            with m.State("LEN1"):
-                m.d.comb += [tx_byte.eq(reply_len[8:]), tx_valid.eq(1), tx_crc_on.eq(1)]
-                with m.If(sent):
-                    m.d.sync += e_left.eq(reply_len)
-                    m.next = "PAYLOAD"
             with m.State("PAYLOAD"):
                 m.d.comb += tx_crc_on.eq(1)
                 with m.If(ev.kind == KIND_RESULT):
@@ -367,26 +394,24 @@ class LinkCore(wiring.Component):
                         with m.If(sent):
                             m.d.sync += [counts.eq(counts >> cw), e_have.eq(e_have - 1)]
                 with m.Elif(ev.kind == KIND_INFO):
-                    m.d.comb += [tx_byte.eq(info_rom[info_len - e_left]), tx_valid.eq(1)]
+                    m.d.comb += [tx_byte.eq(info[:8]), tx_valid.eq(1)]
                 with m.Else():
                     m.d.comb += [tx_byte.eq(ev.code), tx_valid.eq(1)]
                 with m.If(sent):
-                    m.d.sync += e_left.eq(e_left - 1)
+                    m.d.sync += [e_left.eq(e_left - 1), info.eq(info >> 8)]
                     with m.If(e_left == 1):
                         m.next = "CRC0"
-            with m.State("CRC0"):
-                m.d.comb += [tx_byte.eq(e_crc[8:]), tx_valid.eq(1)]
-                with m.If(sent):
-                    m.next = "CRC1"
-            with m.State("CRC1"):
-                m.d.comb += [tx_byte.eq(e_crc[:8]), tx_valid.eq(1)]
-                with m.If(sent):
-                    m.next = "IDLE"
+            for state, value, nxt in (("CRC0", e_crc[8:], "CRC1"), ("CRC1", e_crc[:8], "IDLE")):
+                with m.State(state):
+                    m.d.comb += [tx_byte.eq(value), tx_valid.eq(1)]
+                    with m.If(sent):
+                        m.next = nxt
 
         # ---- LEDs: 0 heartbeat, 1 rx activity, 2 tx activity, 3 last frame refused,
         # 4 engine work pending, 5 a reply was dropped (sticky until reset) ----
         heartbeat = Signal(range(self.stretch * 8))
-        rx_led, tx_led = Signal(range(self.stretch + 1)), Signal(range(self.stretch + 1))
+        rx_led = Signal(range(self.stretch + 1))
+        tx_led = Signal(range(self.stretch + 1))
         m.d.sync += heartbeat.eq(heartbeat + 1)
         for led, pulse in ((rx_led, got), (tx_led, sent)):
             with m.If(pulse):
@@ -444,7 +469,7 @@ class BoardTop(Elaboratable):
                 i_RST=0, i_STDBY=0, i_CLKI=clk_in, o_CLKOP=cd_sync.clk, i_CLKFB=cd_sync.clk, i_PHASESEL0=0,
                 i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1, i_PLLWAKESYNC=0,
                 i_ENCLKOP=0, o_LOCK=locked)
-            platform.add_clock_constraint(cd_sync.clk, self.clock_hz)
+            # no add_clock_constraint: nextpnr derives the PLL output's constraint from the dividers
         button = platform.request(self.reset_button, 0).i
         m.submodules.reset_sync = ResetSynchronizer(button | ~locked, domain="sync")
 
