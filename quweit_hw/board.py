@@ -352,6 +352,10 @@ class LinkCore(wiring.Component):
         info = Signal(8 * len(info_bytes))
         out_payload = Array(e.o.payload.as_value() for e in engines)[ev.slot]
         out_valid = Array(e.o.valid for e in engines)[ev.slot]
+        # o.ready comes from a register: the engines sit far from the encoder on the die
+        want = Signal()
+        for k, e in enumerate(engines):
+            m.d.comb += e.o.ready.eq(want & (ev.slot == k))
         m.d.comb += [utx.i.payload.eq(tx_byte), utx.i.valid.eq(tx_valid)]
         sent = tx_valid & utx.i.ready
         # The CRC takes each sent byte one cycle later (off the byte mux's timing path); the
@@ -384,11 +388,10 @@ class LinkCore(wiring.Component):
             with m.State("PAYLOAD"):
                 m.d.comb += tx_crc_on.eq(1)
                 with m.If(ev.kind == KIND_RESULT):
-                    with m.If(e_have == 0):
-                        for k, e in enumerate(engines):
-                            m.d.comb += e.o.ready.eq(ev.slot == k)
-                        with m.If(out_valid):
-                            m.d.sync += [counts.eq(out_payload), e_have.eq(d)]
+                    with m.If(e_have == 0):  # take the next token: o.ready from a register
+                        m.d.sync += want.eq(1)
+                        with m.If(want & out_valid):
+                            m.d.sync += [counts.eq(out_payload), e_have.eq(d), want.eq(0)]
                     with m.Else():
                         m.d.comb += [tx_byte.eq(counts[:cw]), tx_valid.eq(1)]
                         with m.If(sent):
