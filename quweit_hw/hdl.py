@@ -144,7 +144,7 @@ class ComparatorBank(wiring.Component):
         lo, hi = -(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1
         bits = [Const(1, 1) if theta < lo else Const(0, 1) if theta >= hi else self.q[f] > theta
                 for f, theta in self.comparators]
-        m.d.comb += self.o.eq(_named(Cat(*bits)))
+        _assign_chunked(m, self.o, bits)
         return m
 
 
@@ -168,7 +168,7 @@ class LUTLayer(wiring.Component):
         for row, tab in zip(self.mapping, self.table):
             address = Cat(*(self.i[int(x)] for x in row))  # column 0 is the LSB
             nodes.append(Const(_table_int(tab), 2**n).bit_select(address, 1))
-        m.d.comb += self.o.eq(_named(Cat(*nodes)))
+        _assign_chunked(m, self.o, nodes)
         return m
 
 
@@ -303,14 +303,19 @@ class Popcount(wiring.Component):
         return m
 
 
-def _named(value):
-    """`value` through one cell, so that the port it drives keeps its name in the Verilog.
+def _assign_chunked(m, target, bits, chunk=32):
+    """target[k] = bits[k], as one comb statement per `chunk` bits.
 
-    Amaranth 0.5 turns a port driven by a bare Cat of many cells into one port per
-    bit (`port$123$0`); per-bit assignments keep the name but elaborate in time
-    quadratic in the width. A no-op XOR is one cell and costs nothing after synthesis.
+    Why chunks: one statement for a whole wide layer makes Amaranth's Python simulator
+    compile one expression thousands of terms deep (RecursionError), and one statement
+    per bit costs elaboration time quadratic in the width (Amaranth checks every bit of
+    the target per statement). Slice assignments also keep the port's name in the
+    Verilog, where a port driven by one bare Cat of many cells becomes one port per bit
+    (`port$123$0`); the no-op XOR makes each chunk one cell (it folds away in Yosys).
     """
-    return value ^ 0
+    for k in range(0, len(bits), chunk):
+        part = bits[k:k + chunk]
+        m.d.comb += target[k:k + len(part)].eq(Cat(*part) ^ 0)  # ^ 0: one cell, see above
 
 
 def _check_layer(mapping, table, in_features):
