@@ -109,7 +109,6 @@ def test_learnable_mapping_gradients_match_naive(window):
     torch.testing.assert_close(layer.weights.grad, want_dw, rtol=0, atol=1e-9)
     torch.testing.assert_close(dx, want_dx, rtol=0, atol=1e-9)
     # the forward reads the argmax candidate of each column
-    win = window or in_f
     arg = layer.weights.detach().argmax(0).view(out_f, n)
     want = (torch.tensor(starts)[:, None] + arg) % in_f
     assert torch.equal(layer.mapping_indices(), want)
