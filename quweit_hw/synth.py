@@ -321,8 +321,9 @@ def configure_synth(parser):
 
 def run_synth(args):
     from .bundle import REFERENCE, load_bundle
+    board = _board(args)
     bundle = load_bundle(Path(args.bundle) if args.bundle else REFERENCE)
-    _print_report(synth(bundle, _board(args), blocks=args.block, out=args.out, seed=args.seed))
+    _print_report(synth(bundle, board, blocks=args.block, out=args.out, seed=args.seed))
     return 0
 
 

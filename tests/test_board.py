@@ -11,6 +11,9 @@ from quweit_hw.bundle import random_block, write_bundle, load_bundle
 from quweit_hw.hdl import MLPEngine
 from quweit_hw.synth import board_names, choose_engines, load_board, synth, toolchain_env
 
+# the fit checks build engines only to read their LUT4 estimate
+pytestmark = pytest.mark.filterwarnings("ignore::amaranth._unused.UnusedElaboratable")
+
 DIVISOR = 4  # the real divisor logic, at a rate the Python simulator can afford
 
 
@@ -179,3 +182,26 @@ def test_smoke_build_every_variant(small_bundle, name, tmp_path):
     assert 'LOCATE COMP "uart_0__rx__io" SITE "M1"' in lpf and 'SITE "L4"' in lpf
     assert "EHXPLLL" in files["top.il"]
     assert "--report nextpnr-report.json" in script and "--timing-allow-fail" in script
+
+
+def test_check_engine_agrees_and_catches_a_wrong_table(blocks, monkeypatch):
+    from dataclasses import replace
+
+    import quweit_hw.hdl as hdl
+    from quweit_hw.synth import check_engine
+    assert check_engine(blocks[0], 60) == 60
+    layer = blocks[0].layers[-1]
+    wrong = replace(blocks[0], layers=(*blocks[0].layers[:-1], replace(layer, table=1 - layer.table)))
+    original = hdl.MLPEngine
+    monkeypatch.setattr(hdl, "MLPEngine", lambda block, **kw: original(wrong, **kw))  # a broken generator
+    with pytest.raises(QuweitError, match=r"disagrees with the golden model on \d+ of 60 tokens"):
+        check_engine(blocks[0], 60)
+
+
+def test_cli_errors_are_one_line(capsys, tmp_path):
+    from quweit_hw.cli import main
+    assert main(["synth", "--board", "de10", "--bundle", str(tmp_path)]) == 2
+    assert main(["program", "--board", "ulx3s", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "unknown board 'de10'" in err[0]
+    assert "no bitstream at" in err[1] and "quweit-hw synth --board ulx3s" in err[1]
