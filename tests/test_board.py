@@ -12,7 +12,7 @@ from quweit_hw.hdl import MLPEngine
 from quweit_hw.synth import board_names, choose_engines, load_board, synth, toolchain_env
 
 # the fit checks build engines only to read their LUT4 estimate
-pytestmark = pytest.mark.filterwarnings("ignore::amaranth._unused.UnusedElaboratable")
+pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 
 DIVISOR = 4  # the real divisor logic, at a rate the Python simulator can afford
 
