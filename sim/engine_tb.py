@@ -10,6 +10,7 @@ i.valid and o.ready per cycle), QUWEIT_SEED.
 import json
 import os
 import random
+import time
 from dataclasses import dataclass, field
 
 import cocotb
@@ -136,12 +137,15 @@ async def engine_matches_golden(dut):
     await FallingEdge(dut.clk)
     dut.rst.value = 0
 
+    start = time.perf_counter()
     monitor_task = cocotb.start_soon(monitor.run(max_cycles=20 * len(tokens) + 10_000))
     await driver.run(tokens)
     await monitor_task
+    seconds = time.perf_counter() - start
 
     report = {"tokens": len(tokens), "sent": driver.sent, "received": scoreboard.received,
               "mismatches": len(scoreboard.mismatches), "cycles": monitor.cycles,
+              "seconds": round(seconds, 3), "tokens_per_second": round(len(tokens) / seconds, 1),
               "first_mismatches": [list(map(str, m)) for m in scoreboard.mismatches[:5]]}
     if os.environ.get("QUWEIT_REPORT"):
         with open(os.environ["QUWEIT_REPORT"], "w") as f:

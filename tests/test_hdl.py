@@ -39,6 +39,18 @@ def edge_tokens(block, seed=0):
     return np.array(rows, np.int64)
 
 
+def packed_edge_tokens(block):
+    """Every kept comparator's both sides in few tokens: token t puts every feature f on the
+    t-th value of its own edge list [theta, theta + 1, ...] (2T tokens at most)."""
+    lo, hi = -(2 ** (block.bits - 1)), 2 ** (block.bits - 1) - 1
+    bank = ComparatorBank(block)
+    bank._MustUse__silence = True  # inspected, not built
+    edges = [[theta + e for g, theta in bank.comparators if g == f for e in (0, 1) if lo <= theta + e <= hi] or [0]
+             for f in range(block.d)]
+    count = max(len(e) for e in edges)
+    return np.array([[e[t % len(e)] for e in edges] for t in range(count)], np.int64), edges
+
+
 # (n, hidden, group_size, registers, rom): n = 2..6, one to three layers, every placement
 SHAPES = [
     (2, (), 3, "all", None),
@@ -202,7 +214,7 @@ def reference_tokens(block, limit=48):
 
     attach(model, Recorder(bundle.load_bundle(bundle.REFERENCE)))
     try:
-        evaluate(model, meta, "test", 4, 4, False)
+        evaluate(model, meta, "test" if meta.get("task") == "fashion-mnist" else "val", 4, 4, False)
     finally:
         detach(model)
     q = np.concatenate(seen)
@@ -215,8 +227,11 @@ def test_reference_bundle():
     ref = bundle.load_bundle(bundle.REFERENCE)
     block = ref.blocks[0]
     engine = MLPEngine(block)
+    edges, per_feature = packed_edge_tokens(block)
+    for f, values in enumerate(per_feature):  # every kept edge value of every feature is in some token
+        assert set(values) <= set(edges[:, f].tolist())
     real = reference_tokens(block)
-    parts = [edge_tokens(block)] + ([real] if real is not None else [tokens(block, 32, seed=8)])
+    parts = [edges] + ([real] if real is not None else [tokens(block, 32, seed=8)])
     q = np.concatenate(parts)
     got, _ = simulate(engine, q, valid_prob=0.8, ready_prob=0.7, seed=1)
     np.testing.assert_array_equal(got, golden.counts(block, q))
