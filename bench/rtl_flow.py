@@ -13,7 +13,7 @@ vvp process (Icarus); the Amaranth figure from quweit_hw.hdl.simulate. Goals
 (issue 5): 4096-LUT block to Verilog < 30 s; Verilator >= 100,000 tokens/s on the
 reference engine.
 
-    .venv/bin/python bench/rtl_flow.py [--quick] [--json FILE]
+    .venv/bin/python bench/rtl_flow.py [--bundle PATH] [--quick] [--json FILE]
 """
 
 import argparse
@@ -70,6 +70,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer tokens (a smoke run)")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--bundle", default=str(bundle.REFERENCE),
+                        help="the bundle measured as 'reference' (default: export/reference)")
     parser.add_argument("--workdir", help="keep the generated designs here (default: a temporary folder)")
     args = parser.parse_args(argv)
     scale = 0.1 if args.quick else 1.0
@@ -77,12 +79,12 @@ def main(argv=None):
               "verilator": max(1000, int(200_000 * scale))}
 
     designs = []
-    if (bundle.REFERENCE / "manifest.json").exists():
-        ref = bundle.load_bundle(bundle.REFERENCE).blocks[0]
+    if (Path(args.bundle) / "manifest.json").exists():
+        ref = bundle.load_bundle(args.bundle).blocks[0]
         designs += [("reference", ref, None),
                     ("reference-rom64", ref, {i: 64 for i in range(len(ref.layers))})]
     else:
-        print(f"reference bundle missing at {bundle.REFERENCE}: measuring the synthetic block only", file=sys.stderr)
+        print(f"no bundle at {args.bundle}: measuring the synthetic block only", file=sys.stderr)
     synthetic = bundle.random_block(d=64, thresholds=16, n=6, hidden=(3072,), group_size=16, window=32,
                                     seed=0, name="synthetic-4096")
     designs += [("synthetic-4096", synthetic, None)]
