@@ -37,7 +37,8 @@ from . import QuweitError
 
 __all__ = [
     "Registers", "ComparatorBank", "LUTLayer", "ROMLUTLayer", "Popcount", "MLPEngine",
-    "write_rtl", "simulate", "estimate_lut4", "TOP", "MAX_FABRIC_FAN_IN", "MAX_ROM_FAN_IN",
+    "write_rtl", "generate", "simulate", "estimate_lut4", "RTLBackend", "TOP", "MAX_FABRIC_FAN_IN",
+    "MAX_ROM_FAN_IN",
 ]
 
 TOP = "mlp_engine"  # name of the top-level Verilog module
@@ -634,7 +635,8 @@ def generate(engine):
     from amaranth.back import rtlil, verilog
     _ensure_yosys()
     # Elaborate once and let Yosys write the Verilog from that RTLIL (what
-    # amaranth.back.verilog.convert does after elaborating a second time).
+    # amaranth.back.verilog.convert does after elaborating a second time; a private
+    # helper of the pinned amaranth 0.5.10). Halves the generation time.
     il = rtlil.convert(engine, name=TOP, emit_src=False)
     v = verilog._convert_rtlil_text(il)
     return v, il

@@ -10,7 +10,7 @@ import pytest
 
 from quweit_hw import QuweitError, bundle, golden
 from quweit_hw.cli import main
-from quweit_hw.hdl import (ComparatorBank, LUTLayer, MLPEngine, Popcount, Registers, ROMLUTLayer,
+from quweit_hw.hdl import (ComparatorBank, LUTLayer, MLPEngine, Popcount, Registers, RTLBackend, ROMLUTLayer,
                            estimate_lut4, simulate, write_rtl)
 
 # engines built only to read their properties are never elaborated
@@ -193,6 +193,31 @@ def test_cli_rtl_and_bad_input(tmp_path, capsys):
           tmp_path / "hw" / "v")
     assert main(["rtl", str(good), "-o", str(tmp_path / "hw" / "x")]) == 2  # exists, no --force
     assert "--force" in capsys.readouterr().err
+
+
+def test_rtl_backend_icarus(tmp_path):
+    # `eval --mlp-backend rtl` path: generated Verilog in the lean Icarus harness, with stalls
+    from quweit_hw.rtlsim import pack_tokens, unpack_counts
+    block = bundle.random_block(d=3, thresholds=4, n=3, hidden=(9,), group_size=5, seed=2)
+    backend = RTLBackend(bundle.load_bundle(bundle.write_bundle(tmp_path / "b", [block])), sim="icarus")
+    try:
+        q = np.concatenate([edge_tokens(block), tokens(block, 50, seed=3)])
+        np.testing.assert_array_equal(backend.counts(0, q), golden.counts(block, q))
+        got = backend.engine(0).counts(q, valid_permille=600, ready_permille=500, seed=3)
+        np.testing.assert_array_equal(got, golden.counts(block, q))
+        assert backend.engine(0).last_run["cycles"] > len(q) * 1.5  # the stalls did happen
+    finally:
+        backend.close()
+    assert not backend.workdir.exists()
+    # port packing across 32-bit words: 5 features of 13 bits, counts of 7 bits
+    q = np.array([[-4096, 4095, -1, 0, 1234]])
+    words = pack_tokens(q, 13)
+    value = sum(int(w) << (32 * k) for k, w in enumerate(words[0]))
+    assert [((value >> (13 * f)) & 0x1FFF) for f in range(5)] == [4096, 4095, 8191, 0, 1234]
+    counts = np.array([[1, 127, 64, 0, 5]])
+    packed = sum(int(c) << (7 * j) for j, c in enumerate(counts[0]))
+    np.testing.assert_array_equal(unpack_counts([[(packed >> (32 * k)) & 0xFFFFFFFF for k in range(2)]], 5, 7),
+                                  counts)
 
 
 def reference_tokens(block, limit=48):
