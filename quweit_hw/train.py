@@ -192,6 +192,8 @@ def configure_train(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--device", default="cpu", help="cpu or cuda")
+    t.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice; 1 is much faster on a busy machine)")
     t.add_argument("--train-limit", type=int, default=None, help="use only the first N training examples (quick runs)")
     t.add_argument("--eval-limit", type=int, default=None, help="evaluate on the first N test examples only")
     t.add_argument("--steps-per-epoch", type=int, default=None,
@@ -322,7 +324,7 @@ def _check_args(args) -> None:
         raise QuweitError(f"unknown task {args.task!r}; choose one of {', '.join(TASKS)}")
     if args.mlp not in MLP_KINDS:
         raise QuweitError(f"unknown --mlp {args.mlp!r}; choose dense or lut")
-    for name in ("epochs", "batch_size", "calib_batches"):
+    for name in ("epochs", "batch_size", "calib_batches", "threads"):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise QuweitError(f"--{name.replace('_', '-')} must be at least 1, not {v!r}")
@@ -397,14 +399,16 @@ def run_train(args) -> int:
     if args.resume:
         resume_ckpt = read_checkpoint(args.out / "checkpoint.pt")
         stored = resume_ckpt["args"]
-        keep = {"epochs": args.epochs or stored["epochs"], "device": args.device, "out": args.out, "resume": True,
-                "no_progress": args.no_progress}
+        keep = {"epochs": args.epochs or stored["epochs"], "device": args.device, "threads": args.threads,
+                "out": args.out, "resume": True, "no_progress": args.no_progress}
         args = argparse.Namespace(**{**stored, **keep})
         args.hidden = tuple(args.hidden) if args.hidden is not None else None
         args.init_from = Path(args.init_from) if args.init_from else None
     if args.epochs is None:
         args.epochs = 5
     _check_args(args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     arch = TASKS[args.task]
     if args.batch_size is None:
         args.batch_size = 128 if arch == "vit" else 64
@@ -448,7 +452,7 @@ def run_train(args) -> int:
                                progress=not args.no_progress)
     model.to(device)
     optimizer = make_optimizer(model, args)
-    if resume_ckpt is not None:
+    if resume_ckpt is not None and resume_ckpt.get("optimizer") is not None:  # shipped checkpoints drop it
         optimizer.load_state_dict(resume_ckpt["optimizer"])
     if start_epoch >= args.epochs:
         print(f"{str(ckpt_path)!r} already holds {start_epoch} epochs (--epochs {args.epochs}); nothing to do")
