@@ -1,35 +1,48 @@
 """Place-and-route limits of the board top: build one synthetic engine (bundle.random_block)
-inside the ULX3S top and print LUT4 per LUT node, Fmax and the wall time of the build.
+inside the ULX3S top and print LUT4 per LUT node, Fmax, and the Yosys and nextpnr wall times.
 
     python bench/board_build.py --hidden 2048 --window 32        # 2048 + 64*16 LUT nodes, local wiring
     python bench/board_build.py --hidden 2048                     # the same, random wiring
 
-Builds run nextpnr with its default placer and router; --timeout stops a build that has not
-finished (counted as "did not place and route within the limit"). Run one build at a time.
+nextpnr runs with its default placer and router under `timeout --pnr-timeout` (600 s): a
+build it does not finish did not place and route within the limit. Run one build at a time.
 """
 
 import argparse
 import json
-import multiprocessing
 import os
-import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from quweit_hw import QuweitError  # noqa: E402
 from quweit_hw.bundle import load_bundle, random_block, write_bundle  # noqa: E402
-from quweit_hw.synth import load_board, synth  # noqa: E402
+from quweit_hw.synth import load_board, synth, toolchain_env  # noqa: E402
+
+WRAPPER = """#!/bin/sh
+start=$(date +%s.%N)
+{timeout}"{tool}" "$@"
+rc=$?
+echo "$start $(date +%s.%N) $rc" > "{stamp}"
+exit $rc
+"""
 
 
-def _build(bundle_path, board, out, queue):
-    os.setsid()  # a process group of its own: a timeout kills the tools with it
-    try:
-        queue.put(synth(load_bundle(bundle_path), load_board(board), out=out))
-    except Exception as e:  # reported, not raised: the parent prints the outcome
-        queue.put(e)
+def timed(tool_var, folder, timeout=None):
+    """A wrapper script for the tool in $tool_var that records its wall time (and applies `timeout`)."""
+    tool = toolchain_env()[tool_var]
+    stamp = folder / f"{tool_var}.time"
+    script = folder / f"{tool_var}.sh"
+    script.write_text(WRAPPER.format(timeout=f"timeout {timeout} " if timeout else "", tool=tool, stamp=stamp))
+    script.chmod(0o755)
+    return str(script), stamp
+
+
+def seconds(stamp):
+    start, end, rc = stamp.read_text().split()
+    return round(float(end) - float(start), 1), int(rc)
 
 
 def main():
@@ -40,7 +53,7 @@ def main():
     p.add_argument("--thresholds", type=int, default=16)
     p.add_argument("--window", type=int, default=None, help="local wiring window (default: random wiring)")
     p.add_argument("--board", default="ulx3s")
-    p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--pnr-timeout", type=int, default=600)
     p.add_argument("--out", default=None)
     args = p.parse_args()
     block = random_block(d=args.d, thresholds=args.thresholds, hidden=tuple(args.hidden),
@@ -51,26 +64,26 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="board_build."))
     bundle_path = write_bundle(tmp / "bundle", [block], {"bench": label})
     out = Path(args.out) if args.out else tmp / "build"
-    queue = multiprocessing.Queue()
-    proc = multiprocessing.Process(target=_build, args=(bundle_path, args.board, out, queue))
-    start = time.perf_counter()
-    proc.start()
-    proc.join(args.timeout)
-    seconds = time.perf_counter() - start
-    if proc.is_alive():
-        os.killpg(proc.pid, signal.SIGKILL)
-        print(f"{label}: NOT placed and routed within {args.timeout:.0f} s (build folder {out})")
-        return 1
-    result = queue.get()
-    if isinstance(result, Exception):
-        print(f"{label}: build failed after {seconds:.0f} s: {result}")
+    os.environ["YOSYS"], yosys_stamp = timed("YOSYS", tmp)
+    os.environ["NEXTPNR_ECP5"], pnr_stamp = timed("NEXTPNR_ECP5", tmp, args.pnr_timeout)
+    try:
+        result = synth(load_bundle(bundle_path), load_board(args.board), out=out)
+    except QuweitError as e:
+        pnr = seconds(pnr_stamp) if pnr_stamp.exists() else None
+        verdict = "NOT placed and routed within the limit" if pnr and pnr[1] == 124 else f"build failed: {e}"
+        print(json.dumps({"label": label, "lut_nodes": block.lut_nodes, "outcome": verdict,
+                          "yosys_seconds": seconds(yosys_stamp)[0] if yosys_stamp.exists() else None,
+                          "nextpnr_seconds": pnr[0] if pnr else None, "build": str(out)}))
         return 1
     lut4 = result["resources"]["LUT4"]["used"]
-    fmax = min(v["achieved_mhz"] for v in result["fmax"].values())
-    print(json.dumps({"label": label, "lut_nodes": block.lut_nodes, "lut4": lut4,
+    print(json.dumps({"label": label, "lut_nodes": block.lut_nodes, "outcome": "placed and routed",
+                      "lut4": lut4, "pfumx": result["resources"]["PFUMX"]["used"],
+                      "l6mux21": result["resources"]["L6MUX21"]["used"],
                       "trellis_comb": result["nextpnr_utilization"]["TRELLIS_COMB"]["used"],
-                      "lut4_estimate": result["engines"][0]["lut4_estimate"], "fmax_mhz": fmax,
-                      "build_seconds": round(seconds, 1), "report": str(out / "report.md")}))
+                      "lut4_estimate": result["engines"][0]["lut4_estimate"],
+                      "fmax_mhz": min(v["achieved_mhz"] for v in result["fmax"].values()),
+                      "yosys_seconds": seconds(yosys_stamp)[0], "nextpnr_seconds": seconds(pnr_stamp)[0],
+                      "build_seconds": result["build_seconds"], "report": str(out / "report.md")}))
     return 0
 
 

@@ -336,6 +336,9 @@ class LinkCore(wiring.Component):
                         m.next = "IDLE"
 
         # ---- reply encoder: events in order; RESULT payload streams from the engine ----
+        # Timing: the UART transmitter is busy for 10 * divisor cycles after taking a byte, so
+        # the payload byte and the CRC are computed through registers a cycle or two behind
+        # (no wide shift register with a high-fanout enable) and are current when it takes one.
         ev = Signal(event)
         ev_next = data.View(event, events.r_data)
         tx_byte = Signal(8)
@@ -345,21 +348,27 @@ class LinkCore(wiring.Component):
         e_len = Signal(16)
         e_left = Signal(16)
         e_have = Signal(range(d + 1))
-        counts = Signal(d * cw)
         info_bytes = self.info.encode()
-        # the INFO payload leaves through a shift register (a comb ROM indexed by a register
-        # that never changes would stay X in Icarus, which never evaluates it)
-        info = Signal(8 * len(info_bytes))
+        info_rom = Array(Const(b, 8) for b in info_bytes)
+        index = Signal(range(max(d, len(info_bytes)) + 1))  # byte within the token / INFO payload
+        counts = Signal(d * cw)
+        payload_byte = Signal(8)
         out_payload = Array(e.o.payload.as_value() for e in engines)[ev.slot]
         out_valid = Array(e.o.valid for e in engines)[ev.slot]
-        # o.ready comes from a register: the engines sit far from the encoder on the die
-        want = Signal()
+        want = Signal()  # o.ready, from a register: the engines sit far from the encoder
         for k, e in enumerate(engines):
             m.d.comb += e.o.ready.eq(want & (ev.slot == k))
+        with m.If(want):
+            m.d.sync += counts.eq(out_payload)  # held once the transfer is done (want falls)
+        with m.Switch(ev.kind):
+            with m.Case(KIND_RESULT):
+                m.d.sync += payload_byte.eq(counts.word_select(index[:max(1, (d - 1).bit_length())], cw))
+            with m.Case(KIND_INFO):
+                m.d.sync += payload_byte.eq(info_rom[index])
+            with m.Default():
+                m.d.sync += payload_byte.eq(ev.code)
         m.d.comb += [utx.i.payload.eq(tx_byte), utx.i.valid.eq(tx_valid)]
         sent = tx_valid & utx.i.ready
-        # The CRC takes each sent byte one cycle later (off the byte mux's timing path); the
-        # transmitter is busy for 10 * divisor cycles after a byte, so it is current when read.
         crc_pending = Signal()
         crc_byte = Signal(8)
         m.d.sync += [crc_pending.eq(sent & tx_crc_on), crc_byte.eq(tx_byte)]
@@ -371,8 +380,7 @@ class LinkCore(wiring.Component):
             with m.State("IDLE"):
                 with m.If(events.r_rdy):
                     m.d.comb += events.r_en.eq(1)
-                    m.d.sync += [ev.eq(ev_next), e_crc.eq(0xFFFF), e_have.eq(0),
-                                 info.eq(int.from_bytes(info_bytes, "little")),
+                    m.d.sync += [ev.eq(ev_next), e_crc.eq(0xFFFF), e_have.eq(0), index.eq(0),
                                  e_len.eq(Mux(ev_next.kind == KIND_RESULT, ev_next.length,
                                               Mux(ev_next.kind == KIND_INFO, len(info_bytes), 1)))]
                     m.next = "SOF"
@@ -386,24 +394,17 @@ class LinkCore(wiring.Component):
                     with m.If(sent):
                         m.next = nxt
             with m.State("PAYLOAD"):
-                m.d.comb += tx_crc_on.eq(1)
-                with m.If(ev.kind == KIND_RESULT):
-                    with m.If(e_have == 0):  # take the next token: o.ready from a register
-                        m.d.sync += want.eq(1)
-                        with m.If(want & out_valid):
-                            m.d.sync += [counts.eq(out_payload), e_have.eq(d), want.eq(0)]
-                    with m.Else():
-                        m.d.comb += [tx_byte.eq(counts[:cw]), tx_valid.eq(1)]
-                        with m.If(sent):
-                            m.d.sync += [counts.eq(counts >> cw), e_have.eq(e_have - 1)]
-                with m.Elif(ev.kind == KIND_INFO):
-                    m.d.comb += [tx_byte.eq(info[:8]), tx_valid.eq(1)]
+                m.d.comb += [tx_byte.eq(payload_byte), tx_crc_on.eq(1)]
+                with m.If((ev.kind == KIND_RESULT) & (e_have == 0)):  # fetch the next token
+                    m.d.sync += want.eq(1)
+                    with m.If(want & out_valid):
+                        m.d.sync += [e_have.eq(d), index.eq(0), want.eq(0)]
                 with m.Else():
-                    m.d.comb += [tx_byte.eq(ev.code), tx_valid.eq(1)]
-                with m.If(sent):
-                    m.d.sync += [e_left.eq(e_left - 1), info.eq(info >> 8)]
-                    with m.If(e_left == 1):
-                        m.next = "CRC0"
+                    m.d.comb += tx_valid.eq(1)
+                    with m.If(sent):
+                        m.d.sync += [e_left.eq(e_left - 1), index.eq(index + 1), e_have.eq(e_have - 1)]
+                        with m.If(e_left == 1):
+                            m.next = "CRC0"
             for state, value, nxt in (("CRC0", e_crc[8:], "CRC1"), ("CRC1", e_crc[:8], "IDLE")):
                 with m.State(state):
                     m.d.comb += [tx_byte.eq(value), tx_valid.eq(1)]

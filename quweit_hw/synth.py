@@ -239,6 +239,9 @@ def report_markdown(r):
     lines += ["", f"UART: {r['baud']:,} baud (divisor {r['uart_divisor']} at {r['clock_mhz']:g} MHz), "
               f"{r['uart_tokens_per_s']:,} tokens/s with full frames.", "",
               f"Sources: {r['sources']['utilization and fmax']}; cell counts from {r['sources']['cell counts']}.", ""]
+    if "steps_seconds" in r:
+        lines += [f"Checkpoint to bitstream: {r['checkpoint_to_bitstream_seconds']} s "
+                  f"({', '.join(f'{k}: {v} s' for k, v in r['steps_seconds'].items())}).", ""]
     return "\n".join(lines)
 
 
@@ -348,8 +351,9 @@ def run_program(args):
 
 def configure_build(parser):
     parser.add_argument("checkpoint", help="training checkpoint (.pt)")
-    parser.add_argument("--bundle-out", default=None, help="bundle folder to export to (default export/<run name>)")
-    parser.add_argument("--force", action="store_true", help="replace an existing bundle folder")
+    parser.add_argument("--bundle-out", default=None,
+                        help="bundle folder to export to (default hw/<run>/bundle, replaced each build)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --bundle-out folder")
     parser.add_argument("--check-tokens", type=int, default=256, help="tokens per block in the simulation check")
     _common(parser)
 
@@ -366,12 +370,16 @@ def run_build(args):
         steps[name] = round(time.perf_counter() - t0, 1)
         print(f"[{name}] {steps[name]} s", flush=True)
 
+    run = Path(args.checkpoint).resolve().parent.name  # the training run's folder name
+    work = Path("hw") / run
     t = time.perf_counter()
-    bundle = load_bundle(export_checkpoint(args.checkpoint, args.bundle_out, force=args.force))
+    # the default bundle is build output (hw/<run>/bundle), replaced on every build
+    bundle_out = Path(args.bundle_out) if args.bundle_out else work / "bundle"
+    bundle = load_bundle(export_checkpoint(args.checkpoint, bundle_out, force=args.force or not args.bundle_out))
     step("export", t)
-    out = Path(args.out) if args.out else build_dir(bundle, board)
+    out = Path(args.out) if args.out else work / board.name
+    indexes = [i for i, _ in choose_engines(bundle, board, args.block)]  # the fit error comes first
     t = time.perf_counter()
-    indexes = args.block if args.block else range(len(bundle.blocks))
     for i in indexes:
         write_rtl(bundle, out / "rtl" / f"block{i}", block_index=i, registers=board.registers, force=True)
     step("rtl", t)
@@ -385,6 +393,7 @@ def run_build(args):
     report["steps_seconds"] = steps
     report["checkpoint_to_bitstream_seconds"] = round(time.perf_counter() - start, 1)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(report_markdown(report))
     print(f"checkpoint -> bitstream in {report['checkpoint_to_bitstream_seconds']} s")
     _print_report(report)
     return 0
