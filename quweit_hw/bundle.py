@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,19 +149,50 @@ def block_arrays(block):
     return arrays
 
 
-def write_bundle(path, blocks, manifest=None, *, force=False):
-    """Write blocks and a manifest to folder `path`, atomically: a temporary folder renamed at the end.
+@contextmanager
+def atomic_folder(path, *, force=False, keep=()):
+    """Yield a temporary sibling folder to fill; on success it replaces `path` in one rename.
 
-    An existing `path` is an error unless force=True (then it is replaced only once the new bundle is complete).
+    An existing `path` is an error unless force=True; then the entries of the old folder named
+    in `keep` (a predicate on names) move into the new one. On any error nothing is left behind.
     """
     path = Path(path)
     if path.exists() and not force:
         raise QuweitError(f"output folder {str(path)!r} exists (use --force to replace it)")
-    if not blocks:
-        raise QuweitError("nothing to export: no LUT-MLP blocks")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
+        yield tmp
+        if path.exists():
+            for entry in path.iterdir():
+                if keep and keep(entry.name) and not (tmp / entry.name).exists():
+                    shutil.copy2(entry, tmp / entry.name) if entry.is_file() else shutil.copytree(entry, tmp / entry.name)
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _not_bundle_file(name):
+    # what a bundle folder may hold besides the bundle: its checkpoint, a README
+    return name != "manifest.json" and not (name.startswith("block") and name[5:].isdigit())
+
+
+def write_bundle(path, blocks, manifest=None, *, force=False):
+    """Write blocks and a manifest to folder `path`, atomically (see `atomic_folder`).
+
+    With force=True an existing bundle is replaced; other files in its folder (a checkpoint,
+    a README) are kept.
+    """
+    if not blocks:
+        raise QuweitError("nothing to export: no LUT-MLP blocks")
+    with atomic_folder(path, force=force, keep=_not_bundle_file) as tmp:
         entries = []
         for bi, block in enumerate(blocks):
             files = {}
@@ -178,19 +210,8 @@ def write_bundle(path, blocks, manifest=None, *, force=False):
                 "files": files,
             })
         doc = {"format": FORMAT, "format_version": FORMAT_VERSION, **(manifest or {}), "blocks": entries}
-        (tmp / "manifest.json").write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+        (tmp / "manifest.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return Path(path)
 
 
 def _load_array(root, entry, stem):

@@ -112,3 +112,13 @@ def test_used_thresholds_follow_layer0_mapping():
     used = block.used_thresholds()
     assert used.sum() == len(set(block.layers[0].mapping.ravel().tolist()))
     assert used.reshape(-1)[block.layers[0].mapping[0, 0]]
+
+
+def test_force_keeps_the_checkpoint_beside_the_bundle(tmp_path, block):
+    path = bundle.write_bundle(tmp_path / "ref", [block, block])
+    (path / "checkpoint.pt").write_bytes(b"weights")
+    (path / "README.md").write_text("reference")
+    bundle.write_bundle(path, [block], force=True)
+    assert sorted(p.name for p in path.iterdir()) == ["README.md", "block0", "checkpoint.pt", "manifest.json"]
+    assert (path / "checkpoint.pt").read_bytes() == b"weights"
+    assert len(bundle.load_bundle(path).blocks) == 1
