@@ -132,15 +132,24 @@ def choose_engines(bundle, board, blocks=None):
         engine = MLPEngine(bundle.block(index), registers=board.registers)
         estimate = engine.summary()["ecp5_lut4_estimate"]["total"]
         if estimate > budget:
+            _inspected_only(engine)
             raise QuweitError(f"block {index} ({engine.block.name!r}) needs ~{estimate} LUT4, more than the "
                               f"{budget} of {board.name} ({board.fit_fraction:g} x {board.luts}): "
                               f"it does not fit even alone")
         engines.append((index, engine, estimate))
     total = sum(e for *_, e in engines)
     if total > budget:
+        for _, engine, _ in engines:
+            _inspected_only(engine)
         raise QuweitError(f"blocks {asked} need ~{total} LUT4 together, more than the {budget} of {board.name}; "
                           f"choose the blocks to build with --block (each fits alone)")
     return [(index, engine) for index, engine, _ in engines]
+
+
+def _inspected_only(engine):
+    """Mark an engine built only to read its summary, so Amaranth does not warn it went unused."""
+    for part in (engine, engine.comparator_bank, engine.popcount, *engine.layer_units):
+        part._MustUse__silence = True
 
 
 def make_top(bundle, board, blocks=None):
@@ -378,7 +387,10 @@ def run_build(args):
     bundle = load_bundle(export_checkpoint(args.checkpoint, bundle_out, force=args.force or not args.bundle_out))
     step("export", t)
     out = Path(args.out) if args.out else work / board.name
-    indexes = [i for i, _ in choose_engines(bundle, board, args.block)]  # the fit error comes first
+    engines = choose_engines(bundle, board, args.block)  # the fit error comes first
+    for _, engine in engines:
+        _inspected_only(engine)
+    indexes = [i for i, _ in engines]
     t = time.perf_counter()
     for i in indexes:
         write_rtl(bundle, out / "rtl" / f"block{i}", block_index=i, registers=board.registers, force=True)
