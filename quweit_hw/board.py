@@ -10,7 +10,7 @@ the FT231X UART pins and the LEDs for an `amaranth_boards` platform.
 """
 
 from amaranth import Array, C, Cat, ClockDomain, Const, Elaboratable, Instance, Module, Mux, Signal
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, io, stream, wiring
 from amaranth.lib.cdc import FFSynchronizer, ResetSynchronizer
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -454,7 +454,8 @@ class BoardTop(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
-        clk_in = platform.request(platform.default_clk).i
+        m.submodules.clk_buf = clk_buf = io.Buffer("i", platform.request(platform.default_clk, dir="-"))
+        clk_in = clk_buf.i
         clock_in_hz = platform.default_clk_frequency
         m.domains.sync = cd_sync = ClockDomain("sync")
         locked = Signal(init=1)
@@ -474,12 +475,15 @@ class BoardTop(Elaboratable):
                 i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1, i_PLLWAKESYNC=0,
                 i_ENCLKOP=0, o_LOCK=locked)
             # no add_clock_constraint: nextpnr derives the PLL output's constraint from the dividers
-        button = platform.request(self.reset_button, 0).i
-        m.submodules.reset_sync = ResetSynchronizer(button | ~locked, domain="sync")
+        m.submodules.button_buf = button = io.Buffer("i", platform.request(self.reset_button, 0, dir="-"))
+        m.submodules.reset_sync = ResetSynchronizer(button.i | ~locked, domain="sync")
 
         m.submodules.core = core = self.core
-        uart = platform.request("uart", 0)
-        m.d.comb += [core.rx.eq(uart.rx.i), uart.tx.o.eq(core.tx)]
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.uart_rx_buf = rx = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx_buf = tx = io.Buffer("o", uart.tx)
+        m.d.comb += [core.rx.eq(rx.i), tx.o.eq(core.tx)]
         for i in range(LEDS):
-            m.d.comb += platform.request("led", i).o.eq(core.leds[i])
+            m.submodules[f"led{i}_buf"] = led = io.Buffer("o", platform.request("led", i, dir="-"))
+            m.d.comb += led.o.eq(core.leds[i])
         return m

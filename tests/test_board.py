@@ -42,8 +42,10 @@ def run_link(core, stream, *, idle_after=3000, gap_at=None, gap=0):
 
     async def monitor(ctx):
         while True:
-            await ctx.tick().until(core.tx == 0)
-            await ctx.tick().repeat(DIVISOR // 2)
+            await ctx.tick()
+            if ctx.get(core.tx):
+                continue
+            await ctx.tick().repeat(DIVISOR // 2 - 1)
             value = 0
             for i in range(8):
                 await ctx.tick().repeat(DIVISOR)
