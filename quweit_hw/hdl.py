@@ -246,12 +246,58 @@ class ROMLUTLayer(wiring.Component):
         return m
 
 
+def _merge_levels(maxima, levels):
+    """Adder-tree bookkeeping: partial sums with the given maxima after `levels` pairwise levels.
+    Returns (new maxima, for each new term the indices of the input terms it adds)."""
+    groups = [[t] for t in range(len(maxima))]
+    for _ in range(levels):
+        groups = [groups[a] + groups[a + 1] if a + 1 < len(groups) else groups[a]
+                  for a in range(0, len(groups), 2)]
+    return [sum(maxima[t] for t in g) for g in groups], groups
+
+
+class AdderStage(wiring.Component):
+    """`levels` levels of the group adder trees, combinational: every group's partial sums
+    (term t of a group holds values up to maxima[t]) in, the pairwise sums out. Terms are
+    packed group-major, each in max.bit_length() bits."""
+
+    def __init__(self, groups, maxima, levels):
+        self.groups, self.maxima, self.levels = groups, list(maxima), levels
+        self.out_maxima, self.sources = _merge_levels(self.maxima, levels)
+        self.in_widths = [mx.bit_length() for mx in self.maxima]
+        self.out_widths = [mx.bit_length() for mx in self.out_maxima]
+        super().__init__({"i": In(groups * sum(self.in_widths)), "o": Out(groups * sum(self.out_widths))})
+
+    def _terms(self, vector, widths, g):
+        base = g * sum(widths)
+        offsets = np.concatenate([[0], np.cumsum(widths)]).astype(int)
+        return [vector[base + offsets[t]:base + offsets[t + 1]] for t in range(len(widths))]
+
+    def elaborate(self, platform):
+        m = Module()
+        outputs = []
+        for g in range(self.groups):
+            terms = self._terms(self.i, self.in_widths, g)
+            for sources, width in zip(self.sources, self.out_widths):
+                # the same pairwise tree as _merge_levels, so Yosys sees balanced adders
+                level = [terms[t] for t in sources]
+                while len(level) > 1:
+                    level = [level[a] + level[a + 1] if a + 1 < len(level) else level[a]
+                             for a in range(0, len(level), 2)]
+                outputs.append(level[0][:width] if len(level[0]) >= width else level[0])
+        bits = [v[b] if b < len(v) else Const(0, 1) for v, w in zip(outputs, self.out_widths * self.groups)
+                for b in range(w)]
+        _assign_chunked(m, self.o, bits)
+        return m
+
+
 class Popcount(wiring.Component):
     """Group popcount: count j = number of ones in i[j*k : (j+1)*k], an adder tree per group.
 
-    With `register_every` > 0 a register follows every that many adder levels (not
-    after the last: the counts are combinational from the last register); `o_valid`
-    follows `i_valid` through the same registers. `latency` counts them.
+    The tree is cut into `AdderStage`s of `register_every` levels with a register between
+    consecutive stages (none after the last: the counts are combinational from the last
+    register; register_every=0: one stage, no register); `o_valid` follows `i_valid`
+    through the same registers. `latency` counts them.
     """
 
     def __init__(self, groups, group_size, register_every=0):
@@ -260,7 +306,15 @@ class Popcount(wiring.Component):
         self.groups, self.group_size, self.register_every = groups, group_size, register_every
         self.width = group_size.bit_length()
         self.levels = max(0, math.ceil(math.log2(group_size))) if group_size > 1 else 0
-        self.latency = (self.levels - 1) // register_every if register_every and self.levels else 0
+        per_stage = register_every or max(1, self.levels)
+        self.stage_levels = [min(per_stage, self.levels - a) for a in range(0, self.levels, per_stage)] or [0]
+        self.latency = len(self.stage_levels) - 1
+        self.stages = []
+        maxima = [1] * group_size
+        for levels in self.stage_levels:
+            self.stages.append(AdderStage(groups, maxima, levels))
+            maxima = self.stages[-1].out_maxima
+        assert maxima == [group_size]
         super().__init__({
             "i": In(groups * group_size), "i_valid": In(1),
             "o": Out(data.ArrayLayout(unsigned(self.width), groups)), "o_valid": Out(1),
@@ -268,39 +322,17 @@ class Popcount(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        k = self.group_size
-        # terms[g]: list of (value, max_sum) partial sums of group g
-        terms = [[(self.i[g * k + b], 1) for b in range(k)] for g in range(self.groups)]
-        valid = self.i_valid
-        for level in range(1, self.levels + 1):
-            nxt = []
-            for g, ts in enumerate(terms):
-                merged = []
-                for a in range(0, len(ts), 2):
-                    if a + 1 < len(ts):
-                        (x, mx), (y, my) = ts[a], ts[a + 1]
-                        merged.append(((x + y)[:(mx + my).bit_length()], mx + my))
-                    else:
-                        merged.append(ts[a])
-                nxt.append(merged)
-            terms = nxt
-            if self.register_every and level % self.register_every == 0 and level < self.levels:
-                regd = []
-                for g, ts in enumerate(terms):
-                    row = []
-                    for t, (value, mx) in enumerate(ts):
-                        r = Signal(mx.bit_length(), name=f"sum_l{level}_g{g}_{t}", reset_less=True)
-                        m.d.sync += r.eq(value)
-                        row.append((r, mx))
-                    regd.append(row)
-                terms = regd
-                v = Signal(name=f"valid_l{level}")
-                m.d.sync += v.eq(valid)
-                valid = v
-        for g, ts in enumerate(terms):
-            assert len(ts) == 1 and ts[0][1] == k
-            m.d.comb += self.o[g].eq(ts[0][0])
-        m.d.comb += self.o_valid.eq(valid)
+        value, valid = self.i, self.i_valid
+        for index, stage in enumerate(self.stages):
+            m.submodules[f"stage{index}"] = stage
+            m.d.comb += stage.i.eq(value)
+            value = stage.o
+            if index + 1 < len(self.stages):
+                reg = Signal(len(value), name=f"sums{index}", reset_less=True)
+                reg_valid = Signal(name=f"sums{index}_valid")
+                m.d.sync += [reg.eq(value), reg_valid.eq(valid)]
+                value, valid = reg, reg_valid
+        m.d.comb += [self.o.eq(value), self.o_valid.eq(valid)]
         return m
 
 
@@ -638,8 +670,94 @@ def generate(engine):
     # amaranth.back.verilog.convert does after elaborating a second time; a private
     # helper of the pinned amaranth 0.5.10). Halves the generation time.
     il = rtlil.convert(engine, name=TOP, emit_src=False)
-    v = verilog._convert_rtlil_text(il)
+    v = _fast_verilog(engine, verilog._convert_rtlil_text(il))
     return v, il
+
+
+# ---- Verilog: the wide combinational units as one always block each ----
+#
+# Yosys writes every LUT node, comparator and adder as its own continuous assignment.
+# Event-driven simulators evaluate such a net once per changed input bit (a six-input
+# node up to six times per clock) and re-assemble the wide output vector each time;
+# Icarus then spends 30-130 ms per clock on a 3,000-node engine. The same logic as one
+# `always @*` block per unit runs once per clock. So the Verilog file gets these units'
+# bodies from the emitters below (the same mapping, tables, thresholds and adder trees
+# as the Amaranth units; the RTLIL keeps Amaranth's form). Both are checked against the
+# golden model: the Amaranth units in Amaranth's simulator, the Verilog under cocotb.
+
+def _vector(name, width):
+    return f"[{width - 1}:0] {name}"
+
+
+def _lut_layer_body(unit):
+    n = unit.mapping.shape[1]
+    lines = [f"  input {_vector('i', len(unit.i))};", f"  output {_vector('o', len(unit.o))};",
+             f"  reg {_vector('o', len(unit.o))};",
+             "  // node j: o[j] = table_j >> {address bits, MSB first} (the address selects the table bit)",
+             "  always @* begin"]
+    for j, (row, tab) in enumerate(zip(unit.mapping, unit.table)):
+        address = ", ".join(f"i[{int(x)}]" for x in row[::-1])
+        lines.append(f"    o[{j}] = {2**n}'h{_table_int(tab):x} >> {{{address}}};")
+    lines.append("  end")
+    return lines
+
+
+def _comparator_body(unit):
+    b = unit.bits
+    lo, hi = -(2 ** (b - 1)), 2 ** (b - 1) - 1
+    lines = [f"  input {_vector('q', len(unit.q.as_value()))};", f"  output {_vector('o', len(unit.o))};",
+             f"  reg {_vector('o', len(unit.o))};", "  // o[k] = q_f > theta (signed), one line per kept comparator",
+             "  always @* begin"]
+    for k, (f, theta) in enumerate(unit.comparators):
+        rhs = "1'b1" if theta < lo else "1'b0" if theta >= hi else f"$signed(q[{f * b + b - 1}:{f * b}]) > {theta}"
+        lines.append(f"    o[{k}] = {rhs};")
+    lines.append("  end")
+    return lines
+
+
+def _adder_stage_body(unit):
+    lines = [f"  input {_vector('i', len(unit.i))};", f"  output {_vector('o', len(unit.o))};",
+             f"  reg {_vector('o', len(unit.o))};", "  always @* begin"]
+    in_base, out_base = sum(unit.in_widths), sum(unit.out_widths)
+    in_off = np.concatenate([[0], np.cumsum(unit.in_widths)]).astype(int)
+    out_off = np.concatenate([[0], np.cumsum(unit.out_widths)]).astype(int)
+    for g in range(unit.groups):
+        for t, (sources, width) in enumerate(zip(unit.sources, unit.out_widths)):
+            lo = g * out_base + out_off[t]
+            terms = " + ".join(f"i[{g * in_base + in_off[x + 1] - 1}:{g * in_base + in_off[x]}]" for x in sources)
+            lines.append(f"    o[{lo + width - 1}:{lo}] = {terms};")
+    lines.append("  end")
+    return lines
+
+
+def _replace_module_body(verilog_text, module, body_lines, ports):
+    """Swap the body of `module` (as Yosys wrote it, with its header) for `body_lines`."""
+    header = f"module \\{module} ("
+    start = verilog_text.find(header)
+    if start < 0:
+        raise RuntimeError(f"generated Verilog has no module {module!r}")
+    head_end = verilog_text.index(");\n", start) + 3
+    found = sorted(p.strip() for p in verilog_text[start + len(header):head_end - 3].split(","))
+    if found != sorted(ports):
+        raise RuntimeError(f"module {module!r} has ports {found}, expected {sorted(ports)}")
+    end = verilog_text.index("endmodule", head_end)
+    # `settle` starts the always block once at time 0 even when no input ever changes
+    # (the same device Yosys' write_verilog uses for its own always @* blocks)
+    body_lines = [line.replace("always @* begin", "always @* begin\n    if (settle) begin end") for line in body_lines]
+    body = "  /* verilator lint_off WIDTH */\n  reg settle = 1'b0;\n" + "\n".join(body_lines) + "\n"
+    return verilog_text[:head_end] + body + verilog_text[end:]
+
+
+def _fast_verilog(engine, verilog_text):
+    for index, unit in enumerate(engine.layer_units):
+        if isinstance(unit, LUTLayer):
+            verilog_text = _replace_module_body(verilog_text, f"{TOP}.layer{index}", _lut_layer_body(unit), ["i", "o"])
+    verilog_text = _replace_module_body(verilog_text, f"{TOP}.comparators",
+                                        _comparator_body(engine.comparator_bank), ["q", "o"])
+    for index, stage in enumerate(engine.popcount.stages):
+        verilog_text = _replace_module_body(verilog_text, f"{TOP}.popcount.stage{index}",
+                                            _adder_stage_body(stage), ["i", "o"])
+    return verilog_text
 
 
 def write_rtl(bundle_or_block, out_dir, *, block_index=0, registers="all", rom=None, force=False):
