@@ -99,3 +99,22 @@ def test_eval_refuses_a_bundle_of_another_checkpoint(tmp_path, capsys):
     bundle_b = export_checkpoint(b, tmp_path / "bundle_b")
     assert cli.main(["eval", str(a), "--mlp-backend", "golden", "--bundle", str(bundle_b)]) == 2
     assert "was not exported from" in capsys.readouterr().err
+
+
+REFERENCE_CHECKPOINT = bundle.REFERENCE / "checkpoint.pt"
+
+
+def test_reference_bundle_is_exported_from_the_reference_checkpoint():
+    b = bundle.load_bundle(bundle.REFERENCE)
+    assert b.manifest["source_checkpoint"]["sha256"] == file_sha256(REFERENCE_CHECKPOINT)
+    assert b.manifest["metrics"]["test_accuracy"] > 0.8
+    assert sum(p.stat().st_size for p in bundle.REFERENCE.rglob("*.npy")) < 1_000_000
+
+
+def test_reference_model_torch_equals_golden_on_1000_test_images():
+    r = backend.evaluate_with_backend(REFERENCE_CHECKPOINT, "golden", bundle_path=bundle.REFERENCE, limit=1000,
+                                      compare=True, progress=False)
+    tokens = 1000 * 17  # 16 patches + class token per image
+    assert r["agreement"].tokens == [tokens, tokens] and r["agreement"].exact, str(r["agreement"])
+    assert r["same_predictions"]
+    assert r["metrics"]["accuracy"] == r["torch_metrics"]["accuracy"]
