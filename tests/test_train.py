@@ -132,7 +132,8 @@ def test_bad_arguments_give_one_line_errors(corpus, dense_ckpt, tmp_path, capsys
 
     one_line_error(["train", "--task", "mnist"], "unknown task 'mnist'")
     one_line_error(["train", "--task", "text", "--mlp", "sparse"], "'sparse'")
-    one_line_error(["train", "--task", "text", "--text", str(tmp_path / "none")], "no text found")
+    one_line_error(["train", "--task", "text", "--text", str(tmp_path / "none"), "--out", str(tmp_path / "e")],
+                   "no text found")
     monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path / "no-fashion")
     one_line_error(["train", "--task", "fashion-mnist", "--out", str(tmp_path / "f")], "dataset-fashion-mnist")
     # --init-from: another task, another shape, not a checkpoint
