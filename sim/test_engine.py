@@ -75,6 +75,7 @@ def run_cocotb(simulator, design, block_source, block_index, *, count, registers
             "QUWEIT_BUNDLE": str(Path(block_source).resolve()), "QUWEIT_BLOCK": str(block_index),
             "QUWEIT_TOKENS": str(build_dir / "tokens.npy"), "QUWEIT_REPORT": str(report),
             "QUWEIT_VALID": str(valid), "QUWEIT_READY": str(ready), "QUWEIT_SEED": "7",
+            "QUWEIT_LATENCY": str(summary["latency_cycles"]),
         },
     )
     # the gate passed only if the scoreboard really saw every token
@@ -82,6 +83,7 @@ def run_cocotb(simulator, design, block_source, block_index, *, count, registers
     result = json.loads(report.read_text())
     assert result["mismatches"] == 0, result
     assert result["received"] == result["tokens"] == len(tokens) >= count, result
+    assert result["latency"] == summary["latency_cycles"], result
     return summary, result
 
 
