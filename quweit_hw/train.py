@@ -320,6 +320,8 @@ def _plain(value):
 
 
 def _check_args(args) -> None:
+    if args.task is None:
+        raise QuweitError(f"--task is required: choose one of {', '.join(TASKS)}")
     if args.task not in TASKS:
         raise QuweitError(f"unknown task {args.task!r}; choose one of {', '.join(TASKS)}")
     if args.mlp not in MLP_KINDS:

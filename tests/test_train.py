@@ -131,6 +131,7 @@ def test_bad_arguments_give_one_line_errors(corpus, dense_ckpt, tmp_path, capsys
             assert needle in err, err
 
     one_line_error(["train", "--task", "mnist"], "unknown task 'mnist'")
+    one_line_error(["train"], "--task is required")
     one_line_error(["train", "--task", "text", "--mlp", "sparse"], "'sparse'")
     one_line_error(["train", "--task", "text", "--text", str(tmp_path / "none"), "--out", str(tmp_path / "e")],
                    "no text found")
