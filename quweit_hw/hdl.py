@@ -785,6 +785,8 @@ def write_rtl(bundle_or_block, out_dir, *, block_index=0, registers="all", rom=N
     verilog_text, rtlil_text = generate(engine)
     summary = {"bundle": source, "block_index": block_index, **engine.summary()}
     summary["files"] = {"verilog": f"{TOP}.v", "rtlil": f"{TOP}.il", "summary": "summary.json"}
+    summary["verilog_form"] = ("Yosys write_verilog of the RTLIL, with the comparators, fabric LUT layers and "
+                               "adder stages as one always block each (docs/verification.md)")
     summary["verilog_bytes"] = len(verilog_text.encode())
     summary["generation_seconds"] = round(time.perf_counter() - start, 3)
 
