@@ -8,7 +8,6 @@ dense and LUT variants differ only where they must.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
@@ -196,7 +195,3 @@ class ViT(nn.Module):
         """The LUT-MLP blocks in block order, named as in the state dict ("blocks.0.mlp", ...)."""
         return lut_mlps(self.blocks)
 
-
-def config_dict(config) -> dict:
-    """The config as plain Python values (what checkpoints and manifests store)."""
-    return dataclasses.asdict(config)
