@@ -767,7 +767,7 @@ def write_rtl(bundle_or_block, out_dir, *, block_index=0, registers="all", rom=N
     written to a temporary folder that is renamed to `out_dir` at the end; an existing
     `out_dir` is an error unless force=True. Returns the summary.
     """
-    from .bundle import Block, Bundle, load_bundle
+    from .bundle import Block, Bundle, atomic_folder, load_bundle
     start = time.perf_counter()
     source = None
     if isinstance(bundle_or_block, Block):
@@ -790,23 +790,10 @@ def write_rtl(bundle_or_block, out_dir, *, block_index=0, registers="all", rom=N
     summary["verilog_bytes"] = len(verilog_text.encode())
     summary["generation_seconds"] = round(time.perf_counter() - start, 3)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir, force=force) as tmp:
         (tmp / f"{TOP}.v").write_text(verilog_text)
         (tmp / f"{TOP}.il").write_text(rtlil_text)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
 
 

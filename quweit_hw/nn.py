@@ -305,7 +305,7 @@ class _LUTFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, luts, weights, mapping_flat, kernel, learn, sparse):
-        out, n, batch = luts.shape[0], kernel.n, x.shape[1]
+        out, n = luts.shape[0], kernel.n
         if weights is not None:
             mapping_flat = (learn[1] + weights.argmax(0)) % x.shape[0]
         # addr[j] = sum_l x[mapping[j, l]] << l as one sparse (out, in) @ (in, B) product with
