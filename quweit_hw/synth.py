@@ -73,6 +73,7 @@ class BoardConfig:
     registers: str
     fit_fraction: float
     nextpnr_opts: tuple
+    synth_opts: tuple = ()    # extra options of Yosys's synth_ecp5 (Amaranth's synth_opts)
 
     def __post_init__(self):
         if self.luts <= 0 or self.clock_hz <= 0 or self.baud <= 0 or self.max_tokens <= 0:
@@ -110,7 +111,8 @@ def load_board(name, boards_dir=BOARDS_DIR, **overrides):
             seen.add(entry["alias"])
             entry = boards[entry["alias"]]
         fields = {**spec.get("defaults", {}), **entry, **{k: v for k, v in overrides.items() if v is not None}}
-        fields["nextpnr_opts"] = tuple(fields.get("nextpnr_opts", ()))
+        for key in ("nextpnr_opts", "synth_opts"):
+            fields[key] = tuple(fields.get(key, ()))
         try:
             return BoardConfig(name=name, **fields)
         except TypeError as e:
@@ -179,7 +181,8 @@ def synth(bundle, board, *, blocks=None, out=None, do_build=True, seed=None):
     out = Path(out) if out is not None else build_dir(bundle, board)
     start = time.perf_counter()
     with _tool_environment():
-        plan = platform.build(top, name=TOP, build_dir=str(out), do_build=False, nextpnr_opts=" ".join(opts))
+        plan = platform.build(top, name=TOP, build_dir=str(out), do_build=False, nextpnr_opts=" ".join(opts),
+                              synth_opts=" ".join(board.synth_opts))
         if not do_build:
             return plan
         try:
