@@ -337,8 +337,8 @@ class LinkCore(wiring.Component):
 
         # ---- reply encoder: events in order; RESULT payload streams from the engine ----
         # Timing: the UART transmitter is busy for 10 * divisor cycles after taking a byte, so
-        # the payload byte and the CRC are computed through registers a cycle or two behind
-        # (no wide shift register with a high-fanout enable) and are current when it takes one.
+        # the payload byte and the CRC are computed through registers a few cycles behind and
+        # are current when it takes the next one.
         ev = Signal(event)
         ev_next = data.View(event, events.r_data)
         tx_byte = Signal(8)
@@ -350,7 +350,7 @@ class LinkCore(wiring.Component):
         e_have = Signal(range(d + 1))
         info_bytes = self.info.encode()
         info_rom = Array(Const(b, 8) for b in info_bytes)
-        index = Signal(range(max(d, len(info_bytes)) + 1))  # byte within the token / INFO payload
+        index = Signal(range(len(info_bytes) + 1))  # byte of the INFO payload
         counts = Signal(d * cw)
         payload_byte = Signal(8)
         out_payload = Array(e.o.payload.as_value() for e in engines)[ev.slot]
@@ -358,11 +358,19 @@ class LinkCore(wiring.Component):
         want = Signal()  # o.ready, from a register: the engines sit far from the encoder
         for k, e in enumerate(engines):
             m.d.comb += e.o.ready.eq(want & (ev.slot == k))
-        with m.If(want):
-            m.d.sync += counts.eq(out_payload)  # held once the transfer is done (want falls)
+        # counts cross the die through a register (staged, every cycle) and leave through a
+        # shift register whose enables come from registers (took, advance)
+        staged = Signal(d * cw)
+        took = Signal()
+        advance = Signal()
+        m.d.sync += [staged.eq(out_payload), took.eq(want & out_valid), advance.eq(0)]
+        with m.If(took):
+            m.d.sync += counts.eq(staged)
+        with m.Elif(advance):
+            m.d.sync += counts.eq(counts >> cw)
         with m.Switch(ev.kind):
             with m.Case(KIND_RESULT):
-                m.d.sync += payload_byte.eq(counts.word_select(index[:max(1, (d - 1).bit_length())], cw))
+                m.d.sync += payload_byte.eq(counts[:cw])
             with m.Case(KIND_INFO):
                 m.d.sync += payload_byte.eq(info_rom[index])
             with m.Default():
@@ -398,11 +406,12 @@ class LinkCore(wiring.Component):
                 with m.If((ev.kind == KIND_RESULT) & (e_have == 0)):  # fetch the next token
                     m.d.sync += want.eq(1)
                     with m.If(want & out_valid):
-                        m.d.sync += [e_have.eq(d), index.eq(0), want.eq(0)]
+                        m.d.sync += [e_have.eq(d), want.eq(0)]
                 with m.Else():
                     m.d.comb += tx_valid.eq(1)
                     with m.If(sent):
-                        m.d.sync += [e_left.eq(e_left - 1), index.eq(index + 1), e_have.eq(e_have - 1)]
+                        m.d.sync += [e_left.eq(e_left - 1), index.eq(index + 1), e_have.eq(e_have - 1),
+                                     advance.eq(1)]
                         with m.If(e_left == 1):
                             m.next = "CRC0"
             for state, value, nxt in (("CRC0", e_crc[8:], "CRC1"), ("CRC1", e_crc[:8], "IDLE")):
