@@ -421,17 +421,20 @@ class LinkCore(wiring.Component):
                         m.next = nxt
 
         # ---- LEDs: 0 heartbeat, 1 rx activity, 2 tx activity, 3 last frame refused,
-        # 4 engine work pending, 5 a reply was dropped (sticky until reset) ----
+        # 4 engine work pending, 5 a reply was dropped (sticky until reset). Pulses and
+        # outputs go through registers: the LED pins sit far from the link logic. ----
         heartbeat = Signal(range(self.stretch * 8))
         rx_led = Signal(range(self.stretch + 1))
         tx_led = Signal(range(self.stretch + 1))
         m.d.sync += heartbeat.eq(heartbeat + 1)
         for led, pulse in ((rx_led, got), (tx_led, sent)):
-            with m.If(pulse):
+            pulse_r = Signal()
+            m.d.sync += pulse_r.eq(pulse)
+            with m.If(pulse_r):
                 m.d.sync += led.eq(self.stretch)
             with m.Elif(led != 0):
                 m.d.sync += led.eq(led - 1)
-        m.d.comb += self.leds.eq(Cat(heartbeat[-1], rx_led != 0, tx_led != 0, error_seen,
+        m.d.sync += self.leds.eq(Cat(heartbeat[-1], rx_led != 0, tx_led != 0, error_seen,
                                      ~feeder.ongoing("IDLE") | ~encoder.ongoing("IDLE"), dropped))
         return m
 

@@ -303,7 +303,7 @@ def check_engine(block, tokens=256, *, registers="all", seed=0):
 # ---- CLI: synth, program, build ----
 
 def _common(parser):
-    parser.add_argument("--board", default="ulx3s", help=f"board variant from boards/ (default ulx3s = 85F)")
+    parser.add_argument("--board", default="ulx3s", help="board variant from boards/ (default ulx3s = 85F)")
     parser.add_argument("--block", type=int, action="append", default=None, metavar="I",
                         help="build only bundle block I (repeatable; default: all blocks when they fit)")
     parser.add_argument("--clock-mhz", type=float, default=None, help="system clock (default: the board's clock_hz)")
