@@ -136,6 +136,7 @@ def test_uart_divisor_and_pll():
     with pytest.raises(ValueError, match="not reachable"):
         uart_divisor(25e6, 3_000_000)  # 8.33 cycles per bit: 4 % off
     assert pll_params(25e6, 150e6) == (1, 6, 4)  # as yowasp-ecppll: VCO 600 MHz
+    assert pll_params(25e6, 100e6) == (1, 4, 6)
     with pytest.raises(ValueError, match="no ECP5 PLL"):
         pll_params(25e6, 1e9)
 
@@ -144,7 +145,7 @@ def test_board_settings():
     assert board_names() == ["ulx3s", "ulx3s-12f", "ulx3s-25f", "ulx3s-45f", "ulx3s-85f"]
     board = load_board("ulx3s")
     assert board.platform_class().device == "LFE5U-85F"
-    assert (board.clock_hz, board.baud, board.divisor) == (150_000_000, 3_000_000, 50)
+    assert (board.clock_hz, board.baud, board.divisor) == (100_000_000, 3_000_000, 33)
     assert load_board("ulx3s-25f", clock_hz=100_000_000).clock_hz == 100_000_000
     with pytest.raises(QuweitError, match="unknown board 'de10'"):
         load_board("de10")
