@@ -52,7 +52,12 @@ class UARTRx(wiring.Component):
         timer = Signal(range(self.divisor))
         bit = Signal(range(8))
         shreg = Signal(8)
-        m.d.comb += self.o.payload.eq(shreg)
+        # valid and error come from registers (one cycle after the stop bit's sample): the
+        # frame decoder's logic hangs off `o.valid`
+        valid = Signal()
+        error = Signal()
+        m.d.sync += [valid.eq(0), error.eq(0)]
+        m.d.comb += [self.o.payload.eq(shreg), self.o.valid.eq(valid), self.frame_error.eq(error)]
         with m.If(timer != 0):
             m.d.sync += timer.eq(timer - 1)
         with m.FSM():
@@ -73,7 +78,7 @@ class UARTRx(wiring.Component):
                         m.next = "STOP"
             with m.State("STOP"):
                 with m.If(timer == 0):
-                    m.d.comb += [self.o.valid.eq(rx), self.frame_error.eq(~rx)]
+                    m.d.sync += [valid.eq(rx), error.eq(~rx)]
                     m.next = "IDLE"
         return m
 
