@@ -145,7 +145,7 @@ def test_board_settings():
     assert board_names() == ["ulx3s", "ulx3s-12f", "ulx3s-25f", "ulx3s-45f", "ulx3s-85f"]
     board = load_board("ulx3s")
     assert board.platform_class().device == "LFE5U-85F"
-    assert (board.clock_hz, board.baud, board.divisor) == (100_000_000, 3_000_000, 33)
+    assert (board.clock_hz, board.baud, board.divisor) == (90_000_000, 3_000_000, 30)
     assert load_board("ulx3s-25f", clock_hz=100_000_000).clock_hz == 100_000_000
     with pytest.raises(QuweitError, match="unknown board 'de10'"):
         load_board("de10")
