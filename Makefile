@@ -6,7 +6,7 @@ PYTHON     ?= python3
 VENV       := .venv
 BIN        := $(VENV)/bin
 STAMP      := $(VENV)/.installed
-APT_PKGS   := iverilog dataset-fashion-mnist fortunes-min openfpgaloader
+APT_PKGS   := iverilog dataset-fashion-mnist fortunes-min openfpgaloader g++ make perl
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BOARD      ?= ulx3s
 BUNDLE     ?= export/reference

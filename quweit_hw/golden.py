@@ -71,3 +71,20 @@ def counts(block, q, *, chunk=8192):
 def affine(block, c):
     """The float output y = a * c + b the model adds to its residual stream (float32, as torch)."""
     return block.affine_a[None, :] * np.asarray(c, np.float32) + block.affine_b[None, :]
+
+
+def threshold_edges(block, backgrounds):
+    """Tokens that put every kept comparator on both sides of its edge: for each row of
+    `backgrounds` (R, d) and each distinct (feature, threshold) some layer-0 LUT reads,
+    q_f = theta and q_f = theta + 1 where those are in the input range."""
+    lo, hi = -(2 ** (block.bits - 1)), 2 ** (block.bits - 1) - 1
+    pairs = sorted({(int(f), int(block.thresholds[f, t])) for f, t in zip(*np.nonzero(block.used_thresholds()))})
+    rows = []
+    for background in np.asarray(backgrounds, np.int64):
+        for f, theta in pairs:
+            for v in (theta, theta + 1):
+                if lo <= v <= hi:
+                    row = background.copy()
+                    row[f] = v
+                    rows.append(row)
+    return np.array(rows, np.int64).reshape(-1, block.d)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from cocotb_tools.runner import get_runner
 
-from quweit_hw import bundle
+from quweit_hw import bundle, golden
 from quweit_hw.hdl import TOP, ComparatorBank, write_rtl
 
 SIM_DIR = Path(__file__).resolve().parent
@@ -31,14 +31,7 @@ def verification_tokens(block, count, seed=0):
     lo, hi = -(2 ** (block.bits - 1)), 2 ** (block.bits - 1) - 1
     bank = ComparatorBank(block)
     bank._MustUse__silence = True  # inspected, not built
-    rows = []
-    for background in rng.integers(lo, hi + 1, size=(3, block.d)):
-        for f, theta in bank.comparators:
-            for v in (theta, theta + 1):
-                if lo <= v <= hi:
-                    row = background.copy()
-                    row[f] = v
-                    rows.append(row)
+    rows = list(golden.threshold_edges(block, rng.integers(lo, hi + 1, size=(3, block.d))))
     per_feature = [[theta + e for g, theta in bank.comparators if g == f for e in (0, 1)
                     if lo <= theta + e <= hi] or [0] for f in range(block.d)]
     for _ in range(max(1000, count // 10)):

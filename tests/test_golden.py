@@ -75,3 +75,16 @@ def test_tokens_are_checked():
         golden.counts(block, np.zeros((2, 3), np.int64))
     with pytest.raises(QuweitError, match="integers"):
         golden.counts(block, np.full((1, 4), 0.5))
+
+
+def test_threshold_edges_cover_both_sides_of_every_kept_comparator():
+    block = bundle.random_block(5, thresholds=6, n=3, hidden=(20,), group_size=2, seed=4)
+    q = golden.threshold_edges(block, np.zeros((2, 5), np.int64))
+    bits = golden.thermometer(block, q)
+    used = block.used_thresholds().reshape(-1)
+    for index in np.nonzero(used)[0]:
+        f, t = divmod(int(index), block.T)
+        theta = int(block.thresholds[f, t])
+        if -128 <= theta and theta + 1 <= 127:
+            assert set(bits[q[:, f] == theta, index]) == {0} and set(bits[q[:, f] == theta + 1, index]) == {1}
+    assert len(q) % 2 == 0 and q.shape[1] == 5

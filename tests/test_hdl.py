@@ -25,19 +25,7 @@ def tokens(block, count, seed):
 def edge_tokens(block, seed=0):
     """For every kept comparator (f, theta): a token with q_f = theta and one with theta + 1
     (the other features random), so each comparator is seen on both sides of its edge."""
-    lo, hi = -(2 ** (block.bits - 1)), 2 ** (block.bits - 1) - 1
-    rows = []
-    base = tokens(block, 1, seed)[0]
-    bank = ComparatorBank(block)
-    bank._MustUse__silence = True  # inspected, not built
-    for f, theta in bank.comparators:
-        for v in (theta, theta + 1):
-            if lo <= v <= hi:
-                row = base.copy()
-                row[f] = v
-                rows.append(row)
-                base = np.roll(base, 1)
-    return np.array(rows, np.int64)
+    return golden.threshold_edges(block, tokens(block, 1, seed))
 
 
 def packed_edge_tokens(block):
