@@ -22,6 +22,12 @@ from .host import BoardInfo
 LEDS = 8
 
 
+def _check_divisor(divisor):
+    if not isinstance(divisor, int) or divisor < 4:
+        raise ValueError(f"UART divisor must be an int >= 4, got {divisor!r}")
+    return divisor
+
+
 def uart_divisor(clock_hz, baud):
     """Clock cycles per UART bit; ValueError when the rate error would exceed 2 %."""
     divisor = round(clock_hz / baud)
@@ -40,9 +46,7 @@ class UARTRx(wiring.Component):
     frame_error: Out(1)
 
     def __init__(self, divisor):
-        if not isinstance(divisor, int) or divisor < 4:
-            raise ValueError(f"UART divisor must be an int >= 4, got {divisor!r}")
-        self.divisor = divisor
+        self.divisor = _check_divisor(divisor)
         super().__init__()
 
     def elaborate(self, platform):
@@ -90,9 +94,7 @@ class UARTTx(wiring.Component):
     tx: Out(1, init=1)
 
     def __init__(self, divisor):
-        if not isinstance(divisor, int) or divisor < 4:
-            raise ValueError(f"UART divisor must be an int >= 4, got {divisor!r}")
-        self.divisor = divisor
+        self.divisor = _check_divisor(divisor)
         super().__init__()
 
     def elaborate(self, platform):
