@@ -122,6 +122,66 @@ def crc16_update(crc, byte):
     return crc
 
 
+def pipe(m, value, stages, name):
+    """`value` delayed by `stages` flip-flops in `m` (no logic between them: placement can
+    spread them along a long route). Data pipes have no reset; pulses reset to 0."""
+    for k in range(stages):
+        reg = Signal(len(value), name=f"{name}_{k}", reset_less=len(value) > 1)
+        m.d.sync += reg.eq(value)
+        value = reg
+    return value
+
+
+class EngineSocket(wiring.Component):
+    """An `MLPEngine` behind register pipes, so that the link logic and the engines may sit
+    far apart on the die: every signal between the two crosses `stages` flip-flops each way
+    with no logic between, and the engine's handshakes stay inside the socket.
+
+    Link side: `token` with a one-cycle `push`, allowed only while the link holds a credit
+    (it starts with `CREDITS`; each `credit` pulse returns one, when the engine takes a token
+    from the socket's inbox FIFO). A one-cycle `pull` asks for the next result, which comes
+    back on `result` with a one-cycle `result_valid` (the link pulls again only after it).
+    The engine's `o.ready` is a flip-flop (`pending`).
+    """
+
+    CREDITS = 4
+
+    def __init__(self, engine, stages=2):
+        if not isinstance(stages, int) or stages < 0:
+            raise ValueError(f"pipe stages must be an int >= 0, got {stages!r}")
+        self.engine, self.stages = engine, stages
+        block = engine.block
+        super().__init__({
+            "token": In(block.d * block.bits), "push": In(1), "credit": Out(1),
+            "pull": In(1), "result": Out(block.d * block.count_width), "result_valid": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.engine = engine = self.engine
+        m.submodules.inbox = inbox = SyncFIFOBuffered(width=len(self.token), depth=self.CREDITS)
+        m.d.comb += [inbox.w_data.eq(pipe(m, self.token, self.stages, "token")),
+                     inbox.w_en.eq(pipe(m, self.push, self.stages, "push")),
+                     engine.i.payload.eq(inbox.r_data), engine.i.valid.eq(inbox.r_rdy),
+                     inbox.r_en.eq(engine.i.ready)]
+        took = Signal()
+        m.d.sync += took.eq(inbox.r_rdy & engine.i.ready)
+        m.d.comb += self.credit.eq(pipe(m, took, self.stages, "credit"))
+
+        pending = Signal()
+        with m.If(pending & engine.o.valid):
+            m.d.sync += pending.eq(0)
+        with m.If(pipe(m, self.pull, self.stages, "pull")):
+            m.d.sync += pending.eq(1)
+        result = Signal(len(self.result), reset_less=True)
+        answered = Signal()
+        m.d.comb += engine.o.ready.eq(pending)
+        m.d.sync += [result.eq(engine.o.payload), answered.eq(pending & engine.o.valid)]
+        m.d.comb += [self.result.eq(pipe(m, result, self.stages, "result")),
+                     self.result_valid.eq(pipe(m, answered, self.stages, "answered"))]
+        return m
+
+
 class LinkCore(wiring.Component):
     """The board design without pins: `rx`/`tx` are the UART lines, `leds` the status LEDs.
 
@@ -134,7 +194,8 @@ class LinkCore(wiring.Component):
     tx: Out(1)
     leds: Out(LEDS)
 
-    def __init__(self, engines, *, divisor, max_tokens=32, timeout=1_000_000, stretch=1 << 20, bundle_id=0):
+    def __init__(self, engines, *, divisor, max_tokens=32, timeout=1_000_000, stretch=1 << 20, bundle_id=0,
+                 stages=2):
         if not engines or len(engines) > 16:
             raise ValueError(f"need 1 to 16 engines, got {len(engines)}")
         first = engines[0][1]
@@ -151,6 +212,7 @@ class LinkCore(wiring.Component):
             raise ValueError(f"max_tokens={max_tokens!r} x d={self.d} does not fit the 16-bit length")
         self.engines = engines
         self.divisor, self.max_tokens, self.timeout, self.stretch = divisor, max_tokens, timeout, stretch
+        self.sockets = [EngineSocket(engine, stages) for _, engine in engines]
         self.info = BoardInfo(host.PROTOCOL_VERSION, self.d, self.bits, self.count_width, max_tokens,
                               bundle_id, tuple(i for i, _ in engines), tuple(e.latency for _, e in engines))
         super().__init__()
@@ -158,9 +220,9 @@ class LinkCore(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         d, bits, cw, n_eng = self.d, self.bits, self.count_width, len(self.engines)
-        engines = [e for _, e in self.engines]
-        for k, e in enumerate(engines):
-            m.submodules[f"engine{k}"] = e
+        sockets = self.sockets
+        for k, socket in enumerate(sockets):
+            m.submodules[f"socket{k}"] = socket
 
         m.submodules.uart_rx = urx = UARTRx(self.divisor)
         m.submodules.uart_tx = utx = UARTTx(self.divisor)
@@ -316,9 +378,13 @@ class LinkCore(wiring.Component):
         f_byte = Signal(range(d))
         token = Signal(d * bits)
         m.d.comb += rd_port.addr.eq(rd_ptr[:abits])
-        for k, e in enumerate(engines):
-            m.d.comb += e.i.payload.eq(token)
-        ready = Array(e.i.ready for e in engines)[f_slot]
+        credits = [Signal(range(EngineSocket.CREDITS + 1), init=EngineSocket.CREDITS, name=f"credits{k}")
+                   for k in range(n_eng)]
+        push = [Signal(name=f"push{k}") for k in range(n_eng)]
+        for k, socket in enumerate(sockets):
+            m.d.comb += [socket.token.eq(token), socket.push.eq(push[k])]
+            m.d.sync += credits[k].eq(credits[k] + socket.credit - push[k])
+        ready = Array(c != 0 for c in credits)[f_slot]
         with m.FSM(name="feeder") as feeder:
             with m.State("IDLE"):
                 with m.If(jobs.r_rdy):
@@ -334,9 +400,8 @@ class LinkCore(wiring.Component):
                 with m.If(f_byte == d - 1):
                     m.next = "PUSH"
             with m.State("PUSH"):
-                for k, e in enumerate(engines):
-                    m.d.comb += e.i.valid.eq(f_slot == k)
                 with m.If(ready):
+                    m.d.comb += Array(push)[f_slot].eq(1)
                     m.d.sync += f_left.eq(f_left - 1)
                     m.next = "READ"
                     with m.If(f_left == 1):
@@ -360,19 +425,18 @@ class LinkCore(wiring.Component):
         index = Signal(range(len(info_bytes) + 1))  # byte of the INFO payload
         counts = Signal(d * cw)
         payload_byte = Signal(8)
-        out_payload = Array(e.o.payload.as_value() for e in engines)[ev.slot]
-        out_valid = Array(e.o.valid for e in engines)[ev.slot]
-        want = Signal()  # o.ready, from a register: the engines sit far from the encoder
-        for k, e in enumerate(engines):
-            m.d.comb += e.o.ready.eq(want & (ev.slot == k))
-        # counts cross the die through a register (staged, every cycle) and leave through a
-        # shift register whose enables come from registers (took, advance)
-        staged = Signal(d * cw)
-        took = Signal()
+        # a result is pulled from the socket, arrives some cycles later, and leaves through
+        # a shift register whose enables come from registers (result_valid, advance)
+        result = Array(socket.result for socket in sockets)[ev.slot]
+        result_valid = Array(socket.result_valid for socket in sockets)[ev.slot]
+        pull = Signal()
+        asked = Signal()
         advance = Signal()
-        m.d.sync += [staged.eq(out_payload), took.eq(want & out_valid), advance.eq(0)]
-        with m.If(took):
-            m.d.sync += counts.eq(staged)
+        for k, socket in enumerate(sockets):
+            m.d.comb += socket.pull.eq(pull & (ev.slot == k))
+        m.d.sync += advance.eq(0)
+        with m.If(result_valid):
+            m.d.sync += counts.eq(result)
         with m.Elif(advance):
             m.d.sync += counts.eq(counts >> cw)
         with m.Switch(ev.kind):
@@ -411,9 +475,10 @@ class LinkCore(wiring.Component):
             with m.State("PAYLOAD"):
                 m.d.comb += [tx_byte.eq(payload_byte), tx_crc_on.eq(1)]
                 with m.If((ev.kind == KIND_RESULT) & (e_have == 0)):  # fetch the next token
-                    m.d.sync += want.eq(1)
-                    with m.If(want & out_valid):
-                        m.d.sync += [e_have.eq(d), want.eq(0)]
+                    m.d.comb += pull.eq(~asked)
+                    m.d.sync += asked.eq(1)
+                    with m.If(result_valid):
+                        m.d.sync += [e_have.eq(d), asked.eq(0)]
                 with m.Else():
                     m.d.comb += tx_valid.eq(1)
                     with m.If(sent):
