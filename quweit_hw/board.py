@@ -139,9 +139,11 @@ class EngineSocket(wiring.Component):
 
     Link side: `token` with a one-cycle `push`, allowed only while the link holds a credit
     (it starts with `CREDITS`; each `credit` pulse returns one, when the engine takes a token
-    from the socket's inbox FIFO). A one-cycle `pull` asks for the next result, which comes
-    back on `result` with a one-cycle `result_valid` (the link pulls again only after it).
-    The engine's `o.ready` is a flip-flop (`pending`).
+    from the socket's inbox FIFO). A one-cycle `pull` asks for the next count: the socket
+    takes the engine's results one token at a time and hands them out one count per pull,
+    in order, on `result` with a one-cycle `result_valid` (the link pulls again only after
+    it), so the wide count vector never leaves the engine's side of the die. The engine's
+    `o.ready` is a flip-flop (`pending`).
     """
 
     CREDITS = 4
@@ -153,7 +155,7 @@ class EngineSocket(wiring.Component):
         block = engine.block
         super().__init__({
             "token": In(block.d * block.bits), "push": In(1), "credit": Out(1),
-            "pull": In(1), "result": Out(block.d * block.count_width), "result_valid": Out(1),
+            "pull": In(1), "result": Out(block.count_width), "result_valid": Out(1),
         })
 
     def elaborate(self, platform):
@@ -168,15 +170,22 @@ class EngineSocket(wiring.Component):
         m.d.sync += took.eq(inbox.r_rdy & engine.i.ready)
         m.d.comb += self.credit.eq(pipe(m, took, self.stages, "credit"))
 
-        pending = Signal()
-        with m.If(pending & engine.o.valid):
-            m.d.sync += pending.eq(0)
-        with m.If(pipe(m, self.pull, self.stages, "pull")):
-            m.d.sync += pending.eq(1)
-        result = Signal(len(self.result), reset_less=True)
-        answered = Signal()
+        d, cw = self.engine.block.d, self.engine.block.count_width
+        vector = Signal(d * cw, reset_less=True)  # the counts of one token, lowest feature first
+        left = Signal(range(d + 1))               # counts of `vector` not handed out yet
+        want, pending, answered = Signal(), Signal(), Signal()
+        result = Signal(cw, reset_less=True)
         m.d.comb += engine.o.ready.eq(pending)
-        m.d.sync += [result.eq(engine.o.payload), answered.eq(pending & engine.o.valid)]
+        m.d.sync += answered.eq(0)
+        with m.If(want & (left != 0)):
+            m.d.sync += [result.eq(vector[:cw]), vector.eq(vector >> cw), left.eq(left - 1),
+                         answered.eq(1), want.eq(0)]
+        with m.Elif(pending & engine.o.valid):
+            m.d.sync += [vector.eq(engine.o.payload), left.eq(d), pending.eq(0)]
+        with m.Elif(want & (left == 0)):
+            m.d.sync += pending.eq(1)
+        with m.If(pipe(m, self.pull, self.stages, "pull")):
+            m.d.sync += want.eq(1)
         m.d.comb += [self.result.eq(pipe(m, result, self.stages, "result")),
                      self.result_valid.eq(pipe(m, answered, self.stages, "answered"))]
         return m
@@ -419,29 +428,22 @@ class LinkCore(wiring.Component):
         e_crc = Signal(16, init=0xFFFF)
         e_len = Signal(16)
         e_left = Signal(16)
-        e_have = Signal(range(d + 1))
+        have = Signal()  # the RESULT payload byte has arrived from the socket
         info_bytes = self.info.encode()
         info_rom = Array(Const(b, 8) for b in info_bytes)
         index = Signal(range(len(info_bytes) + 1))  # byte of the INFO payload
-        counts = Signal(d * cw)
         payload_byte = Signal(8)
-        # a result is pulled from the socket, arrives some cycles later, and leaves through
-        # a shift register whose enables come from registers (result_valid, advance)
+        # each count of a RESULT is pulled from the socket and arrives some cycles later
         result = Array(socket.result for socket in sockets)[ev.slot]
         result_valid = Array(socket.result_valid for socket in sockets)[ev.slot]
         pull = Signal()
         asked = Signal()
-        advance = Signal()
         for k, socket in enumerate(sockets):
             m.d.comb += socket.pull.eq(pull & (ev.slot == k))
-        m.d.sync += advance.eq(0)
-        with m.If(result_valid):
-            m.d.sync += counts.eq(result)
-        with m.Elif(advance):
-            m.d.sync += counts.eq(counts >> cw)
         with m.Switch(ev.kind):
             with m.Case(KIND_RESULT):
-                m.d.sync += payload_byte.eq(counts[:cw])
+                with m.If(result_valid):
+                    m.d.sync += payload_byte.eq(result)
             with m.Case(KIND_INFO):
                 m.d.sync += payload_byte.eq(info_rom[index])
             with m.Default():
@@ -459,7 +461,7 @@ class LinkCore(wiring.Component):
             with m.State("IDLE"):
                 with m.If(events.r_rdy):
                     m.d.comb += events.r_en.eq(1)
-                    m.d.sync += [ev.eq(ev_next), e_crc.eq(0xFFFF), e_have.eq(0), index.eq(0),
+                    m.d.sync += [ev.eq(ev_next), e_crc.eq(0xFFFF), have.eq(0), index.eq(0),
                                  e_len.eq(Mux(ev_next.kind == KIND_RESULT, ev_next.length,
                                               Mux(ev_next.kind == KIND_INFO, len(info_bytes), 1)))]
                     m.next = "SOF"
@@ -474,16 +476,15 @@ class LinkCore(wiring.Component):
                         m.next = nxt
             with m.State("PAYLOAD"):
                 m.d.comb += [tx_byte.eq(payload_byte), tx_crc_on.eq(1)]
-                with m.If((ev.kind == KIND_RESULT) & (e_have == 0)):  # fetch the next token
+                with m.If((ev.kind == KIND_RESULT) & ~have):  # fetch the next count
                     m.d.comb += pull.eq(~asked)
                     m.d.sync += asked.eq(1)
                     with m.If(result_valid):
-                        m.d.sync += [e_have.eq(d), asked.eq(0)]
+                        m.d.sync += [have.eq(1), asked.eq(0)]
                 with m.Else():
                     m.d.comb += tx_valid.eq(1)
                     with m.If(sent):
-                        m.d.sync += [e_left.eq(e_left - 1), index.eq(index + 1), e_have.eq(e_have - 1),
-                                     advance.eq(1)]
+                        m.d.sync += [e_left.eq(e_left - 1), index.eq(index + 1), have.eq(0)]
                         with m.If(e_left == 1):
                             m.next = "CRC0"
             for state, value, nxt in (("CRC0", e_crc[8:], "CRC1"), ("CRC1", e_crc[:8], "IDLE")):
