@@ -142,8 +142,8 @@ class EngineSocket(wiring.Component):
     from the socket's inbox FIFO). A one-cycle `pull` asks for the next count: the socket
     takes the engine's results one token at a time and hands them out one count per pull,
     in order, on `result` with a one-cycle `result_valid` (the link pulls again only after
-    it), so the wide count vector never leaves the engine's side of the die. The engine's
-    `o.ready` is a flip-flop (`pending`).
+    it), so the wide count vector never leaves the engine's side of the die. The counts are
+    read in place from the engine's output FIFO, and its `o.ready` is a flip-flop (`pop`).
     """
 
     CREDITS = 4
@@ -170,20 +170,21 @@ class EngineSocket(wiring.Component):
         m.d.sync += took.eq(inbox.r_rdy & engine.i.ready)
         m.d.comb += self.credit.eq(pipe(m, took, self.stages, "credit"))
 
+        # the counts are read in place from the engine's output FIFO (its output register
+        # holds them until popped): no wide register with a logic-driven enable out here
         d, cw = self.engine.block.d, self.engine.block.count_width
-        vector = Signal(d * cw, reset_less=True)  # the counts of one token, lowest feature first
-        left = Signal(range(d + 1))               # counts of `vector` not handed out yet
-        want, pending, answered = Signal(), Signal(), Signal()
+        index = Signal(range(d))  # the next count of the token at the FIFO's head
+        want, pop, answered = Signal(), Signal(), Signal()
         result = Signal(cw, reset_less=True)
-        m.d.comb += engine.o.ready.eq(pending)
-        m.d.sync += answered.eq(0)
-        with m.If(want & (left != 0)):
-            m.d.sync += [result.eq(vector[:cw]), vector.eq(vector >> cw), left.eq(left - 1),
+        m.d.comb += engine.o.ready.eq(pop)
+        m.d.sync += [answered.eq(0), pop.eq(0)]
+        with m.If(want & engine.o.valid & ~pop):
+            m.d.sync += [result.eq(engine.o.payload.as_value().word_select(index, cw)),
                          answered.eq(1), want.eq(0)]
-        with m.Elif(pending & engine.o.valid):
-            m.d.sync += [vector.eq(engine.o.payload), left.eq(d), pending.eq(0)]
-        with m.Elif(want & (left == 0)):
-            m.d.sync += pending.eq(1)
+            with m.If(index == d - 1):
+                m.d.sync += [index.eq(0), pop.eq(1)]
+            with m.Else():
+                m.d.sync += index.eq(index + 1)
         with m.If(pipe(m, self.pull, self.stages, "pull")):
             m.d.sync += want.eq(1)
         m.d.comb += [self.result.eq(pipe(m, result, self.stages, "result")),
