@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from amaranth.hdl import Array, Cat, Const, Instance, Module, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -38,7 +38,7 @@ from . import QuweitError
 __all__ = [
     "Registers", "ComparatorBank", "LUTLayer", "ROMLUTLayer", "Popcount", "MLPEngine",
     "write_rtl", "generate", "simulate", "estimate_lut4", "RTLBackend", "TOP", "MAX_FABRIC_FAN_IN",
-    "MAX_ROM_FAN_IN", "MAX_ECP5_FAN_IN", "ecp5_lut",
+    "MAX_ROM_FAN_IN",
 ]
 
 TOP = "mlp_engine"  # name of the top-level Verilog module
@@ -46,7 +46,6 @@ TOP = "mlp_engine"  # name of the top-level Verilog module
 # ROM form stores 2**n bits per word: both stop being sensible there.
 MAX_FABRIC_FAN_IN = 8
 MAX_ROM_FAN_IN = 10
-MAX_ECP5_FAN_IN = 7  # LUT4 + PFUMX + L6MUX21 + L6MUX21: the widest LUT an ECP5 slice group builds
 FIFO_LATENCY = 2  # SyncFIFOBuffered: a word written in cycle c is on its output in cycle c + 2
 
 
@@ -150,53 +149,17 @@ class ComparatorBank(wiring.Component):
         return m
 
 
-def ecp5_lut(m, name, table, address):
-    """An n-input LUT (n <= 7) as ECP5 slice primitives in `m`; returns its output.
-
-    `table` is the 2**n-bit truth table (bit k = output at address k, address bit 0 =
-    `address[0]`). Four address bits go to LUT4s (INIT = 16 table bits each; a table of
-    fewer inputs is repeated over the unused ones, which are tied to 0), bit 4 to PFUMX
-    (LUT5), bits 5 and 6 to L6MUX21 (LUT6, LUT7): the structure nextpnr packs into
-    one, two or four slices.
-    """
-    n = len(address)
-    if not 1 <= n <= MAX_ECP5_FAN_IN:
-        raise ValueError(f"an ECP5 LUT has 1 to {MAX_ECP5_FAN_IN} inputs, got {n}")
-    if n < 4:
-        table = sum(table << (k * 2**n) for k in range(2 ** (4 - n)))
-    pins = [address[k] if k < n else Const(0, 1) for k in range(4)]
-    level = []
-    for k in range(2 ** max(n - 4, 0)):
-        z = Signal(name=f"{name}_lut{k}")
-        m.submodules[f"{name}_lut{k}"] = Instance(
-            "LUT4", p_INIT=Const((table >> (16 * k)) & 0xFFFF, 16),
-            i_A=pins[0], i_B=pins[1], i_C=pins[2], i_D=pins[3], o_Z=z)
-        level.append(z)
-    for bit in range(4, n):
-        pair = []
-        for k in range(0, len(level), 2):
-            z = Signal(name=f"{name}_mux{bit}_{k // 2}")
-            if bit == 4:
-                m.submodules[z.name] = Instance(
-                    "PFUMX", i_BLUT=level[k], i_ALUT=level[k + 1], i_C0=address[bit], o_Z=z)
-            else:
-                m.submodules[z.name] = Instance(
-                    "L6MUX21", i_D0=level[k], i_D1=level[k + 1], i_SD=address[bit], o_Z=z)
-            pair.append(z)
-        level = pair
-    return level[0]
-
-
 class LUTLayer(wiring.Component):
     """One layer of n-input LUTs in fabric: o[j] = table[j][address], address bit l = i[mapping[j, l]].
 
     Each node is its truth table as a 2**n-bit constant indexed by the address (quick to
-    elaborate and to simulate). On an ECP5 platform (`platform.family == "ecp5"`) nodes
-    of up to 7 inputs are instead placed as the slice primitives Yosys would map them to
-    (`ecp5_lut`): Yosys then has nothing left to do for them, where a constant-indexed
-    `$shiftx` costs it a techmap specialised per node (6160 `clean` and 6190 `opt_expr`
-    runs, 632 of Yosys' 976 s on the reference engine). The two forms are proven equal
-    with a SAT miter in tests/test_hdl.py.
+    elaborate and to simulate). Built for a platform (synthesis), each node is instead an
+    `Array` of its table bits indexed by the address: a constant-indexed `$shiftx` costs
+    Yosys a techmap specialised per node (6160 `clean` and 6190 `opt_expr` runs, 632 of
+    its 976 s on the reference engine), the `Array` (a `$bmux`) none. Both map to LUT4
+    (n <= 4), LUT4+PFUMX (5), LUT4+PFUMX+L6MUX21 (6) on ECP5. (ECP5 primitives placed by
+    hand were quicker still in Yosys but broke nextpnr's packing whenever Yosys simplified
+    one of their PFUMX away; docs/results.md.)
     """
 
     def __init__(self, mapping, table, in_features):
@@ -208,12 +171,11 @@ class LUTLayer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         n = self.mapping.shape[1]
-        primitives = getattr(platform, "family", None) == "ecp5" and n <= MAX_ECP5_FAN_IN
         nodes = []
-        for j, (row, tab) in enumerate(zip(self.mapping, self.table)):
+        for row, tab in zip(self.mapping, self.table):
             address = Cat(*(self.i[int(x)] for x in row))  # column 0 is the LSB
-            if primitives:
-                nodes.append(ecp5_lut(m, f"node{j}", _table_int(tab), address))
+            if platform is not None:
+                nodes.append(Array(Const(int(bit), 1) for bit in tab)[address])
             else:
                 nodes.append(Const(_table_int(tab), 2**n).bit_select(address, 1))
         _assign_chunked(m, self.o, nodes)
