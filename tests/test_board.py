@@ -202,7 +202,7 @@ def test_board_settings():
     assert board_names() == ["ulx3s", "ulx3s-12f", "ulx3s-25f", "ulx3s-45f", "ulx3s-85f"]
     board = load_board("ulx3s")
     assert board.platform_class().device == "LFE5U-85F"
-    assert (board.clock_hz, board.baud, board.divisor) == (90_000_000, 3_000_000, 30)
+    assert (board.clock_hz, board.baud, board.divisor) == (75_000_000, 3_000_000, 25)
     assert load_board("ulx3s-25f", clock_hz=100_000_000).clock_hz == 100_000_000
     with pytest.raises(QuweitError, match="unknown board 'de10'"):
         load_board("de10")
@@ -257,8 +257,8 @@ def test_full_build_small_bundle(small_bundle, tmp_path):
     assert res["L6MUX21"]["used"] >= 0.7 * nodes and res["PFUMX"]["used"] >= 1.4 * nodes
     assert [e["latency_cycles"] for e in report["engines"]] == [MLPEngine(b).latency for b in small_bundle.blocks]
     (fmax,) = report["fmax"].values()
-    assert fmax["constraint_mhz"] == 90.0 and fmax["achieved_mhz"] > 20
-    assert report["timing_met"] == (fmax["achieved_mhz"] >= 90.0)
+    assert fmax["constraint_mhz"] == 75.0 and fmax["achieved_mhz"] > 20
+    assert report["timing_met"] == (fmax["achieved_mhz"] >= 75.0)
 
 
 def test_yosys_faults_are_named(tmp_path):
