@@ -147,6 +147,7 @@ class EngineSocket(wiring.Component):
     """
 
     CREDITS = 4
+    GROUP = 8  # counts in the first stage of the count select
 
     def __init__(self, engine, stages=2):
         if not isinstance(stages, int) or stages < 0:
@@ -171,16 +172,24 @@ class EngineSocket(wiring.Component):
         m.d.comb += self.credit.eq(pipe(m, took, self.stages, "credit"))
 
         # the counts are read in place from the engine's output FIFO (its output register
-        # holds them until popped): no wide register with a logic-driven enable out here
+        # holds them until popped), through a two-stage select: the group of `GROUP` counts
+        # first, then the count in it; no register wider than a group
         d, cw = self.engine.block.d, self.engine.block.count_width
+        group = min(d, self.GROUP)
         index = Signal(range(d))  # the next count of the token at the FIFO's head
-        want, pop, answered = Signal(), Signal(), Signal()
+        want, pop, picked, answered = Signal(), Signal(), Signal(), Signal()
+        counts = Signal(group * cw, reset_less=True)
+        offset = Signal(range(group), reset_less=True)
         result = Signal(cw, reset_less=True)
         m.d.comb += engine.o.ready.eq(pop)
-        m.d.sync += [answered.eq(0), pop.eq(0)]
+        m.d.sync += [picked.eq(0), answered.eq(0), pop.eq(0)]
+        with m.If(picked):
+            m.d.sync += [result.eq(counts.word_select(offset, cw)), answered.eq(1)]
         with m.If(want & engine.o.valid & ~pop):
-            m.d.sync += [result.eq(engine.o.payload.as_value().word_select(index, cw)),
-                         answered.eq(1), want.eq(0)]
+            groups = (engine.o.payload.as_value() if d % group == 0
+                      else Cat(engine.o.payload.as_value(), C(0, (-d % group) * cw)))
+            m.d.sync += [counts.eq(groups.word_select(index // group, group * cw)),
+                         offset.eq(index % group), picked.eq(1), want.eq(0)]
             with m.If(index == d - 1):
                 m.d.sync += [index.eq(0), pop.eq(1)]
             with m.Else():
@@ -252,13 +261,26 @@ class LinkCore(wiring.Component):
         job = data.StructLayout({"slot": slot_bits, "tokens": 16})
         m.submodules.events = events = SyncFIFOBuffered(width=event.size, depth=4)
         m.submodules.jobs = jobs = SyncFIFOBuffered(width=job.size, depth=4)
-        ev_in = Signal(event)
-        job_in = Signal(job)
-        m.d.comb += [events.w_data.eq(ev_in), jobs.w_data.eq(job_in)]
+        # the decoder's writes (reply events, jobs, payload bytes) leave it through registers
+        # and land one cycle after its decision: only it writes, and at most once per byte
+        ev_in = Signal(event, reset_less=True)
+        job_in = Signal(job, reset_less=True)
+        ev_we, job_we, byte_we = Signal(), Signal(), Signal()
+        byte_addr, byte_data = Signal(abits, reset_less=True), Signal(8, reset_less=True)
+        m.d.sync += [ev_we.eq(0), job_we.eq(0), byte_we.eq(0)]
+        m.d.comb += [events.w_data.eq(ev_in), events.w_en.eq(ev_we), jobs.w_data.eq(job_in), jobs.w_en.eq(job_we),
+                     wr_port.addr.eq(byte_addr), wr_port.data.eq(byte_data), wr_port.en.eq(byte_we)]
         KIND_RESULT, KIND_INFO, KIND_ERROR = 0, 1, 2
 
         # ---- frame decoder ----
+        # Timing: a byte arrives at most once per 10 * divisor cycles and the receiver holds it
+        # for at least 1.5 * divisor cycles after `got`, so the decoder acts on it two cycles
+        # later (`step`), when every flag it decides on (CRC zero, length limits, buffer full,
+        # last byte, silence) has been computed from it into a register: no decision waits on
+        # a carry chain or a wide compare.
         byte, got = urx.o.payload, urx.o.valid
+        got_d, step = Signal(), Signal()
+        m.d.sync += [got_d.eq(got), step.eq(got_d)]
         crc = Signal(16, init=0xFFFF)
         crc_next = crc16_update(crc, byte)
         cmd = Signal(8)
@@ -276,8 +298,8 @@ class LinkCore(wiring.Component):
 
         def reply(kind, code=0):
             """Queue a reply for the frame now ending."""
-            m.d.comb += [ev_in.kind.eq(kind), ev_in.code.eq(code), ev_in.block.eq(blk),
-                         ev_in.slot.eq(slot_of), ev_in.length.eq(length), events.w_en.eq(1)]
+            m.d.sync += [ev_in.kind.eq(kind), ev_in.code.eq(code), ev_in.block.eq(blk),
+                         ev_in.slot.eq(slot_of), ev_in.length.eq(length), ev_we.eq(1)]
             with m.If(~events.w_rdy):
                 m.d.sync += dropped.eq(1)
 
@@ -285,33 +307,44 @@ class LinkCore(wiring.Component):
             reply(KIND_ERROR, code)
             m.d.sync += [wr_ptr.eq(commit_ptr), error_seen.eq(1)]
 
+        crc_ok, len_zero, len_long, buf_full, last_byte, expired = (
+            Signal(name=n) for n in ("crc_ok", "len_zero", "len_long", "buf_full", "last_byte", "expired"))
+        full = Cat(length[:8], byte)  # the length field, as its second byte arrives
+        m.d.sync += [crc_ok.eq(crc == 0), len_zero.eq(full == 0), len_long.eq(full > frame_bytes),
+                     last_byte.eq(remaining == 1),
+                     # rd_ptr one cycle old at worst: it only grows, so "full" errs on the safe side
+                     buf_full.eq((wr_ptr - rd_ptr)[:abits + 1] == depth)]
         with m.If(got):
-            m.d.sync += [silent.eq(0), crc.eq(crc_next)]
+            m.d.sync += crc.eq(crc_next)
+        with m.If(step):
+            m.d.sync += [silent.eq(0), expired.eq(0)]
         with m.Elif(silent != self.timeout):
             m.d.sync += silent.eq(silent + 1)
+        with m.Else():
+            m.d.sync += expired.eq(1)
 
         def timed_out():
             """Abort a frame whose bytes stopped (checked in every state but HUNT)."""
-            with m.If(~got & (silent == self.timeout)):
+            with m.If(~step & expired):
                 error(host.ERR_TIMEOUT)
                 m.next = "HUNT"
 
         with m.FSM(name="decoder"):
             with m.State("HUNT"):
                 m.d.sync += crc.eq(0xFFFF)
-                with m.If(got & (byte == host.SOF_REQUEST)):
+                with m.If(step & (byte == host.SOF_REQUEST)):
                     m.d.sync += [tokens.eq(0), in_token.eq(0), overflow.eq(0)]
                     m.next = "CMD"
             with m.State("CMD"):
                 timed_out()
-                with m.If(got):
+                with m.If(step):
                     m.d.sync += cmd.eq(byte)
                     m.next = "BLOCK"
             with m.State("BLOCK"):
                 # the engine slot is decoded as the byte arrives (off the timing path; and a
                 # comb decode of a register that never changes stays X in Icarus)
                 timed_out()
-                with m.If(got):
+                with m.If(step):
                     m.d.sync += [blk.eq(byte), slot_ok.eq(0), slot_of.eq(0)]
                     with m.Switch(byte):
                         for k, (index, _) in enumerate(self.engines):
@@ -320,16 +353,15 @@ class LinkCore(wiring.Component):
                     m.next = "LEN0"
             with m.State("LEN0"):
                 timed_out()
-                with m.If(got):
+                with m.If(step):
                     m.d.sync += length[:8].eq(byte)
                     m.next = "LEN1"
             with m.State("LEN1"):
                 timed_out()
-                full = Cat(length[:8], byte)
-                with m.If(got):
+                with m.If(step):
                     m.d.sync += [length[8:].eq(byte), remaining.eq(full)]
                     with m.If(cmd == host.CMD_INFER):
-                        with m.If((full == 0) | (full > frame_bytes)):
+                        with m.If(len_zero | len_long):
                             error(host.ERR_LENGTH)
                             m.next = "HUNT"
                         with m.Elif(~slot_ok):
@@ -339,7 +371,7 @@ class LinkCore(wiring.Component):
                             m.next = "PAYLOAD"
                     with m.Elif(cmd == host.CMD_INFO):
                         m.next = "CRC0"
-                        with m.If(full != 0):
+                        with m.If(~len_zero):
                             error(host.ERR_LENGTH)
                             m.next = "HUNT"
                     with m.Else():
@@ -347,26 +379,26 @@ class LinkCore(wiring.Component):
                         m.next = "HUNT"
             with m.State("PAYLOAD"):
                 timed_out()
-                with m.If(got):
-                    with m.If((wr_ptr - rd_ptr)[:abits + 1] == depth):
+                with m.If(step):
+                    with m.If(buf_full):
                         m.d.sync += overflow.eq(1)
                     with m.Else():
-                        m.d.comb += [wr_port.addr.eq(wr_ptr[:abits]), wr_port.data.eq(byte), wr_port.en.eq(1)]
+                        m.d.sync += [byte_addr.eq(wr_ptr[:abits]), byte_data.eq(byte), byte_we.eq(1)]
                         m.d.sync += wr_ptr.eq(wr_ptr + 1)
                     m.d.sync += [remaining.eq(remaining - 1), in_token.eq(Mux(in_token == d - 1, 0, in_token + 1))]
                     with m.If(in_token == d - 1):
                         m.d.sync += tokens.eq(tokens + 1)
-                    with m.If(remaining == 1):
+                    with m.If(last_byte):
                         m.next = "CRC0"
             with m.State("CRC0"):
                 timed_out()
-                with m.If(got):
+                with m.If(step):
                     m.next = "CRC1"
             with m.State("CRC1"):
                 timed_out()
-                with m.If(got):
+                with m.If(step):
                     m.next = "HUNT"
-                    with m.If(crc_next != 0):
+                    with m.If(~crc_ok):
                         error(host.ERR_CRC)
                     with m.Elif(cmd == host.CMD_INFO):
                         reply(KIND_INFO)
@@ -378,7 +410,7 @@ class LinkCore(wiring.Component):
                         m.d.sync += [wr_ptr.eq(commit_ptr), dropped.eq(1)]
                     with m.Else():
                         reply(KIND_RESULT)
-                        m.d.comb += [job_in.slot.eq(slot_of), job_in.tokens.eq(tokens), jobs.w_en.eq(1)]
+                        m.d.sync += [job_in.slot.eq(slot_of), job_in.tokens.eq(tokens), job_we.eq(1)]
                         m.d.sync += [commit_ptr.eq(wr_ptr), error_seen.eq(0)]
 
         # ---- feeder: committed bytes -> tokens -> the selected engine ----

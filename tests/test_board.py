@@ -124,12 +124,13 @@ def test_link_answers_each_frame_once_in_order_against_golden(blocks):
     ]
 
 
-@pytest.mark.parametrize("stages", [0, 1, 3])
-def test_engine_socket_credits_and_pulls(blocks, stages):
+@pytest.mark.parametrize("stages, d", [(0, 4), (1, 12), (3, 4)])
+def test_engine_socket_credits_and_pulls(blocks, stages, d):
     """Tokens pushed only against credits, with random gaps, six times more than the inbox
     holds; counts pulled one by one at random times: every count arrives once, in order,
-    equal to the golden model, and every credit comes back."""
-    block = blocks[0]
+    equal to the golden model, and every credit comes back. d = 12 takes the count select
+    through two groups of 8, the second half padding."""
+    block = blocks[0] if d == 4 else random_block(d=d, thresholds=4, n=4, hidden=(48,), group_size=4, seed=3, name="b12")
     q = golden.threshold_edges(block, np.random.default_rng(stages).integers(-128, 128, (1, block.d)))[:24]
     socket = EngineSocket(MLPEngine(block), stages)
     rng = np.random.default_rng(10 + stages)
