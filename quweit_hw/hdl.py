@@ -62,7 +62,7 @@ class Registers:
     layers: a register after each fabric LUT layer (a bool for all, or one per layer);
         a ROM layer always ends in a register of its own.
     popcount_every: a register after every this many adder levels of the popcount
-        tree (0: none inside the tree; the output FIFO registers the counts).
+        tree, and after its last level (0: none; the output FIFO registers the counts).
     """
 
     comparators: bool = True
@@ -303,10 +303,10 @@ class AdderStage(wiring.Component):
 class Popcount(wiring.Component):
     """Group popcount: count j = number of ones in i[j*k : (j+1)*k], an adder tree per group.
 
-    The tree is cut into `AdderStage`s of `register_every` levels with a register between
-    consecutive stages (none after the last: the counts are combinational from the last
-    register; register_every=0: one stage, no register); `o_valid` follows `i_valid`
-    through the same registers. `latency` counts them.
+    The tree is cut into `AdderStage`s of `register_every` levels, each ending in a
+    register, the last one too: the counts leave from flip-flops, so the route to the
+    output FIFO's storage carries no adder (register_every=0: one stage, no register).
+    `o_valid` follows `i_valid` through the same registers. `latency` counts them.
     """
 
     def __init__(self, groups, group_size, register_every=0):
@@ -317,7 +317,7 @@ class Popcount(wiring.Component):
         self.levels = max(0, math.ceil(math.log2(group_size))) if group_size > 1 else 0
         per_stage = register_every or max(1, self.levels)
         self.stage_levels = [min(per_stage, self.levels - a) for a in range(0, self.levels, per_stage)] or [0]
-        self.latency = len(self.stage_levels) - 1
+        self.latency = len(self.stage_levels) if register_every else 0
         self.stages = []
         maxima = [1] * group_size
         for levels in self.stage_levels:
@@ -336,7 +336,7 @@ class Popcount(wiring.Component):
             m.submodules[f"stage{index}"] = stage
             m.d.comb += stage.i.eq(value)
             value = stage.o
-            if index + 1 < len(self.stages):
+            if self.register_every:
                 reg = Signal(len(value), name=f"sums{index}", reset_less=True)
                 reg_valid = Signal(name=f"sums{index}_valid")
                 m.d.sync += [reg.eq(value), reg_valid.eq(valid)]

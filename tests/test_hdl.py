@@ -82,8 +82,8 @@ def test_latency_and_full_throughput(registers, rom):
 
 def test_latency_values():
     block = bundle.random_block(d=2, thresholds=3, n=3, hidden=(8, 8), group_size=16, seed=0)
-    # input register 1 + comparators 1 + 3 layers + popcount (4 levels, every 2 -> 1) + FIFO 2
-    assert MLPEngine(block, registers="all").latency == 1 + 1 + 3 + 1 + 2
+    # input register 1 + comparators 1 + 3 layers + popcount (4 levels, after every 2 -> 2) + FIFO 2
+    assert MLPEngine(block, registers="all").latency == 1 + 1 + 3 + 2 + 2
     assert MLPEngine(block, registers="layers").latency == 1 + 1 + 3 + 0 + 2
     assert MLPEngine(block, registers="ports").latency == 1 + 2
     rom = MLPEngine(block, registers="ports", rom={1: 3})  # 8 nodes, 3 per clock: fold 3, latency 3 + 2
@@ -117,7 +117,7 @@ def test_components_standalone():
     with pytest.raises(ValueError, match="nodes_per_cycle must be a positive int, got 0"):
         ROMLUTLayer(np.array([[0, 1, 2]]), np.zeros((1, 8), np.uint8), 4, 0)
     pc = Popcount(groups=3, group_size=16, register_every=1)
-    assert (pc.width, pc.levels, pc.latency) == (5, 4, 3)
+    assert (pc.width, pc.levels, pc.latency) == (5, 4, 4)
     assert Popcount(groups=1, group_size=1).latency == 0
     with pytest.raises(ValueError, match="unknown register preset 'fast'"):
         MLPEngine(block, registers="fast")
