@@ -143,10 +143,31 @@ class ComparatorBank(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         lo, hi = -(2 ** (self.bits - 1)), 2 ** (self.bits - 1) - 1
-        bits = [Const(1, 1) if theta < lo else Const(0, 1) if theta >= hi else self.q[f] > theta
-                for f, theta in self.comparators]
+        bits = []
+        for f, theta in self.comparators:
+            if theta < lo or theta >= hi:
+                bits.append(Const(int(theta < lo), 1))
+            elif platform is not None:
+                # for synthesis, AND/OR logic that Yosys maps to LUTs: a `>` becomes a carry
+                # chain with two LUTs after it, the slower path (docs/results.md, build I)
+                offset = self.q[f].as_unsigned() ^ (1 << (self.bits - 1))  # q - lo, unsigned
+                bits.append(greater_than([offset[k] for k in range(self.bits)], theta - lo, Const(0, 1)))
+            else:
+                bits.append(self.q[f] > theta)
         _assign_chunked(m, self.o, bits)
         return m
+
+
+def greater_than(bits, c, zero=0):
+    """[x > c] for the unsigned number whose bits (LSB first) are `bits` and a constant
+    0 <= c < 2**len(bits),
+    as AND/OR logic of the bits only: from the LSB up, x[k:] > c[k:] is x_k AND x[:k] > c[:k]
+    where c_k = 1, x_k OR x[:k] > c[:k] where c_k = 0. Works on Amaranth values and on
+    Python ints alike (`zero` is the start, 0 or Const(0, 1))."""
+    gt = zero
+    for k, bit in enumerate(bits):
+        gt = (bit & gt) if (c >> k) & 1 else (bit | gt)
+    return gt
 
 
 class LUTLayer(wiring.Component):
