@@ -653,8 +653,9 @@ def simulate(engine, q, *, valid_prob=1.0, ready_prob=1.0, seed=0, max_cycles=No
 # `synth_ecp5` (0.70) on the components of a d=8, T=16, n=6, k=16 block: a CCU2C carry
 # cell counts as 2 LUT4 (nextpnr reports both halves as LUT4s); PFUMX/L6MUX21 are free.
 #  - n-input fabric node: 2**max(0, n-4) LUT4 (128 six-input nodes: 512 LUT4, exact);
-#  - b-bit comparator with a constant: 0.8*b LUT4 (118 8-bit comparators: 245 CCU2C +
-#    260 LUT4 = 750, i.e. 6.4 each); a constant thermometer bit: 0;
+#  - b-bit comparator with a constant: 0.8*b LUT4 (118 8-bit comparators as `>`: 245
+#    CCU2C + 260 LUT4 = 750, i.e. 6.4 each; 960 as `greater_than` logic, the form built
+#    for a platform now: 5,854 LUT4, 6.1 each); a constant thermometer bit: 0;
 #  - popcount of k bits: 1.75*k LUT4 (8 groups of 16: 24 CCU2C + 176 LUT4 = 224);
 #  - ROM layer: the tables go to block RAM; per lane n address multiplexers of `fold`
 #    inputs, ceil(fold / 2) LUT4 each (a LUT4 + PFUMX per 4:1).
