@@ -186,8 +186,7 @@ class EngineSocket(wiring.Component):
         with m.If(picked):
             m.d.sync += [result.eq(counts.word_select(offset, cw)), answered.eq(1)]
         with m.If(want & engine.o.valid & ~pop):
-            groups = (engine.o.payload.as_value() if d % group == 0
-                      else Cat(engine.o.payload.as_value(), C(0, (-d % group) * cw)))
+            groups = Cat(engine.o.payload.as_value(), C(0, (-d % group) * cw))  # padded to whole groups
             m.d.sync += [counts.eq(groups.word_select(index // group, group * cw)),
                          offset.eq(index % group), picked.eq(1), want.eq(0)]
             with m.If(index == d - 1):

@@ -151,20 +151,19 @@ class ComparatorBank(wiring.Component):
                 # for synthesis, AND/OR logic that Yosys maps to LUTs: a `>` becomes a carry
                 # chain with two LUTs after it, the slower path (docs/results.md, build I)
                 offset = self.q[f].as_unsigned() ^ (1 << (self.bits - 1))  # q - lo, unsigned
-                bits.append(greater_than([offset[k] for k in range(self.bits)], theta - lo, Const(0, 1)))
+                bits.append(greater_than([offset[k] for k in range(self.bits)], theta - lo))
             else:
                 bits.append(self.q[f] > theta)
         _assign_chunked(m, self.o, bits)
         return m
 
 
-def greater_than(bits, c, zero=0):
+def greater_than(bits, c):
     """[x > c] for the unsigned number whose bits (LSB first) are `bits` and a constant
-    0 <= c < 2**len(bits),
-    as AND/OR logic of the bits only: from the LSB up, x[k:] > c[k:] is x_k AND x[:k] > c[:k]
-    where c_k = 1, x_k OR x[:k] > c[:k] where c_k = 0. Works on Amaranth values and on
-    Python ints alike (`zero` is the start, 0 or Const(0, 1))."""
-    gt = zero
+    0 <= c < 2**len(bits), as AND/OR logic of the bits only: from the LSB up,
+    x[:k+1] > c[:k+1] is x_k AND x[:k] > c[:k] where c_k = 1, x_k OR x[:k] > c[:k] where
+    c_k = 0. Works on Amaranth values and on Python ints alike."""
+    gt = 0
     for k, bit in enumerate(bits):
         gt = (bit & gt) if (c >> k) & 1 else (bit | gt)
     return gt
