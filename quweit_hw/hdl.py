@@ -27,16 +27,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from amaranth.hdl import Array, Cat, Const, Module, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from . import QuweitError
 
 __all__ = [
-    "Registers", "ComparatorBank", "LUTLayer", "ROMLUTLayer", "Popcount", "MLPEngine",
+    "Registers", "ComparatorBank", "LUTLayer", "ROMLUTLayer", "Popcount", "ResultFIFO", "MLPEngine",
     "write_rtl", "generate", "simulate", "estimate_lut4", "RTLBackend", "TOP", "MAX_FABRIC_FAN_IN",
     "MAX_ROM_FAN_IN",
 ]
@@ -46,7 +45,7 @@ TOP = "mlp_engine"  # name of the top-level Verilog module
 # ROM form stores 2**n bits per word: both stop being sensible there.
 MAX_FABRIC_FAN_IN = 8
 MAX_ROM_FAN_IN = 10
-FIFO_LATENCY = 2  # SyncFIFOBuffered: a word written in cycle c is on its output in cycle c + 2
+FIFO_LATENCY = 2  # ResultFIFO: a word written in cycle c is on its output in cycle c + 2
 
 
 def _table_int(row):
@@ -397,6 +396,54 @@ def _check_rom(rom, num_layers):
     return rom
 
 
+class ResultFIFO(wiring.Component):
+    """The engine's output FIFO: `depth` words, `depth - 1` in a `Memory` and one in the
+    output register that drives `o`.
+
+    Unlike `SyncFIFOBuffered`, a write is never refused (there is no `w_rdy`): the
+    engine's credits guarantee room, so the storage's write enable, address and data
+    come straight from registers next to the popcount, and no path runs from the
+    consumer's `o.ready` to the write side (build J's worst path, docs/results.md).
+    A write with the FIFO full is a caller's error; the simulation tests would see
+    the lost word. A word written in cycle c is on `o` in cycle c + 2 (FIFO_LATENCY).
+    """
+
+    def __init__(self, width, depth):
+        if depth < 2:
+            raise ValueError(f"depth must be >= 2 (storage and output register), got {depth!r}")
+        self.width, self.depth = width, depth
+        super().__init__({"w_data": In(width), "w_en": In(1), "o": Out(stream.Signature(width))})
+
+    def elaborate(self, platform):
+        m = Module()
+        words = self.depth - 1
+        storage = m.submodules.storage = Memory(shape=self.width, depth=words, init=[])
+        w_port, r_port = storage.write_port(), storage.read_port(domain="comb")
+        produce, consume = Signal(range(words)), Signal(range(words))
+        level = Signal(range(words + 1))  # words in the storage (the output register not counted)
+        head = Signal(self.width, reset_less=True)
+        head_valid = Signal()
+        take = Signal()  # storage -> output register
+        m.d.comb += [
+            w_port.addr.eq(produce), w_port.data.eq(self.w_data), w_port.en.eq(self.w_en),
+            r_port.addr.eq(consume),
+            take.eq((level != 0) & (~head_valid | self.o.ready)),
+            self.o.payload.eq(head), self.o.valid.eq(head_valid),
+        ]
+        with m.If(self.w_en):
+            m.d.sync += produce.eq(Mux(produce == words - 1, 0, produce + 1))
+        with m.If(take):
+            m.d.sync += [consume.eq(Mux(consume == words - 1, 0, consume + 1)),
+                         head.eq(r_port.data), head_valid.eq(1)]
+        with m.Elif(self.o.ready):
+            m.d.sync += head_valid.eq(0)
+        with m.If(self.w_en & ~take):
+            m.d.sync += level.eq(level + 1)
+        with m.Elif(take & ~self.w_en):
+            m.d.sync += level.eq(level - 1)
+        return m
+
+
 class MLPEngine(wiring.Component):
     """The LUT-MLP block of one bundle block as a streaming engine, bit-exact with golden.counts.
 
@@ -531,13 +578,13 @@ class MLPEngine(wiring.Component):
         popcount = m.submodules.popcount = self.popcount
         m.d.comb += [popcount.i.eq(bits), popcount.i_valid.eq(valid)]
 
-        fifo = m.submodules.out_fifo = SyncFIFOBuffered(width=len(self.o.payload.as_value()), depth=self.fifo_depth)
+        fifo = m.submodules.out_fifo = ResultFIFO(len(self.o.payload.as_value()), self.fifo_depth)
         m.d.comb += [
             fifo.w_data.eq(popcount.o.as_value()),
             fifo.w_en.eq(popcount.o_valid),
-            self.o.payload.eq(fifo.r_data),
-            self.o.valid.eq(fifo.r_rdy),
-            fifo.r_en.eq(self.o.ready),
+            self.o.payload.eq(fifo.o.payload),
+            self.o.valid.eq(fifo.o.valid),
+            fifo.o.ready.eq(self.o.ready),
         ]
         return m
 
