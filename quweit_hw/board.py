@@ -232,7 +232,8 @@ class LinkCore(wiring.Component):
         self.divisor, self.max_tokens, self.timeout, self.stretch = divisor, max_tokens, timeout, stretch
         self.sockets = [EngineSocket(engine, stages) for _, engine in engines]
         self.info = BoardInfo(host.PROTOCOL_VERSION, self.d, self.bits, self.count_width, max_tokens,
-                              bundle_id, tuple(i for i, _ in engines), tuple(e.latency for _, e in engines))
+                              bundle_id, tuple(i for i, _ in engines),
+                              tuple(min(e.latency, 255) for _, e in engines))  # one byte: 255 = 255 or more
         super().__init__()
 
     def elaborate(self, platform):

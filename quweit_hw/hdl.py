@@ -499,8 +499,9 @@ class MLPEngine(wiring.Component):
                 stages += int(registers.after_layer(index, len(block.layers)))
         stages += self.popcount.latency
         self._latency = stages + FIFO_LATENCY
-        # credits: enough that one token per clock flows while o.ready (see the throughput test)
-        self.fifo_depth = self._latency + 1
+        # credits: enough that one token per `fold` clocks flows while o.ready (see the
+        # throughput test): a token stays inside for latency + 1 clocks
+        self.fifo_depth = max(2, -(-(self._latency + 1) // self.fold))
         super().__init__({
             "i": In(stream.Signature(data.ArrayLayout(signed(block.bits), block.d))),
             "o": Out(stream.Signature(data.ArrayLayout(unsigned(block.count_width), block.d))),

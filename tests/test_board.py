@@ -189,6 +189,32 @@ def test_link_times_out_a_truncated_frame_and_recovers(blocks):
         (host.REPLY_RESULT, bytes(golden.counts(blocks[0], q).astype(np.uint8).ravel()))]
 
 
+def test_link_refuses_a_frame_that_overflows_its_buffer_and_recovers():
+    """A host that ignores the flow control, in front of a slow engine: a folded engine (a ROM
+    layer of 512 nodes read one per clock, so 512 clocks per token) behind a UART that brings
+    a token every 160 clocks. Six 4-token frames back to back: the engine's side holds 6
+    tokens (inbox 4, output FIFO 2), the payload buffer two frames (8 tokens), and the engine
+    works off about one token per frame time, so the sixth frame finds the buffer full. It is
+    answered with ERR_OVERFLOW and dropped whole; the five before it are answered once each,
+    in order, with their golden counts; after a pause the link takes a frame again."""
+    slow = random_block(d=4, thresholds=4, n=4, hidden=(512,), group_size=4, seed=5, name="slow")
+    engine = MLPEngine(slow, rom={0: 1})
+    assert (engine.fold, engine.fifo_depth) == (512, 2)
+    core = LinkCore([(0, engine)], divisor=DIVISOR, max_tokens=4, timeout=200, stretch=8)
+    rng = np.random.default_rng(1)
+    burst = [rng.integers(-128, 128, (4, 4)) for _ in range(6)]
+    late = rng.integers(-128, 128, (3, 4))
+    stream = b"".join(host.infer_frame(0, q) for q in burst)
+    replies = host.FrameParser().feed(
+        run_link(core, stream + host.infer_frame(0, late), gap_at=len(stream), gap=1200, idle_after=20000))
+    assert all(r.crc_ok for r in replies)
+
+    def result(q):
+        return (host.REPLY_RESULT, bytes(golden.counts(slow, q).astype(np.uint8).ravel()))
+    assert [(r.kind, r.payload) for r in replies] == [
+        *map(result, burst[:5]), (host.REPLY_ERROR, bytes([host.ERR_OVERFLOW])), result(late)]
+
+
 def test_uart_divisor_and_pll():
     assert uart_divisor(150e6, 3_000_000) == 50
     with pytest.raises(ValueError, match="not reachable"):
