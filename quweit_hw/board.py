@@ -138,38 +138,40 @@ class EngineSocket(wiring.Component):
     with no logic between, and the engine's handshakes stay inside the socket.
 
     Link side: `token` with a one-cycle `push`, allowed only while the link holds a credit
-    (it starts with `CREDITS`; each `credit` pulse returns one, when the engine takes a token
-    from the socket's inbox FIFO). A one-cycle `pull` asks for the next count: the socket
+    (it starts with `credits`, the engine's output FIFO depth; each `credit` pulse returns
+    one, when a token leaves the engine) and at least `spacing` clocks (the engine's fold)
+    after the previous push. So the engine always has room: the token goes straight from
+    the pipe into its input register, and no wide register with a clock enable stands
+    between link and engine (the old inbox FIFO's read enable was build K's worst path,
+    docs/results.md). `overrun` is a sticky flag, set if a push ever found the engine
+    unable to take it (a broken contract; the tests check it stays low and that it fires).
+    A one-cycle `pull` asks for the next count: the socket
     takes the engine's results one token at a time and hands them out one count per pull,
     in order, on `result` with a one-cycle `result_valid` (the link pulls again only after
     it), so the wide count vector never leaves the engine's side of the die. The counts are
     read in place from the engine's output FIFO, and its `o.ready` is a flip-flop (`pop`).
     """
 
-    CREDITS = 4
     GROUP = 8  # counts in the first stage of the count select
 
     def __init__(self, engine, stages=2):
         if not isinstance(stages, int) or stages < 0:
             raise ValueError(f"pipe stages must be an int >= 0, got {stages!r}")
         self.engine, self.stages = engine, stages
+        self.credits, self.spacing = engine.fifo_depth, engine.fold
         block = engine.block
         super().__init__({
-            "token": In(block.d * block.bits), "push": In(1), "credit": Out(1),
+            "token": In(block.d * block.bits), "push": In(1), "credit": Out(1), "overrun": Out(1),
             "pull": In(1), "result": Out(block.count_width), "result_valid": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.engine = engine = self.engine
-        m.submodules.inbox = inbox = SyncFIFOBuffered(width=len(self.token), depth=self.CREDITS)
-        m.d.comb += [inbox.w_data.eq(pipe(m, self.token, self.stages, "token")),
-                     inbox.w_en.eq(pipe(m, self.push, self.stages, "push")),
-                     engine.i.payload.eq(inbox.r_data), engine.i.valid.eq(inbox.r_rdy),
-                     inbox.r_en.eq(engine.i.ready)]
-        took = Signal()
-        m.d.sync += took.eq(inbox.r_rdy & engine.i.ready)
-        m.d.comb += self.credit.eq(pipe(m, took, self.stages, "credit"))
+        push = pipe(m, self.push, self.stages, "push")
+        m.d.comb += [engine.i.payload.eq(pipe(m, self.token, self.stages, "token")), engine.i.valid.eq(push)]
+        with m.If(push & ~engine.i.ready):
+            m.d.sync += self.overrun.eq(1)
 
         # the counts are read in place from the engine's output FIFO (its output register
         # holds them until popped), through a two-stage select: the group of `GROUP` counts
@@ -193,6 +195,7 @@ class EngineSocket(wiring.Component):
                 m.d.sync += [index.eq(0), pop.eq(1)]
             with m.Else():
                 m.d.sync += index.eq(index + 1)
+        m.d.comb += self.credit.eq(pipe(m, pop, self.stages, "credit"))  # pop: a token left
         with m.If(pipe(m, self.pull, self.stages, "pull")):
             m.d.sync += want.eq(1)
         m.d.comb += [self.result.eq(pipe(m, result, self.stages, "result")),
@@ -420,13 +423,20 @@ class LinkCore(wiring.Component):
         f_byte = Signal(range(d))
         token = Signal(d * bits)
         m.d.comb += rd_port.addr.eq(rd_ptr[:abits])
-        credits = [Signal(range(EngineSocket.CREDITS + 1), init=EngineSocket.CREDITS, name=f"credits{k}")
-                   for k in range(n_eng)]
+        credits = [Signal(range(s.credits + 1), init=s.credits, name=f"credits{k}") for k, s in enumerate(sockets)]
         push = [Signal(name=f"push{k}") for k in range(n_eng)]
         for k, socket in enumerate(sockets):
             m.d.comb += [socket.token.eq(token), socket.push.eq(push[k])]
             m.d.sync += credits[k].eq(credits[k] + socket.credit - push[k])
         ready = Array(c != 0 for c in credits)[f_slot]
+        spacing = max(s.spacing for s in sockets)  # a folded engine takes a token every `fold` clocks
+        if spacing > 1:
+            wait = Signal(range(spacing), name="spacing_wait")
+            with m.If(Cat(*push).any()):
+                m.d.sync += wait.eq(spacing - 1)
+            with m.Elif(wait != 0):
+                m.d.sync += wait.eq(wait - 1)
+            ready &= wait == 0
         with m.FSM(name="feeder") as feeder:
             with m.State("IDLE"):
                 with m.If(jobs.r_rdy):

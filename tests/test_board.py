@@ -126,8 +126,8 @@ def test_link_answers_each_frame_once_in_order_against_golden(blocks):
 
 @pytest.mark.parametrize("stages, d", [(0, 4), (1, 12), (3, 4)])
 def test_engine_socket_credits_and_pulls(blocks, stages, d):
-    """Tokens pushed only against credits, with random gaps, six times more than the inbox
-    holds; counts pulled one by one at random times: every count arrives once, in order,
+    """Tokens pushed only against credits, with random gaps, more than twice the credits;
+    counts pulled one by one at random times: every count arrives once, in order,
     equal to the golden model, and every credit comes back. d = 12 takes the count select
     through two groups of 8, the second half padding."""
     block = blocks[0] if d == 4 else random_block(d=d, thresholds=4, n=4, hidden=(48,), group_size=4, seed=3, name="b12")
@@ -135,7 +135,8 @@ def test_engine_socket_credits_and_pulls(blocks, stages, d):
     socket = EngineSocket(MLPEngine(block), stages)
     rng = np.random.default_rng(10 + stages)
     got = []
-    credits = [EngineSocket.CREDITS]
+    credits = [socket.credits]
+    assert socket.credits == socket.engine.fifo_depth and socket.spacing == 1
     sim = Simulator(socket)
     sim.add_clock(1e-6)
 
@@ -152,7 +153,7 @@ def test_engine_socket_credits_and_pulls(blocks, stages, d):
     async def credit_counter(ctx):
         async for _, _, credit in ctx.tick().sample(socket.credit):
             credits[0] += credit
-            assert credits[0] <= EngineSocket.CREDITS
+            assert credits[0] <= socket.credits
 
     async def puller(ctx):
         while len(got) < q.size:
@@ -168,15 +169,39 @@ def test_engine_socket_credits_and_pulls(blocks, stages, d):
                 raise AssertionError(f"result {len(got)} never came back")
             got.append(ctx.get(socket.result))
         await ctx.tick().repeat(4 * stages + 8)
+        overrun.append(ctx.get(socket.overrun))
 
+    overrun = []
     sim.add_testbench(pusher, background=True)
     sim.add_testbench(credit_counter, background=True)
     sim.add_testbench(puller)
     sim.run()
+    assert q.shape[0] > 2 * socket.credits
     assert np.array_equal(np.array(got).reshape(q.shape), golden.counts(block, q))
-    assert credits[0] == EngineSocket.CREDITS
+    assert credits[0] == socket.credits and overrun == [0]
     with pytest.raises(ValueError, match="pipe stages must be an int >= 0, got -1"):
         EngineSocket(MLPEngine(block), -1)
+
+
+def test_engine_socket_flags_a_push_without_credit(blocks):
+    """The overrun flag fires: one push more than the credits, nothing pulled."""
+    socket = EngineSocket(MLPEngine(blocks[0]), 1)
+    sim = Simulator(socket)
+    sim.add_clock(1e-6)
+    seen = []
+
+    async def tb(ctx):
+        for k in range(socket.credits + 1):
+            ctx.set(socket.push, 1)
+            await ctx.tick()
+            seen.append(ctx.get(socket.overrun))
+            ctx.set(socket.push, 0)
+            await ctx.tick().repeat(3)
+        await ctx.tick().repeat(4)
+        seen.append(ctx.get(socket.overrun))
+    sim.add_testbench(tb)
+    sim.run()
+    assert seen == [0] * (socket.credits + 1) + [1]
 
 
 def test_link_times_out_a_truncated_frame_and_recovers(blocks):
@@ -192,11 +217,12 @@ def test_link_times_out_a_truncated_frame_and_recovers(blocks):
 def test_link_refuses_a_frame_that_overflows_its_buffer_and_recovers():
     """A host that ignores the flow control, in front of a slow engine: a folded engine (a ROM
     layer of 512 nodes read one per clock, so 512 clocks per token) behind a UART that brings
-    a token every 160 clocks. Six 4-token frames back to back: the engine's side holds 6
-    tokens (inbox 4, output FIFO 2), the payload buffer two frames (8 tokens), and the engine
-    works off about one token per frame time, so the sixth frame finds the buffer full. It is
-    answered with ERR_OVERFLOW and dropped whole; the five before it are answered once each,
-    in order, with their golden counts; after a pause the link takes a frame again."""
+    a token every 160 clocks. Six 4-token frames back to back: the engine holds 2 tokens (its
+    output FIFO: the credits), the payload buffer two frames, and the engine works off under
+    two tokens per frame time, so the fourth frame finds the buffer full, the fifth finds room
+    again and the sixth none. A frame that finds it full is answered with ERR_OVERFLOW and
+    dropped whole; every other frame is answered once, in order, with its golden counts;
+    after a pause the link takes a frame again."""
     slow = random_block(d=4, thresholds=4, n=4, hidden=(512,), group_size=4, seed=5, name="slow")
     engine = MLPEngine(slow, rom={0: 1})
     assert (engine.fold, engine.fifo_depth) == (512, 2)
@@ -211,8 +237,9 @@ def test_link_refuses_a_frame_that_overflows_its_buffer_and_recovers():
 
     def result(q):
         return (host.REPLY_RESULT, bytes(golden.counts(slow, q).astype(np.uint8).ravel()))
+    overflow = (host.REPLY_ERROR, bytes([host.ERR_OVERFLOW]))
     assert [(r.kind, r.payload) for r in replies] == [
-        *map(result, burst[:5]), (host.REPLY_ERROR, bytes([host.ERR_OVERFLOW])), result(late)]
+        *map(result, burst[:3]), overflow, result(burst[4]), overflow, result(late)]
 
 
 def test_uart_divisor_and_pll():
