@@ -137,7 +137,10 @@ class EngineSocket(wiring.Component):
     far apart on the die: every signal between the two crosses `stages` flip-flops each way
     with no logic between, and the engine's handshakes stay inside the socket.
 
-    Link side: `token` with a one-cycle `push`, allowed only while the link holds a credit
+    Link side: a token arrives a feature at a time (`feature` with a one-cycle `shift`, d
+    of them, feature 0 first), then a one-cycle `push` hands it to the engine. The socket
+    assembles it beside its engine, so only `bits` wires, not d * bits, run from the link
+    (and the link keeps no token register). A push is allowed only while the link holds a credit
     (it starts with `credits`, the engine's output FIFO depth; each `credit` pulse returns
     one, when a token leaves the engine) and at least `spacing` clocks (the engine's fold)
     after the previous push. So the engine always has room: the token goes straight from
@@ -161,15 +164,20 @@ class EngineSocket(wiring.Component):
         self.credits, self.spacing = engine.fifo_depth, engine.fold
         block = engine.block
         super().__init__({
-            "token": In(block.d * block.bits), "push": In(1), "credit": Out(1), "overrun": Out(1),
+            "feature": In(block.bits), "shift": In(1), "push": In(1), "credit": Out(1), "overrun": Out(1),
             "pull": In(1), "result": Out(block.count_width), "result_valid": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
         m.submodules.engine = engine = self.engine
-        push = pipe(m, self.push, self.stages, "push")
-        m.d.comb += [engine.i.payload.eq(pipe(m, self.token, self.stages, "token")), engine.i.valid.eq(push)]
+        bits = self.engine.block.bits
+        token = Signal(self.engine.block.d * bits, reset_less=True)
+        shift, feature = pipe(m, self.shift, self.stages, "shift"), pipe(m, self.feature, self.stages, "feature")
+        with m.If(shift):
+            m.d.sync += token.eq(Cat(token[bits:], feature))
+        push = pipe(m, self.push, self.stages, "push")  # a clock after the last shift at the earliest
+        m.d.comb += [engine.i.payload.eq(token), engine.i.valid.eq(push)]
         with m.If(push & ~engine.i.ready):
             m.d.sync += self.overrun.eq(1)
 
@@ -279,7 +287,7 @@ class LinkCore(wiring.Component):
         # Timing: a byte arrives at most once per 10 * divisor cycles and the receiver holds it
         # for at least 1.5 * divisor cycles after `got`, so the decoder acts on it two cycles
         # later (`step`), when every flag it decides on (CRC zero, length limits, buffer full,
-        # last byte, silence) has been computed from it into a register: no decision waits on
+        # last byte, end of a token, silence) has been computed from it into a register: no decision waits on
         # a carry chain or a wide compare.
         byte, got = urx.o.payload, urx.o.valid
         got_d, step = Signal(), Signal()
@@ -310,11 +318,12 @@ class LinkCore(wiring.Component):
             reply(KIND_ERROR, code)
             m.d.sync += [wr_ptr.eq(commit_ptr), error_seen.eq(1)]
 
-        crc_ok, len_zero, len_long, buf_full, last_byte, expired = (
-            Signal(name=n) for n in ("crc_ok", "len_zero", "len_long", "buf_full", "last_byte", "expired"))
+        crc_ok, len_zero, len_long, buf_full, last_byte, token_end, token_open, expired = (
+            Signal(name=n) for n in ("crc_ok", "len_zero", "len_long", "buf_full", "last_byte", "token_end",
+                                     "token_open", "expired"))
         full = Cat(length[:8], byte)  # the length field, as its second byte arrives
         m.d.sync += [crc_ok.eq(crc == 0), len_zero.eq(full == 0), len_long.eq(full > frame_bytes),
-                     last_byte.eq(remaining == 1),
+                     last_byte.eq(remaining == 1), token_end.eq(in_token == d - 1), token_open.eq(in_token != 0),
                      # rd_ptr one cycle old at worst: it only grows, so "full" errs on the safe side
                      buf_full.eq((wr_ptr - rd_ptr)[:abits + 1] == depth)]
         with m.If(got):
@@ -388,8 +397,8 @@ class LinkCore(wiring.Component):
                     with m.Else():
                         m.d.sync += [byte_addr.eq(wr_ptr[:abits]), byte_data.eq(byte), byte_we.eq(1)]
                         m.d.sync += wr_ptr.eq(wr_ptr + 1)
-                    m.d.sync += [remaining.eq(remaining - 1), in_token.eq(Mux(in_token == d - 1, 0, in_token + 1))]
-                    with m.If(in_token == d - 1):
+                    m.d.sync += [remaining.eq(remaining - 1), in_token.eq(Mux(token_end, 0, in_token + 1))]
+                    with m.If(token_end):
                         m.d.sync += tokens.eq(tokens + 1)
                     with m.If(last_byte):
                         m.next = "CRC0"
@@ -407,7 +416,7 @@ class LinkCore(wiring.Component):
                         reply(KIND_INFO)
                     with m.Elif(overflow):
                         error(host.ERR_OVERFLOW)
-                    with m.Elif(in_token != 0):
+                    with m.Elif(token_open):
                         error(host.ERR_LENGTH)
                     with m.Elif(~events.w_rdy | ~jobs.w_rdy):
                         m.d.sync += [wr_ptr.eq(commit_ptr), dropped.eq(1)]
@@ -421,12 +430,13 @@ class LinkCore(wiring.Component):
         f_slot = Signal(slot_bits)
         f_left = Signal(16)
         f_byte = Signal(range(d))
-        token = Signal(d * bits)
+        shift = Signal()
         m.d.comb += rd_port.addr.eq(rd_ptr[:abits])
         credits = [Signal(range(s.credits + 1), init=s.credits, name=f"credits{k}") for k, s in enumerate(sockets)]
         push = [Signal(name=f"push{k}") for k in range(n_eng)]
         for k, socket in enumerate(sockets):
-            m.d.comb += [socket.token.eq(token), socket.push.eq(push[k])]
+            # every socket sees every feature (only the one pushed next uses them)
+            m.d.comb += [socket.feature.eq(rd_port.data[:bits]), socket.shift.eq(shift), socket.push.eq(push[k])]
             m.d.sync += credits[k].eq(credits[k] + socket.credit - push[k])
         ready = Array(c != 0 for c in credits)[f_slot]
         spacing = max(s.spacing for s in sockets)  # a folded engine takes a token every `fold` clocks
@@ -446,7 +456,8 @@ class LinkCore(wiring.Component):
             with m.State("READ"):  # the read port answers one cycle later
                 m.next = "LATCH"
             with m.State("LATCH"):
-                m.d.sync += [token.eq(Cat(token[bits:], rd_port.data[:bits])), rd_ptr.eq(rd_ptr + 1)]
+                m.d.comb += shift.eq(1)
+                m.d.sync += rd_ptr.eq(rd_ptr + 1)
                 m.d.sync += f_byte.eq(Mux(f_byte == d - 1, 0, f_byte + 1))
                 m.next = "READ"
                 with m.If(f_byte == d - 1):

@@ -144,7 +144,11 @@ def test_engine_socket_credits_and_pulls(blocks, stages, d):
         for token in q:
             while credits[0] == 0 or rng.random() < 0.3:
                 await ctx.tick()
-            ctx.set(socket.token, int.from_bytes(token.astype(np.int8).tobytes(), "little"))
+            for feature in token.astype(np.int8).view(np.uint8):  # feature 0 first
+                ctx.set(socket.feature, int(feature))
+                ctx.set(socket.shift, 1)
+                await ctx.tick()
+            ctx.set(socket.shift, 0)
             ctx.set(socket.push, 1)
             credits[0] -= 1
             await ctx.tick()
