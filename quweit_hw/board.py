@@ -431,12 +431,16 @@ class LinkCore(wiring.Component):
         f_left = Signal(16)
         f_byte = Signal(range(d))
         shift = Signal()
+        # a block RAM's data leaves 5.8 ns after the clock (DP16KD without its output register):
+        # into a flip-flop beside it before it goes anywhere
+        fetched = Signal(bits, reset_less=True)
+        m.d.sync += fetched.eq(rd_port.data[:bits])
         m.d.comb += rd_port.addr.eq(rd_ptr[:abits])
         credits = [Signal(range(s.credits + 1), init=s.credits, name=f"credits{k}") for k, s in enumerate(sockets)]
         push = [Signal(name=f"push{k}") for k in range(n_eng)]
         for k, socket in enumerate(sockets):
             # every socket sees every feature (only the one pushed next uses them)
-            m.d.comb += [socket.feature.eq(rd_port.data[:bits]), socket.shift.eq(shift), socket.push.eq(push[k])]
+            m.d.comb += [socket.feature.eq(fetched), socket.shift.eq(shift), socket.push.eq(push[k])]
             m.d.sync += credits[k].eq(credits[k] + socket.credit - push[k])
         ready = Array(c != 0 for c in credits)[f_slot]
         spacing = max(s.spacing for s in sockets)  # a folded engine takes a token every `fold` clocks
@@ -453,7 +457,9 @@ class LinkCore(wiring.Component):
                     m.d.comb += jobs.r_en.eq(1)
                     m.d.sync += [f_slot.eq(job_out.slot), f_left.eq(job_out.tokens), f_byte.eq(0)]
                     m.next = "READ"
-            with m.State("READ"):  # the read port answers one cycle later
+            with m.State("READ"):  # the read port answers one cycle later, into `fetched` one more
+                m.next = "FETCH"
+            with m.State("FETCH"):
                 m.next = "LATCH"
             with m.State("LATCH"):
                 m.d.comb += shift.eq(1)
