@@ -139,20 +139,21 @@ class EngineSocket(wiring.Component):
 
     Link side: a token arrives a feature at a time (`feature` with a one-cycle `shift`, d
     of them, feature 0 first), then a one-cycle `push` hands it to the engine. The socket
-    assembles it beside its engine, so only `bits` wires, not d * bits, run from the link
-    (and the link keeps no token register). A push is allowed only while the link holds a credit
-    (it starts with `credits`, the engine's output FIFO depth; each `credit` pulse returns
-    one, when a token leaves the engine) and at least `spacing` clocks (the engine's fold)
-    after the previous push. So the engine always has room: the token goes straight from
-    the pipe into its input register, and no wide register with a clock enable stands
-    between link and engine (the old inbox FIFO's read enable was build K's worst path,
-    docs/results.md). `overrun` is a sticky flag, set if a push ever found the engine
-    unable to take it (a broken contract; the tests check it stays low and that it fires).
-    A one-cycle `pull` asks for the next count: the socket
-    takes the engine's results one token at a time and hands them out one count per pull,
-    in order, on `result` with a one-cycle `result_valid` (the link pulls again only after
-    it), so the wide count vector never leaves the engine's side of the die. The counts are
-    read in place from the engine's output FIFO, and its `o.ready` is a flip-flop (`pop`).
+    assembles it in a shift register beside its engine, so only `bits` wires, not d * bits,
+    run from the link. A push is allowed only while the link holds a credit (it starts
+    with `credits`, the engine's output FIFO depth; each `credit` pulse returns one, when
+    a token leaves the engine) and at least `spacing` clocks (the engine's fold) after the
+    previous push. So the engine always has room and no FIFO stands before it: the wide
+    token register's only enable is the piped `shift` (an inbox FIFO's read enable, from
+    the engine's credit counter, was build K's worst path; docs/results.md). `overrun` is
+    a sticky flag, set if a push ever found the engine unable to take it (a broken
+    contract; the tests check that it stays low, and that it fires).
+
+    A one-cycle `pull` asks for the next count: the socket takes the engine's results one
+    token at a time and hands them out one count per pull, in order, on `result` with a
+    one-cycle `result_valid` (the link pulls again only after it), so the wide count
+    vector never leaves the engine's side of the die. The counts are read in place from
+    the engine's output FIFO, and its `o.ready` is a flip-flop (`pop`).
     """
 
     GROUP = 8  # counts in the first stage of the count select
