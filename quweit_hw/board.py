@@ -9,10 +9,10 @@ exactly one reply, in frame order. `BoardTop` adds the PLL, the reset button,
 the FT231X UART pins and the LEDs for an `amaranth_boards` platform.
 """
 
-from amaranth import Array, C, Cat, ClockDomain, Const, Elaboratable, Instance, Module, Mux, Signal
+from amaranth import Array, C, Cat, ClockDomain, Const, DomainRenamer, Elaboratable, Instance, Module, Mux, Signal
 from amaranth.lib import data, io, stream, wiring
 from amaranth.lib.cdc import FFSynchronizer, ResetSynchronizer
-from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.fifo import AsyncFIFO, SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -122,12 +122,12 @@ def crc16_update(crc, byte):
     return crc
 
 
-def pipe(m, value, stages, name):
+def pipe(m, value, stages, name, domain="sync"):
     """`value` delayed by `stages` flip-flops in `m` (no logic between them: placement can
     spread them along a long route). Data pipes have no reset; pulses reset to 0."""
     for k in range(stages):
         reg = Signal(len(value), name=f"{name}_{k}", reset_less=len(value) > 1)
-        m.d.sync += reg.eq(value)
+        m.d[domain] += reg.eq(value)
         value = reg
     return value
 
@@ -154,14 +154,22 @@ class EngineSocket(wiring.Component):
     one-cycle `result_valid` (the link pulls again only after it), so the wide count
     vector never leaves the engine's side of the die. The counts are read in place from
     the engine's output FIFO, and its `o.ready` is a flip-flop (`pop`).
+
+    `domain`: the engine's clock domain. "sync" (the default): the link's. Any other: the
+    engine, the token register, the count select and the engine side's pipes run on that
+    clock, and two `AsyncFIFO`s carry the link side's signals across (link -> engine:
+    feature, shift, push and pull; engine -> link: result, result_valid and credit), so
+    the link can run at UART speed while the engines run fast. The engine clock must be
+    at least the link's: each side then drains its FIFO faster than the other fills it
+    (a write into a full one would set `overrun`).
     """
 
     GROUP = 8  # counts in the first stage of the count select
 
-    def __init__(self, engine, stages=2):
+    def __init__(self, engine, stages=2, domain="sync"):
         if not isinstance(stages, int) or stages < 0:
             raise ValueError(f"pipe stages must be an int >= 0, got {stages!r}")
-        self.engine, self.stages = engine, stages
+        self.engine, self.stages, self.domain = engine, stages, domain
         self.credits, self.spacing = engine.fifo_depth, engine.fold
         block = engine.block
         super().__init__({
@@ -171,21 +179,42 @@ class EngineSocket(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.engine = engine = self.engine
+        dom, st = self.domain, self.stages
+        m.submodules.engine = engine = self.engine if dom == "sync" else DomainRenamer(dom)(self.engine)
         bits = self.engine.block.bits
-        token = Signal(self.engine.block.d * bits, reset_less=True)
-        shift, feature = pipe(m, self.shift, self.stages, "shift"), pipe(m, self.feature, self.stages, "feature")
+        d, cw = self.engine.block.d, self.engine.block.count_width
+        overrun = Signal()  # in the engine's domain
+        if dom == "sync":
+            feature, shift, push, pull = (pipe(m, v, st, n) for v, n in (
+                (self.feature, "feature"), (self.shift, "shift"), (self.push, "push"), (self.pull, "pull")))
+        else:
+            depth = self.credits + 4  # what the engine side can owe the link, and some
+            inbound = m.submodules.inbound = AsyncFIFO(width=bits + 3, depth=depth, w_domain="sync", r_domain=dom)
+            outbound = m.submodules.outbound = AsyncFIFO(width=cw + 2, depth=depth, w_domain=dom, r_domain="sync")
+            lost = Signal()
+            m.d.comb += [inbound.w_data.eq(Cat(self.feature, self.shift, self.push, self.pull)),
+                         inbound.w_en.eq(self.shift | self.push | self.pull), inbound.r_en.eq(1),
+                         outbound.r_en.eq(1)]
+            with m.If(inbound.w_en & ~inbound.w_rdy):
+                m.d.sync += lost.eq(1)
+            word, arrived = inbound.r_data, inbound.r_rdy
+            feature = pipe(m, word[:bits], st, "feature", dom)
+            shift, push, pull = (pipe(m, arrived & word[bits + k], st, n, dom)
+                                 for k, n in enumerate(("shift", "push", "pull")))
+            overrun_sync = Signal()
+            m.submodules.overrun_cdc = FFSynchronizer(overrun, overrun_sync)
+            m.d.comb += self.overrun.eq(lost | overrun_sync)
+        token = Signal(d * bits, reset_less=True)
         with m.If(shift):
-            m.d.sync += token.eq(Cat(token[bits:], feature))
-        push = pipe(m, self.push, self.stages, "push")  # a clock after the last shift at the earliest
+            m.d[dom] += token.eq(Cat(token[bits:], feature))
+        # push: a clock after the last shift at the earliest
         m.d.comb += [engine.i.payload.eq(token), engine.i.valid.eq(push)]
         with m.If(push & ~engine.i.ready):
-            m.d.sync += self.overrun.eq(1)
+            m.d[dom] += overrun.eq(1)
 
         # the counts are read in place from the engine's output FIFO (its output register
         # holds them until popped), through a two-stage select: the group of `GROUP` counts
         # first, then the count in it; no register wider than a group
-        d, cw = self.engine.block.d, self.engine.block.count_width
         group = min(d, self.GROUP)
         index = Signal(range(d))  # the next count of the token at the FIFO's head
         want, pop, picked, answered = Signal(), Signal(), Signal(), Signal()
@@ -193,22 +222,33 @@ class EngineSocket(wiring.Component):
         offset = Signal(range(group), reset_less=True)
         result = Signal(cw, reset_less=True)
         m.d.comb += engine.o.ready.eq(pop)
-        m.d.sync += [picked.eq(0), answered.eq(0), pop.eq(0)]
+        sync = m.d[dom]
+        sync += [picked.eq(0), answered.eq(0), pop.eq(0)]
         with m.If(picked):
-            m.d.sync += [result.eq(counts.word_select(offset, cw)), answered.eq(1)]
+            sync += [result.eq(counts.word_select(offset, cw)), answered.eq(1)]
         with m.If(want & engine.o.valid & ~pop):
             groups = Cat(engine.o.payload.as_value(), C(0, (-d % group) * cw))  # padded to whole groups
-            m.d.sync += [counts.eq(groups.word_select(index // group, group * cw)),
-                         offset.eq(index % group), picked.eq(1), want.eq(0)]
+            sync += [counts.eq(groups.word_select(index // group, group * cw)),
+                     offset.eq(index % group), picked.eq(1), want.eq(0)]
             with m.If(index == d - 1):
-                m.d.sync += [index.eq(0), pop.eq(1)]
+                sync += [index.eq(0), pop.eq(1)]
             with m.Else():
-                m.d.sync += index.eq(index + 1)
-        m.d.comb += self.credit.eq(pipe(m, pop, self.stages, "credit"))  # pop: a token left
-        with m.If(pipe(m, self.pull, self.stages, "pull")):
-            m.d.sync += want.eq(1)
-        m.d.comb += [self.result.eq(pipe(m, result, self.stages, "result")),
-                     self.result_valid.eq(pipe(m, answered, self.stages, "answered"))]
+                sync += index.eq(index + 1)
+        with m.If(pull):
+            sync += want.eq(1)
+        # pop: a token left the engine, a credit back
+        credit, result, answered = (pipe(m, v, st, n, dom) for v, n in ((pop, "credit"), (result, "result"),
+                                                                       (answered, "answered")))
+        if dom == "sync":
+            m.d.comb += [self.credit.eq(credit), self.result.eq(result), self.result_valid.eq(answered),
+                         self.overrun.eq(overrun)]
+        else:
+            m.d.comb += [outbound.w_data.eq(Cat(result, answered, credit)), outbound.w_en.eq(answered | credit)]
+            with m.If(outbound.w_en & ~outbound.w_rdy):
+                sync += overrun.eq(1)
+            word, arrived = outbound.r_data, outbound.r_rdy
+            m.d.sync += [self.result.eq(word[:cw]), self.result_valid.eq(arrived & word[cw]),
+                         self.credit.eq(arrived & word[cw + 1])]
         return m
 
 
@@ -217,7 +257,8 @@ class LinkCore(wiring.Component):
 
     engines: [(bundle block index, engine component)], all with the same d, bits <= 8 and
     count width <= 8. max_tokens: tokens per INFER frame. timeout: cycles of silence that
-    abort a frame in progress. stretch: cycles an activity LED stays lit.
+    abort a frame in progress. stretch: cycles an activity LED stays lit. engine_domain: the
+    engines' clock domain (default "sync", the link's; see `EngineSocket`).
     """
 
     rx: In(1, init=1)
@@ -225,7 +266,7 @@ class LinkCore(wiring.Component):
     leds: Out(LEDS)
 
     def __init__(self, engines, *, divisor, max_tokens=32, timeout=1_000_000, stretch=1 << 20, bundle_id=0,
-                 stages=2):
+                 stages=2, engine_domain="sync"):
         if not engines or len(engines) > 16:
             raise ValueError(f"need 1 to 16 engines, got {len(engines)}")
         first = engines[0][1]
@@ -242,7 +283,8 @@ class LinkCore(wiring.Component):
             raise ValueError(f"max_tokens={max_tokens!r} x d={self.d} does not fit the 16-bit length")
         self.engines = engines
         self.divisor, self.max_tokens, self.timeout, self.stretch = divisor, max_tokens, timeout, stretch
-        self.sockets = [EngineSocket(engine, stages) for _, engine in engines]
+        self.engine_domain = engine_domain
+        self.sockets = [EngineSocket(engine, stages, engine_domain) for _, engine in engines]
         self.info = BoardInfo(host.PROTOCOL_VERSION, self.d, self.bits, self.count_width, max_tokens,
                               bundle_id, tuple(i for i, _ in engines),
                               tuple(min(e.latency, 255) for _, e in engines))  # one byte: 255 = 255 or more
@@ -573,9 +615,10 @@ class LinkCore(wiring.Component):
         return m
 
 
-def pll_params(clock_in_hz, clock_hz):
+def pll_params(clock_in_hz, clock_hz, second_hz=None):
     """EHXPLLL dividers (CLKI_DIV, CLKFB_DIV, CLKOP_DIV) giving exactly `clock_hz` from `clock_in_hz`
-    with the VCO in 400-800 MHz (closest to 600); ValueError when none does."""
+    with the VCO in 400-800 MHz (closest to 600); ValueError when none does. With `second_hz`,
+    also CLKOS_DIV for a second output of exactly that frequency from the same VCO."""
     best = None
     for clki in range(1, 129):
         for fb in range(1, 81):
@@ -584,19 +627,32 @@ def pll_params(clock_in_hz, clock_hz):
                 continue
             for op in range(1, 129):
                 vco = out * op
+                os_div = round(vco / second_hz) if second_hz else 0
+                if second_hz and not (1 <= os_div <= 128 and vco / os_div == second_hz):
+                    continue
                 if 400e6 <= vco <= 800e6 and (best is None or abs(vco - 600e6) < abs(best[3] - 600e6)):
-                    best = (clki, fb, op, vco)
+                    best = (clki, fb, op, vco, os_div)
     if best is None:
-        raise ValueError(f"no ECP5 PLL setting makes {clock_hz / 1e6:g} MHz from {clock_in_hz / 1e6:g} MHz")
-    return best[:3]
+        also = f" and {second_hz / 1e6:g} MHz" if second_hz else ""
+        raise ValueError(f"no ECP5 PLL setting makes {clock_hz / 1e6:g} MHz{also} from {clock_in_hz / 1e6:g} MHz")
+    return best[:3] + ((best[4],) if second_hz else ())
 
 
 class BoardTop(Elaboratable):
     """A `LinkCore` on an amaranth_boards ULX3S platform: PLL to `clock_hz`, reset on
-    `reset_button`, UART on the FT231X pins, LEDs 0-7."""
+    `reset_button`, UART on the FT231X pins, LEDs 0-7. When the core's engines have a domain
+    of their own, the PLL's second output clocks it at `engine_clock_hz` (>= clock_hz)."""
 
-    def __init__(self, core, *, clock_hz, reset_button="button_fire"):
+    def __init__(self, core, *, clock_hz, reset_button="button_fire", engine_clock_hz=None):
         self.core, self.clock_hz, self.reset_button = core, clock_hz, reset_button
+        self.engine_domain = getattr(core, "engine_domain", "sync")
+        self.engine_clock_hz = engine_clock_hz or clock_hz
+        if (self.engine_domain == "sync") != (self.engine_clock_hz == clock_hz):
+            raise ValueError(f"engine clock {self.engine_clock_hz!r} Hz with engine domain {self.engine_domain!r}: "
+                             f"a second clock needs a core whose engines have their own domain, and back")
+        if self.engine_clock_hz < clock_hz:
+            raise ValueError(f"the engine clock ({self.engine_clock_hz / 1e6:g} MHz) must be at least the link's "
+                             f"({clock_hz / 1e6:g} MHz)")
 
     def elaborate(self, platform):
         m = Module()
@@ -604,11 +660,20 @@ class BoardTop(Elaboratable):
         clk_in = clk_buf.i
         clock_in_hz = platform.default_clk_frequency
         m.domains.sync = cd_sync = ClockDomain("sync")
+        two = self.engine_domain != "sync"
+        if two:
+            cd_engine = ClockDomain(self.engine_domain)
+            m.domains += cd_engine
         locked = Signal(init=1)
-        if self.clock_hz == clock_in_hz:
+        if self.clock_hz == clock_in_hz and not two:
             m.d.comb += cd_sync.clk.eq(clk_in)
         else:
-            clki, fb, op = pll_params(clock_in_hz, self.clock_hz)
+            clki, fb, op, *second = pll_params(clock_in_hz, self.clock_hz, self.engine_clock_hz if two else None)
+            extra = {}
+            if two:
+                extra = dict(a_FREQUENCY_PIN_CLKOS=f"{self.engine_clock_hz / 1e6:g}", p_CLKOS_ENABLE="ENABLED",
+                             p_CLKOS_DIV=second[0], p_CLKOS_CPHASE=second[0] // 2, p_CLKOS_FPHASE=0,
+                             o_CLKOS=cd_engine.clk, i_ENCLKOS=0)
             m.submodules.pll = Instance(
                 "EHXPLLL",
                 a_FREQUENCY_PIN_CLKI=f"{clock_in_hz / 1e6:g}", a_FREQUENCY_PIN_CLKOP=f"{self.clock_hz / 1e6:g}",
@@ -619,10 +684,12 @@ class BoardTop(Elaboratable):
                 p_FEEDBK_PATH="CLKOP",
                 i_RST=0, i_STDBY=0, i_CLKI=clk_in, o_CLKOP=cd_sync.clk, i_CLKFB=cd_sync.clk, i_PHASESEL0=0,
                 i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1, i_PLLWAKESYNC=0,
-                i_ENCLKOP=0, o_LOCK=locked)
+                i_ENCLKOP=0, o_LOCK=locked, **extra)
             # no add_clock_constraint: nextpnr derives the PLL output's constraint from the dividers
         m.submodules.button_buf = button = io.Buffer("i", platform.request(self.reset_button, 0, dir="-"))
         m.submodules.reset_sync = ResetSynchronizer(button.i | ~locked, domain="sync")
+        if two:
+            m.submodules.engine_reset_sync = ResetSynchronizer(button.i | ~locked, domain=self.engine_domain)
 
         m.submodules.core = core = self.core
         uart = platform.request("uart", 0, dir="-")

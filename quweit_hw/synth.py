@@ -74,10 +74,18 @@ class BoardConfig:
     fit_fraction: float
     nextpnr_opts: tuple
     synth_opts: tuple = ()    # extra options of Yosys's synth_ecp5 (Amaranth's synth_opts)
+    engine_clock_hz: int = 0  # the engines' own clock (PLL second output); 0: clock_hz, one clock
+
+    @property
+    def engine_hz(self):
+        return self.engine_clock_hz or self.clock_hz
 
     def __post_init__(self):
         if self.luts <= 0 or self.clock_hz <= 0 or self.baud <= 0 or self.max_tokens <= 0:
             raise ValueError(f"board {self.name!r}: luts, clock_hz, baud and max_tokens must be positive")
+        if self.engine_clock_hz and self.engine_clock_hz < self.clock_hz:
+            raise ValueError(f"board {self.name!r}: engine_clock_hz ({self.engine_clock_hz}) must be at least "
+                             f"clock_hz ({self.clock_hz})")
         if not 0 < self.fit_fraction <= 1:
             raise ValueError(f"board {self.name!r}: fit_fraction must lie in (0, 1], got {self.fit_fraction!r}")
 
@@ -158,10 +166,12 @@ def make_top(bundle, board, blocks=None):
     """(BoardTop, LinkCore) for `bundle` on `board`."""
     from .board import BoardTop, LinkCore
     from .host import bundle_id
+    two = board.engine_hz != board.clock_hz
     core = LinkCore(choose_engines(bundle, board, blocks), divisor=board.divisor, max_tokens=board.max_tokens,
                     timeout=int(board.clock_hz * board.frame_timeout_ms / 1000), stretch=board.clock_hz // 50,
-                    bundle_id=bundle_id(bundle))
-    return BoardTop(core, clock_hz=board.clock_hz, reset_button=board.reset_button), core
+                    bundle_id=bundle_id(bundle), engine_domain="engine" if two else "sync")
+    return BoardTop(core, clock_hz=board.clock_hz, reset_button=board.reset_button,
+                    engine_clock_hz=board.engine_hz), core
 
 
 def build_dir(bundle, board):
@@ -231,7 +241,9 @@ def make_report(out, bundle, board, core, seconds):
                  for name, cell in CELLS.items()}
     fmax = {clk: {"achieved_mhz": round(v["achieved"], 2), "constraint_mhz": round(v["constraint"], 2)}
             for clk, v in pnr["fmax"].items()}
-    engine_clock = min(v["achieved_mhz"] for v in fmax.values())
+    # the engines' clock: the one nextpnr names after the engine domain (engine_clk), else the only one
+    engine_clock = min(v["achieved_mhz"] for k, v in fmax.items()
+                       if core.engine_domain == "sync" or core.engine_domain in k)
     engines = [{"block": index, "name": e.block.name, "lut_nodes": e.block.lut_nodes,
                 "lut4_estimate": e.summary()["ecp5_lut4_estimate"]["total"], "latency_cycles": e.latency,
                 "tokens_per_cycle": e.tokens_per_cycle,
@@ -241,7 +253,8 @@ def make_report(out, bundle, board, core, seconds):
     return {
         "board": board.name, "device": board.platform_class().device, "bundle": str(bundle.path),
         "bitstream": str(Path(out) / f"{TOP}.bit"),
-        "clock_mhz": board.clock_hz / 1e6, "baud": board.baud, "uart_divisor": board.divisor,
+        "clock_mhz": board.clock_hz / 1e6, "engine_clock_mhz": board.engine_hz / 1e6,
+        "baud": board.baud, "uart_divisor": board.divisor,
         "timing_met": all(v["achieved_mhz"] >= v["constraint_mhz"] for v in fmax.values()),
         "fmax": fmax,
         "resources": resources,
@@ -327,7 +340,12 @@ def _common(parser):
     parser.add_argument("--board", default="ulx3s", help="board variant from boards/ (default ulx3s = 85F)")
     parser.add_argument("--block", type=int, action="append", default=None, metavar="I",
                         help="build only bundle block I (repeatable; default: all blocks when they fit)")
-    parser.add_argument("--clock-mhz", type=float, default=None, help="system clock (default: the board's clock_hz)")
+    parser.add_argument("--clock-mhz", type=float, default=None,
+                        help="system clock: link and UART, and the engines unless --engine-clock-mhz "
+                             "(default: the board's clock_hz)")
+    parser.add_argument("--engine-clock-mhz", type=float, default=None,
+                        help="run the engines on a clock of their own, at least --clock-mhz, from the PLL's "
+                             "second output (default: the board's engine_clock_hz, or one clock)")
     parser.add_argument("--baud", type=int, default=None, help="UART baud rate (default: the board's baud)")
     parser.add_argument("-o", "--out", default=None, help="build folder (default hw/<bundle>/<board>/)")
     parser.add_argument("--seed", type=int, default=None, help="nextpnr placer seed")
@@ -335,18 +353,19 @@ def _common(parser):
 
 def _board(args):
     clock = int(args.clock_mhz * 1e6) if args.clock_mhz else None
+    engine_clock = int(args.engine_clock_mhz * 1e6) if args.engine_clock_mhz else None
     try:
-        return load_board(args.board, clock_hz=clock, baud=args.baud)
+        return load_board(args.board, clock_hz=clock, baud=args.baud, engine_clock_hz=engine_clock)
     except ValueError as e:
         raise QuweitError(str(e)) from None
 
 
 def _print_report(report):
     out = Path(report["bitstream"]).parent
-    fmax = ", ".join(f"{v['achieved_mhz']} MHz" for v in report["fmax"].values())
+    fmax = ", ".join(f"{v['achieved_mhz']} MHz (target {v['constraint_mhz']:g})" for v in report["fmax"].values())
     lut4 = report["resources"]["LUT4"]
     print(f"bitstream: {report['bitstream']}\nreport:    {out / 'report.md'} (and report.json)\n"
-          f"{lut4['used']} LUT4 of {lut4['available']}, Fmax {fmax} (target {report['clock_mhz']:g} MHz, "
+          f"{lut4['used']} LUT4 of {lut4['available']}, Fmax {fmax} ("
           f"{'met' if report['timing_met'] else 'NOT met'}), built in {report['build_seconds']} s")
 
 

@@ -31,6 +31,8 @@ def run_link(core, stream, *, idle_after=3000, gap_at=None, gap=0):
     out = bytearray()
     sim = Simulator(core)
     sim.add_clock(1e-6)
+    if core.engine_domain != "sync":  # engines on a faster clock of unrelated phase
+        sim.add_clock(0.43e-6, domain=core.engine_domain)
 
     async def drive(ctx):
         ctx.set(core.rx, 1)
@@ -94,7 +96,8 @@ def test_uart_rx_reads_bytes_and_flags_a_low_stop_bit():
     assert got == [0x55, 0xA3] and sum(errors) == 1
 
 
-def test_link_answers_each_frame_once_in_order_against_golden(blocks):
+@pytest.mark.parametrize("engine_domain", ["sync", "engine"])
+def test_link_answers_each_frame_once_in_order_against_golden(blocks, engine_domain):
     rng = np.random.default_rng(0)
     q1, q2, q3 = rng.integers(-128, 128, (3, 4)), rng.integers(-128, 128, (4, 4)), rng.integers(-128, 128, (2, 4))
     corrupt = bytearray(host.infer_frame(0, q2))
@@ -105,7 +108,7 @@ def test_link_answers_each_frame_once_in_order_against_golden(blocks):
               + host.encode_frame(host.CMD_INFER, 0, bytes(4 * 5))      # 5 tokens > max_tokens
               + host.encode_frame(host.CMD_INFER, 0, bytes(6))          # not a whole token
               + host.encode_frame(0x33, 0) + host.infer_frame(2, q1))
-    replies = host.FrameParser().feed(run_link(make_core(blocks), stream))
+    replies = host.FrameParser().feed(run_link(make_core(blocks, engine_domain=engine_domain), stream))
     assert all(r.crc_ok for r in replies)
     info = host.BoardInfo.decode(replies[0].payload)
     assert (info.blocks, info.d, info.max_tokens, info.bundle_id) == ((0, 2), 4, 4, 0x12345678)
@@ -124,21 +127,24 @@ def test_link_answers_each_frame_once_in_order_against_golden(blocks):
     ]
 
 
-@pytest.mark.parametrize("stages, d", [(0, 4), (1, 12), (3, 4)])
-def test_engine_socket_credits_and_pulls(blocks, stages, d):
+@pytest.mark.parametrize("stages, d, domain", [(0, 4, "sync"), (1, 12, "sync"), (3, 4, "sync"), (2, 12, "engine")])
+def test_engine_socket_credits_and_pulls(blocks, stages, d, domain):
     """Tokens pushed only against credits, with random gaps, more than twice the credits;
     counts pulled one by one at random times: every count arrives once, in order,
     equal to the golden model, and every credit comes back. d = 12 takes the count select
-    through two groups of 8, the second half padding."""
+    through two groups of 8, the second half padding. domain "engine": the engine on its
+    own, faster clock behind the socket's two AsyncFIFOs."""
     block = blocks[0] if d == 4 else random_block(d=d, thresholds=4, n=4, hidden=(48,), group_size=4, seed=3, name="b12")
     q = golden.threshold_edges(block, np.random.default_rng(stages).integers(-128, 128, (1, block.d)))[:24]
-    socket = EngineSocket(MLPEngine(block), stages)
+    socket = EngineSocket(MLPEngine(block), stages, domain)
     rng = np.random.default_rng(10 + stages)
     got = []
     credits = [socket.credits]
     assert socket.credits == socket.engine.fifo_depth and socket.spacing == 1
     sim = Simulator(socket)
     sim.add_clock(1e-6)
+    if domain != "sync":
+        sim.add_clock(0.43e-6, domain=domain)
 
     async def pusher(ctx):
         for token in q:
@@ -254,6 +260,9 @@ def test_uart_divisor_and_pll():
     assert pll_params(25e6, 100e6) == (1, 4, 6)
     with pytest.raises(ValueError, match="no ECP5 PLL"):
         pll_params(25e6, 1e9)
+    assert pll_params(25e6, 75e6, 150e6) == (1, 3, 8, 4)  # link 75 MHz, engines 150 MHz: VCO 600 MHz
+    with pytest.raises(ValueError, match="and 151 MHz"):
+        pll_params(25e6, 75e6, 151e6)
 
 
 def test_board_settings():
@@ -290,6 +299,14 @@ def test_fit_check_names_the_figures(small_bundle):
     assert [i for i, _ in choose_engines(small_bundle, one, [1])] == [1]
     with pytest.raises(QuweitError, match=r"choose the blocks to build with --block"):
         choose_engines(small_bundle, one)
+
+
+def test_smoke_build_with_an_engine_clock(small_bundle, tmp_path):
+    board = load_board("ulx3s", engine_clock_hz=150_000_000)
+    il = synth(small_bundle, board, out=tmp_path, do_build=False).files["top.il"]
+    assert "CLKOS_DIV" in il and "engine_clk" in il and "inbound" in il and "outbound" in il
+    with pytest.raises(ValueError, match="engine_clock_hz .* must be at least clock_hz"):
+        load_board("ulx3s", engine_clock_hz=50_000_000)
 
 
 @pytest.mark.parametrize("name", ["ulx3s", "ulx3s-12f", "ulx3s-25f", "ulx3s-45f", "ulx3s-85f"])
