@@ -12,7 +12,7 @@ the FT231X UART pins and the LEDs for an `amaranth_boards` platform.
 from amaranth import Array, C, Cat, ClockDomain, Const, DomainRenamer, Elaboratable, Instance, Module, Mux, Signal
 from amaranth.lib import data, io, stream, wiring
 from amaranth.lib.cdc import FFSynchronizer, ResetSynchronizer
-from amaranth.lib.fifo import AsyncFIFO, SyncFIFOBuffered
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -132,6 +132,71 @@ def pipe(m, value, stages, name, domain="sync"):
     return value
 
 
+def _gray(value):
+    return value ^ (value >> 1)
+
+
+class CrossingFIFO(wiring.Component):
+    """A FIFO from clock domain `w_domain` to `r_domain` whose every decision comes from a
+    register: a write is never refused (the caller sizes `depth` so it cannot fill), and
+    the reader takes a word at most every other clock, so "a word is waiting" is a
+    register computed the clock before. Amaranth's `AsyncFIFO` decides w_rdy and r_rdy
+    combinationally from its Gray pointers, and that loop (compare -> enable -> increment
+    -> Gray code) was build O's worst path (137.8 MHz). The pointers cross the same way:
+    in Gray code, through `FFSynchronizer`s (Cummings' style #2); a word is in `Memory`
+    (LUT RAM) before its pointer can be seen on the other side.
+
+    Ports: `w_data`, `w_en` (write domain); `r_data` with a one-clock `r_valid` per word,
+    in order (read domain, both from registers); `overflow` (write domain, sticky): a
+    write may have found the FIFO full. It is checked on a level one clock old with a
+    margin of one word, so it never misses an overflow and may flag a write that leaves
+    the FIFO exactly full.
+    """
+
+    def __init__(self, width, depth, *, w_domain, r_domain):
+        if depth < 4 or depth & (depth - 1):
+            raise ValueError(f"depth must be a power of 2, at least 4; got {depth!r}")
+        self.width, self.depth, self.w_domain, self.r_domain = width, depth, w_domain, r_domain
+        super().__init__({"w_data": In(width), "w_en": In(1),
+                          "r_data": Out(width), "r_valid": Out(1), "overflow": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        wd, rd = m.d[self.w_domain], m.d[self.r_domain]
+        bits = self.depth.bit_length()  # address bits + 1: full and empty differ in the top bit
+        storage = m.submodules.storage = Memory(shape=self.width, depth=self.depth, init=[])
+        w_port, r_port = storage.write_port(domain=self.w_domain), storage.read_port(domain="comb")
+
+        produce, produce_gray = Signal(bits), Signal(bits)
+        produce_next = (produce + 1)[:bits]  # wraps: the Gray code of the wider sum would not
+        m.d.comb += [w_port.addr.eq(produce[:-1]), w_port.data.eq(self.w_data), w_port.en.eq(self.w_en)]
+        with m.If(self.w_en):
+            wd += [produce.eq(produce_next), produce_gray.eq(_gray(produce_next))]
+
+        seen_produce = Signal(bits)  # Gray, in the read domain
+        m.submodules.produce_cdc = FFSynchronizer(produce_gray, seen_produce, o_domain=self.r_domain)
+        consume, consume_gray = Signal(bits), Signal(bits)
+        waiting = Signal()  # a word waits, and none was taken the clock before
+        m.d.comb += r_port.addr.eq(consume[:-1])
+        rd += [waiting.eq((consume_gray != seen_produce) & ~waiting), self.r_valid.eq(waiting)]
+        consume_next = (consume + 1)[:bits]
+        with m.If(waiting):
+            rd += [consume.eq(consume_next), consume_gray.eq(_gray(consume_next)), self.r_data.eq(r_port.data)]
+
+        # overflow check, write domain: the consumer's pointer, decoded, then the level
+        seen_consume = Signal(bits)
+        m.submodules.consume_cdc = FFSynchronizer(consume_gray, seen_consume, o_domain=self.w_domain)
+        consumed = Signal(bits)
+        decoded = seen_consume
+        for k in range(1, bits):
+            decoded = decoded ^ (seen_consume >> k)
+        level = Signal(bits)
+        wd += [consumed.eq(decoded), level.eq(produce - consumed)]
+        with m.If(self.w_en & (level >= self.depth - 1)):
+            wd += self.overflow.eq(1)
+        return m
+
+
 class EngineSocket(wiring.Component):
     """An `MLPEngine` behind register pipes, so that the link logic and the engines may sit
     far apart on the die: every signal between the two crosses `stages` flip-flops each way
@@ -157,7 +222,7 @@ class EngineSocket(wiring.Component):
 
     `domain`: the engine's clock domain. "sync" (the default): the link's. Any other: the
     engine, the token register, the count select and the engine side's pipes run on that
-    clock, and two `AsyncFIFO`s carry the link side's signals across (link -> engine:
+    clock, and two `CrossingFIFO`s carry the link side's signals across (link -> engine:
     feature, shift, push and pull; engine -> link: result, result_valid and credit), so
     the link can run at UART speed while the engines run fast. The engine clock must be
     at least the link's: each side then drains its FIFO faster than the other fills it
@@ -165,6 +230,10 @@ class EngineSocket(wiring.Component):
     """
 
     GROUP = 8  # counts in the first stage of the count select
+    # words of each CrossingFIFO: the feeder writes at most 2 per 3 link clocks and the engine
+    # side reads up to 1 per 2 engine clocks (>= link clocks); the way back carries a result
+    # per pull (the link pulls again only after it) and a credit per token
+    CROSSING_DEPTH = 16
 
     def __init__(self, engine, stages=2, domain="sync"):
         if not isinstance(stages, int) or stages < 0:
@@ -188,22 +257,19 @@ class EngineSocket(wiring.Component):
             feature, shift, push, pull = (pipe(m, v, st, n) for v, n in (
                 (self.feature, "feature"), (self.shift, "shift"), (self.push, "push"), (self.pull, "pull")))
         else:
-            depth = self.credits + 4  # what the engine side can owe the link, and some
-            inbound = m.submodules.inbound = AsyncFIFO(width=bits + 3, depth=depth, w_domain="sync", r_domain=dom)
-            outbound = m.submodules.outbound = AsyncFIFO(width=cw + 2, depth=depth, w_domain=dom, r_domain="sync")
-            lost = Signal()
+            inbound = m.submodules.inbound = CrossingFIFO(bits + 3, self.CROSSING_DEPTH, w_domain="sync",
+                                                          r_domain=dom)
+            outbound = m.submodules.outbound = CrossingFIFO(cw + 2, self.CROSSING_DEPTH, w_domain=dom,
+                                                            r_domain="sync")
             m.d.comb += [inbound.w_data.eq(Cat(self.feature, self.shift, self.push, self.pull)),
-                         inbound.w_en.eq(self.shift | self.push | self.pull), inbound.r_en.eq(1),
-                         outbound.r_en.eq(1)]
-            with m.If(inbound.w_en & ~inbound.w_rdy):
-                m.d.sync += lost.eq(1)
-            word, arrived = inbound.r_data, inbound.r_rdy
+                         inbound.w_en.eq(self.shift | self.push | self.pull)]
+            word, arrived = inbound.r_data, inbound.r_valid
             feature = pipe(m, word[:bits], st, "feature", dom)
             shift, push, pull = (pipe(m, arrived & word[bits + k], st, n, dom)
                                  for k, n in enumerate(("shift", "push", "pull")))
             overrun_sync = Signal()
             m.submodules.overrun_cdc = FFSynchronizer(overrun, overrun_sync)
-            m.d.comb += self.overrun.eq(lost | overrun_sync)
+            m.d.comb += self.overrun.eq(inbound.overflow | overrun_sync)
         token = Signal(d * bits, reset_less=True)
         with m.If(shift):
             m.d[dom] += token.eq(Cat(token[bits:], feature))
@@ -244,9 +310,9 @@ class EngineSocket(wiring.Component):
                          self.overrun.eq(overrun)]
         else:
             m.d.comb += [outbound.w_data.eq(Cat(result, answered, credit)), outbound.w_en.eq(answered | credit)]
-            with m.If(outbound.w_en & ~outbound.w_rdy):
+            with m.If(outbound.overflow):
                 sync += overrun.eq(1)
-            word, arrived = outbound.r_data, outbound.r_rdy
+            word, arrived = outbound.r_data, outbound.r_valid
             m.d.sync += [self.result.eq(word[:cw]), self.result_valid.eq(arrived & word[cw]),
                          self.credit.eq(arrived & word[cw + 1])]
         return m

@@ -9,7 +9,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from quweit_hw import QuweitError, golden, host
-from quweit_hw.board import EngineSocket, LinkCore, UARTRx, pll_params, uart_divisor
+from quweit_hw.board import CrossingFIFO, EngineSocket, LinkCore, UARTRx, pll_params, uart_divisor
 from quweit_hw.bundle import random_block, write_bundle, load_bundle
 from quweit_hw.hdl import MLPEngine
 from quweit_hw.synth import board_names, choose_engines, load_board, synth, toolchain_env
@@ -191,6 +191,41 @@ def test_engine_socket_credits_and_pulls(blocks, stages, d, domain):
     assert credits[0] == socket.credits and overrun == [0]
     with pytest.raises(ValueError, match="pipe stages must be an int >= 0, got -1"):
         EngineSocket(MLPEngine(block), -1)
+
+
+@pytest.mark.parametrize("w_period, gap, overflows", [(1e-6, 2, False), (0.37e-6, 5, False), (0.1e-6, 0, True)])
+def test_crossing_fifo_keeps_order_and_flags_overflow(w_period, gap, overflows):
+    """Words written on one clock come out once each, in order, on another (a slower and a
+    faster writer, unrelated phases); a writer far faster than the half-rate reader fills
+    the 16 words and the overflow flag fires."""
+    fifo = CrossingFIFO(8, 16, w_domain="write", r_domain="sync")
+    sim = Simulator(fifo)
+    sim.add_clock(1e-6)
+    sim.add_clock(w_period, domain="write")
+    words, got, flag = [(7 * k + 3) % 256 for k in range(80)], [], []
+
+    async def writer(ctx):
+        for w in words:
+            ctx.set(fifo.w_data, w)
+            ctx.set(fifo.w_en, 1)
+            await ctx.tick("write")
+            ctx.set(fifo.w_en, 0)
+            if gap:
+                await ctx.tick("write").repeat(gap)
+        await ctx.tick("write").repeat(4)
+        flag.append(ctx.get(fifo.overflow))
+
+    async def reader(ctx):
+        async for _, _, valid, data in ctx.tick().sample(fifo.r_valid, fifo.r_data):
+            if valid:
+                got.append(data)
+
+    sim.add_testbench(writer)
+    sim.add_testbench(reader, background=True)
+    sim.run_until(400e-6)
+    assert flag == [int(overflows)]
+    if not overflows:
+        assert got == words
 
 
 def test_engine_socket_flags_a_push_without_credit(blocks):
