@@ -133,7 +133,7 @@ def test_engine_socket_credits_and_pulls(blocks, stages, d, domain):
     counts pulled one by one at random times: every count arrives once, in order,
     equal to the golden model, and every credit comes back. d = 12 takes the count select
     through two groups of 8, the second half padding. domain "engine": the engine on its
-    own, faster clock behind the socket's two AsyncFIFOs."""
+    own, faster clock behind the socket's two CrossingFIFOs."""
     block = blocks[0] if d == 4 else random_block(d=d, thresholds=4, n=4, hidden=(48,), group_size=4, seed=3, name="b12")
     q = golden.threshold_edges(block, np.random.default_rng(stages).integers(-128, 128, (1, block.d)))[:24]
     socket = EngineSocket(MLPEngine(block), stages, domain)
