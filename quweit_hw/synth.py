@@ -277,7 +277,7 @@ def report_markdown(r):
               f"{r['nextpnr_utilization'].get('TRELLIS_COMB', {}).get('used')} used.", "",
               "| clock | Fmax (MHz) | constraint (MHz) |", "| --- | ---: | ---: |"]
     lines += [f"| `{k}` | {v['achieved_mhz']} | {v['constraint_mhz']} |" for k, v in r["fmax"].items()]
-    lines += ["", f"Timing met: {'yes' if r['timing_met'] else 'NO - lower clock_hz in boards/'}.", "",
+    lines += ["", f"Timing met: {'yes' if r['timing_met'] else 'NO - lower clock_hz or engine_clock_hz in boards/'}.", "",
               "| block | LUT nodes | LUT4 estimate | latency (cycles) | tokens/s at Fmax |",
               "| ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {e['block']} | {e['lut_nodes']} | {e['lut4_estimate']} | {e['latency_cycles']} | "

@@ -304,7 +304,8 @@ def test_board_settings():
     assert board_names() == ["ulx3s", "ulx3s-12f", "ulx3s-25f", "ulx3s-45f", "ulx3s-85f"]
     board = load_board("ulx3s")
     assert board.platform_class().device == "LFE5U-85F"
-    assert (board.clock_hz, board.baud, board.divisor) == (75_000_000, 3_000_000, 25)
+    assert (board.clock_hz, board.baud, board.divisor, board.engine_hz) == (75_000_000, 3_000_000, 25, 150_000_000)
+    assert load_board("ulx3s", engine_clock_hz=75_000_000).engine_hz == 75_000_000  # one clock
     assert load_board("ulx3s-25f", clock_hz=100_000_000).clock_hz == 100_000_000
     with pytest.raises(QuweitError, match="unknown board 'de10'"):
         load_board("de10")
@@ -366,9 +367,12 @@ def test_full_build_small_bundle(small_bundle, tmp_path):
     # six-input nodes as LUT4 x 4 + PFUMX x 2 + L6MUX21 (minus those no one reads; the link uses some too)
     assert res["L6MUX21"]["used"] >= 0.7 * nodes and res["PFUMX"]["used"] >= 1.4 * nodes
     assert [e["latency_cycles"] for e in report["engines"]] == [MLPEngine(b).latency for b in small_bundle.blocks]
-    (fmax,) = report["fmax"].values()
-    assert fmax["constraint_mhz"] == 75.0 and fmax["achieved_mhz"] > 20
-    assert report["timing_met"] == (fmax["achieved_mhz"] >= 75.0)
+    # two clocks (the ULX3S default): the link's and the engines', each read from nextpnr's report
+    link, engine = (report["fmax"][k] for k in sorted(report["fmax"], key=lambda k: "engine" in k))
+    assert (link["constraint_mhz"], round(engine["constraint_mhz"])) == (75.0, 150) and link["achieved_mhz"] > 20
+    assert report["engine_clock_mhz"] == 150 and all(e["tokens_per_s_at_fmax"] == round(engine["achieved_mhz"] * 1e6)
+                                                       for e in report["engines"])
+    assert report["timing_met"] == (link["achieved_mhz"] >= 75.0 and engine["achieved_mhz"] >= engine["constraint_mhz"])
 
 
 def test_yosys_faults_are_named(tmp_path):
