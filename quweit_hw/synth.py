@@ -85,7 +85,7 @@ class BoardConfig:
             raise ValueError(f"board {self.name!r}: luts, clock_hz, baud and max_tokens must be positive")
         if self.engine_clock_hz and self.engine_clock_hz < self.clock_hz:
             raise ValueError(f"board {self.name!r}: engine_clock_hz ({self.engine_clock_hz}) must be at least "
-                             f"clock_hz ({self.clock_hz})")
+                             f"clock_hz ({self.clock_hz}); raise it too (--engine-clock-mhz)")
         if not 0 < self.fit_fraction <= 1:
             raise ValueError(f"board {self.name!r}: fit_fraction must lie in (0, 1], got {self.fit_fraction!r}")
 
