@@ -553,6 +553,8 @@ class LinkCore(wiring.Component):
             m.d.sync += credits[k].eq(credits[k] + socket.credit - push[k])
         ready = Array(c != 0 for c in credits)[f_slot]
         spacing = max(s.spacing for s in sockets)  # a folded engine takes a token every `fold` clocks
+        if spacing > 1 and self.engine_domain != "sync":
+            spacing += 4  # the crossing may move a push by a few engine clocks (<= link clocks)
         if spacing > 1:
             wait = Signal(range(spacing), name="spacing_wait")
             with m.If(Cat(*push).any()):

@@ -287,6 +287,21 @@ def test_link_refuses_a_frame_that_overflows_its_buffer_and_recovers():
         *map(result, burst[:3]), overflow, result(burst[4]), overflow, result(late)]
 
 
+@pytest.mark.parametrize("engine_domain", ["sync", "engine"])
+def test_link_feeds_a_folded_engine_at_its_pace(engine_domain):
+    """A ROM engine that takes a token every 64 clocks (the feeder's own pace is one per 13):
+    the feeder spaces its pushes, on one clock and across the crossing, and no token is lost."""
+    slow = random_block(d=4, thresholds=4, n=4, hidden=(64,), group_size=4, seed=6, name="slow64")
+    engine = MLPEngine(slow, rom={0: 1})
+    assert engine.fold == 64
+    core = LinkCore([(0, engine)], divisor=DIVISOR, max_tokens=4, timeout=200, stretch=8,
+                    engine_domain=engine_domain)
+    q1, q2 = np.random.default_rng(2).integers(-128, 128, (2, 4, 4))
+    replies = host.FrameParser().feed(run_link(core, host.infer_frame(0, q1) + host.infer_frame(0, q2)))
+    assert [(r.kind, r.payload) for r in replies] == [
+        (host.REPLY_RESULT, bytes(golden.counts(slow, q).astype(np.uint8).ravel())) for q in (q1, q2)]
+
+
 def test_uart_divisor_and_pll():
     assert uart_divisor(150e6, 3_000_000) == 50
     with pytest.raises(ValueError, match="not reachable"):
