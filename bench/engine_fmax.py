@@ -28,7 +28,7 @@ from amaranth.lib.wiring import In, Out  # noqa: E402
 from quweit_hw.board import LEDS, BoardTop  # noqa: E402
 from quweit_hw.bundle import REFERENCE, load_bundle  # noqa: E402
 from quweit_hw.hdl import MLPEngine  # noqa: E402
-from quweit_hw.synth import NEXTPNR_REPORT, TOP, _tool_environment, load_board  # noqa: E402
+from quweit_hw.synth import NEXTPNR_REPORT, build_top, load_board  # noqa: E402
 
 
 class EngineHarness(wiring.Component):
@@ -75,12 +75,8 @@ def main():
     block = bundle.blocks[args.block]
     engine = MLPEngine(block, registers=board.registers)
     top = BoardTop(EngineHarness(engine), clock_hz=int(args.clock_mhz * 1e6), reset_button=board.reset_button)
-    opts = list(board.nextpnr_opts) + ["--report", NEXTPNR_REPORT] + (["--seed", str(args.seed)] if args.seed else [])
     start = time.perf_counter()
-    with _tool_environment():
-        plan = board.platform_class()().build(top, name=TOP, build_dir=args.out, do_build=False,
-                                               nextpnr_opts=" ".join(opts), synth_opts=" ".join(board.synth_opts))
-        plan.execute_local(args.out)
+    build_top(top, board, args.out, seed=args.seed)  # the board flow's tools, options and Yosys checks
     seconds = time.perf_counter() - start
     pnr = json.loads((Path(args.out) / NEXTPNR_REPORT).read_text())
     fmax = {clk: round(v["achieved"], 2) for clk, v in pnr["fmax"].items()}

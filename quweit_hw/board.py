@@ -288,20 +288,20 @@ class EngineSocket(wiring.Component):
         offset = Signal(range(group), reset_less=True)
         result = Signal(cw, reset_less=True)
         m.d.comb += engine.o.ready.eq(pop)
-        sync = m.d[dom]
-        sync += [picked.eq(0), answered.eq(0), pop.eq(0)]
+        ed = m.d[dom]  # the engine's domain
+        ed += [picked.eq(0), answered.eq(0), pop.eq(0)]
         with m.If(picked):
-            sync += [result.eq(counts.word_select(offset, cw)), answered.eq(1)]
+            ed += [result.eq(counts.word_select(offset, cw)), answered.eq(1)]
         with m.If(want & engine.o.valid & ~pop):
             groups = Cat(engine.o.payload.as_value(), C(0, (-d % group) * cw))  # padded to whole groups
-            sync += [counts.eq(groups.word_select(index // group, group * cw)),
-                     offset.eq(index % group), picked.eq(1), want.eq(0)]
+            ed += [counts.eq(groups.word_select(index // group, group * cw)),
+                   offset.eq(index % group), picked.eq(1), want.eq(0)]
             with m.If(index == d - 1):
-                sync += [index.eq(0), pop.eq(1)]
+                ed += [index.eq(0), pop.eq(1)]
             with m.Else():
-                sync += index.eq(index + 1)
+                ed += index.eq(index + 1)
         with m.If(pull):
-            sync += want.eq(1)
+            ed += want.eq(1)
         # pop: a token left the engine, a credit back
         credit, result, answered = (pipe(m, v, st, n, dom) for v, n in ((pop, "credit"), (result, "result"),
                                                                        (answered, "answered")))
@@ -311,7 +311,7 @@ class EngineSocket(wiring.Component):
         else:
             m.d.comb += [outbound.w_data.eq(Cat(result, answered, credit)), outbound.w_en.eq(answered | credit)]
             with m.If(outbound.overflow):
-                sync += overrun.eq(1)
+                ed += overrun.eq(1)
             word, arrived = outbound.r_data, outbound.r_valid
             m.d.sync += [self.result.eq(word[:cw]), self.result_valid.eq(arrived & word[cw]),
                          self.credit.eq(arrived & word[cw + 1])]
@@ -396,8 +396,8 @@ class LinkCore(wiring.Component):
         # Timing: a byte arrives at most once per 10 * divisor cycles and the receiver holds it
         # for at least 1.5 * divisor cycles after `got`, so the decoder acts on it two cycles
         # later (`step`), when every flag it decides on (CRC zero, length limits, buffer full,
-        # last byte, end of a token, silence) has been computed from it into a register: no decision waits on
-        # a carry chain or a wide compare.
+        # last byte, end of a token, silence) has been computed from it into a register: no
+        # decision waits on a carry chain or a wide compare.
         byte, got = urx.o.payload, urx.o.valid
         got_d, step = Signal(), Signal()
         m.d.sync += [got_d.eq(got), step.eq(got_d)]

@@ -178,21 +178,15 @@ def build_dir(bundle, board):
     return Path("hw") / Path(bundle.path).name / board.name
 
 
-def synth(bundle, board, *, blocks=None, out=None, do_build=True, seed=None):
-    """Build `bundle` for `board` (a BoardConfig) into `out` (default hw/<bundle>/<board>/).
-
-    do_build=False stops after elaboration (no tools run) and returns the Amaranth BuildPlan.
-    Otherwise runs Yosys, nextpnr-ecp5 and ecppack, writes report.json and report.md, and
-    returns the report dict.
-    """
-    top, core = make_top(bundle, board, blocks)
-    platform = board.platform_class()()
+def build_top(top, board, out, *, seed=None, do_build=True):
+    """Elaborate `top` for `board`'s platform into `out` and, with do_build, run Yosys,
+    nextpnr-ecp5 (with --report) and ecppack there, refusing a failed or untrustworthy
+    Yosys run with a QuweitError. Returns the Amaranth BuildPlan."""
+    out = Path(out)
     opts = list(board.nextpnr_opts) + ["--report", NEXTPNR_REPORT] + (["--seed", str(seed)] if seed is not None else [])
-    out = Path(out) if out is not None else build_dir(bundle, board)
-    start = time.perf_counter()
     with _tool_environment():
-        plan = platform.build(top, name=TOP, build_dir=str(out), do_build=False, nextpnr_opts=" ".join(opts),
-                              synth_opts=" ".join(board.synth_opts))
+        plan = board.platform_class()().build(top, name=TOP, build_dir=str(out), do_build=False,
+                                               nextpnr_opts=" ".join(opts), synth_opts=" ".join(board.synth_opts))
         if not do_build:
             return plan
         try:
@@ -202,6 +196,22 @@ def synth(bundle, board, *, blocks=None, out=None, do_build=True, seed=None):
                               f"logs in {str(out)!r} (top.rpt, top.tim)") from None
         if fault := _yosys_fault(out):
             raise QuweitError(f"the {board.name} build is not trustworthy: {fault}; log {str(out / 'top.rpt')!r}")
+    return plan
+
+
+def synth(bundle, board, *, blocks=None, out=None, do_build=True, seed=None):
+    """Build `bundle` for `board` (a BoardConfig) into `out` (default hw/<bundle>/<board>/).
+
+    do_build=False stops after elaboration (no tools run) and returns the Amaranth BuildPlan.
+    Otherwise runs Yosys, nextpnr-ecp5 and ecppack, writes report.json and report.md, and
+    returns the report dict.
+    """
+    top, core = make_top(bundle, board, blocks)
+    out = Path(out) if out is not None else build_dir(bundle, board)
+    start = time.perf_counter()
+    plan = build_top(top, board, out, seed=seed, do_build=do_build)
+    if not do_build:
+        return plan
     seconds = time.perf_counter() - start
     report = make_report(out, bundle, board, core, seconds)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
