@@ -1,4 +1,4 @@
-"""Place-and-route limits of the board top: build one synthetic engine (bundle.random_block)
+"""Place-and-route limits of the board top: build one synthetic engine (synthetic.random_block)
 inside the ULX3S top and print LUT4 per LUT node, Fmax, and the Yosys and nextpnr wall times.
 
     python bench/board_build.py --hidden 2048 --window 32        # 2048 + 64*16 LUT nodes, local wiring
@@ -17,9 +17,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from quweit_hw import QuweitError  # noqa: E402
-from quweit_hw.bundle import load_bundle, random_block, write_bundle  # noqa: E402
-from quweit_hw.synth import load_board, synth, toolchain_env  # noqa: E402
+from quweit_hw.contract.boards import load_board  # noqa: E402
+from quweit_hw.contract.bundle_files import load_bundle, write_bundle  # noqa: E402
+from quweit_hw.contract.synthetic import random_block  # noqa: E402
+from quweit_hw.errors import UserError  # noqa: E402
+from quweit_hw.gateware.synth import synth  # noqa: E402
+from quweit_hw.gateware.toolchain import toolchain_env  # noqa: E402
 
 WRAPPER = """#!/bin/sh
 start=$(date +%s.%N)
@@ -68,7 +71,7 @@ def main():
     os.environ["NEXTPNR_ECP5"], pnr_stamp = timed("NEXTPNR_ECP5", tmp, args.pnr_timeout)
     try:
         result = synth(load_bundle(bundle_path), load_board(args.board), out=out)
-    except QuweitError as e:
+    except UserError as e:
         pnr = seconds(pnr_stamp) if pnr_stamp.exists() else None
         verdict = "NOT placed and routed within the limit" if pnr and pnr[1] == 124 else f"build failed: {e}"
         print(json.dumps({"label": label, "lut_nodes": block.lut_nodes, "outcome": verdict,

@@ -25,10 +25,13 @@ from amaranth.hdl import Cat, Module, Signal  # noqa: E402
 from amaranth.lib import wiring  # noqa: E402
 from amaranth.lib.wiring import In, Out  # noqa: E402
 
-from quweit_hw.board import LEDS, BoardTop  # noqa: E402
-from quweit_hw.bundle import REFERENCE, load_bundle  # noqa: E402
-from quweit_hw.hdl import MLPEngine  # noqa: E402
-from quweit_hw.synth import NEXTPNR_REPORT, build_top, load_board  # noqa: E402
+from quweit_hw.contract.boards import load_board  # noqa: E402
+from quweit_hw.contract.bundle_files import load_bundle  # noqa: E402
+from quweit_hw.gateware.engine import MLPEngine  # noqa: E402
+from quweit_hw.gateware.link import LEDS  # noqa: E402
+from quweit_hw.gateware.toolchain import NEXTPNR_REPORT, build_top  # noqa: E402
+from quweit_hw.gateware.top import BoardTop  # noqa: E402
+from quweit_hw.resources import REFERENCE  # noqa: E402
 
 
 class EngineHarness(wiring.Component):

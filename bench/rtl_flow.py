@@ -28,9 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from quweit_hw import bundle, golden
-from quweit_hw.hdl import TOP, MLPEngine, simulate, write_rtl
-from quweit_hw.rtlsim import VerilogEngine
+from quweit_hw.contract import bundle_files, golden, synthetic
+from quweit_hw.resources import REFERENCE
+from quweit_hw.gateware.engine import TOP, MLPEngine
+from quweit_hw.gateware.rtlsim import VerilogEngine
+from quweit_hw.gateware.simulation import simulate
+from quweit_hw.gateware.verilog import write_rtl
 
 
 def tokens(block, count, seed=0):
@@ -75,7 +78,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer tokens (a smoke run)")
     parser.add_argument("--json", help="also write the rows to this file")
-    parser.add_argument("--bundle", default=str(bundle.REFERENCE),
+    parser.add_argument("--bundle", default=str(REFERENCE),
                         help="the bundle measured as 'reference' (default: export/reference)")
     parser.add_argument("--workdir", help="keep the generated designs here (default: a temporary folder)")
     args = parser.parse_args(argv)
@@ -85,14 +88,14 @@ def main(argv=None):
 
     designs = []
     if (Path(args.bundle) / "manifest.json").exists():
-        ref = bundle.load_bundle(args.bundle).blocks[0]
+        ref = bundle_files.load_bundle(args.bundle).blocks[0]
         designs += [("reference", ref, None),
                     ("reference-rom64", ref, {i: 64 for i in range(len(ref.layers))})]
     else:
         print(f"no bundle at {args.bundle}: measuring the synthetic block only", file=sys.stderr)
-    synthetic = bundle.random_block(d=64, thresholds=16, n=6, hidden=(3072,), group_size=16, window=32,
-                                    seed=0, name="synthetic-4096")
-    designs += [("synthetic-4096", synthetic, None)]
+    wide = synthetic.random_block(d=64, thresholds=16, n=6, hidden=(3072,), group_size=16, window=32,
+                                  seed=0, name="synthetic-4096")
+    designs += [("synthetic-4096", wide, None)]
 
     with tempfile.TemporaryDirectory(prefix="rtl-flow-") as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)

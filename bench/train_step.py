@@ -15,7 +15,7 @@ import time
 import torch
 from torch import nn
 
-from quweit_hw.nn import LUTMLP, LUTMLPConfig
+from quweit_hw.model.lutmlp import LUTMLP, LUTMLPConfig
 
 
 def dense_mlp(d: int) -> nn.Module:

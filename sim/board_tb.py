@@ -14,8 +14,8 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge
 
-from quweit_hw import golden, host
-from quweit_hw.bundle import random_block
+from quweit_hw.contract import golden, protocol
+from quweit_hw.contract.synthetic import random_block
 
 
 class UARTDriver:
@@ -33,11 +33,11 @@ class UARTDriver:
 
 
 class UARTMonitor:
-    """Decodes 8N1 bytes from `tx` (sampled mid-bit) into reply frames (host.FrameParser)."""
+    """Decodes 8N1 bytes from `tx` (sampled mid-bit) into reply frames (protocol.FrameParser)."""
 
     def __init__(self, dut, divisor):
         self.dut, self.divisor = dut, divisor
-        self.parser, self.replies, self.framing_errors = host.FrameParser(), [], 0
+        self.parser, self.replies, self.framing_errors = protocol.FrameParser(), [], 0
 
     async def run(self):
         dut, div = self.dut, self.divisor
@@ -59,7 +59,7 @@ class UARTMonitor:
 def expected_reply(blocks, block, q):
     """The golden model's RESULT reply (kind, block, payload) for tokens q on bundle block `block`."""
     counts = golden.counts(blocks[block], q).astype(np.uint8)
-    return (host.REPLY_RESULT, block, counts.tobytes())
+    return (protocol.REPLY_RESULT, block, counts.tobytes())
 
 
 @cocotb.test()
@@ -75,18 +75,18 @@ async def board_link_matches_golden(dut):
         return rng.integers(-128, 128, (n, d))
 
     q = [tokens(max_tokens), tokens(3), tokens(max_tokens), tokens(1), tokens(2)]
-    corrupt = bytearray(host.infer_frame(a, q[1]))
-    corrupt[host.HEADER_BYTES + 2] ^= 0x04  # one payload bit flipped: the CRC must catch it
+    corrupt = bytearray(protocol.infer_frame(a, q[1]))
+    corrupt[protocol.HEADER_BYTES + 2] ^= 0x04  # one payload bit flipped: the CRC must catch it
     plan = [  # (bytes sent, silence after in bit times, expected reply)
-        (host.encode_frame(host.CMD_INFO, 0), 0, None),
-        (host.infer_frame(a, q[0]), 0, expected_reply(blocks, a, q[0])),
-        (bytes(corrupt), 0, (host.REPLY_ERROR, a, bytes([host.ERR_CRC]))),
-        (host.infer_frame(b, q[1]), 0, expected_reply(blocks, b, q[1])),     # back to back
-        (host.infer_frame(a, q[2]), 0, expected_reply(blocks, a, q[2])),
-        (host.encode_frame(host.CMD_INFER, a, bytes(d * (max_tokens + 1))), 0,
-         (host.REPLY_ERROR, a, bytes([host.ERR_LENGTH]))),
-        (host.infer_frame(b, q[3])[:7], spec["timeout_bits"] + 20, (host.REPLY_ERROR, b, bytes([host.ERR_TIMEOUT]))),
-        (host.infer_frame(b, q[4]), 0, expected_reply(blocks, b, q[4])),     # the link recovered
+        (protocol.encode_frame(protocol.CMD_INFO, 0), 0, None),
+        (protocol.infer_frame(a, q[0]), 0, expected_reply(blocks, a, q[0])),
+        (bytes(corrupt), 0, (protocol.REPLY_ERROR, a, bytes([protocol.ERR_CRC]))),
+        (protocol.infer_frame(b, q[1]), 0, expected_reply(blocks, b, q[1])),     # back to back
+        (protocol.infer_frame(a, q[2]), 0, expected_reply(blocks, a, q[2])),
+        (protocol.encode_frame(protocol.CMD_INFER, a, bytes(d * (max_tokens + 1))), 0,
+         (protocol.REPLY_ERROR, a, bytes([protocol.ERR_LENGTH]))),
+        (protocol.infer_frame(b, q[3])[:7], spec["timeout_bits"] + 20, (protocol.REPLY_ERROR, b, bytes([protocol.ERR_TIMEOUT]))),
+        (protocol.infer_frame(b, q[4]), 0, expected_reply(blocks, b, q[4])),     # the link recovered
     ]
 
     Clock(dut.clk, 10, unit="ns").start()
@@ -104,7 +104,7 @@ async def board_link_matches_golden(dut):
         budget += 1
     await ClockCycles(dut.clk, 200 * div)  # nothing more may come
 
-    info = host.BoardInfo.decode(monitor.replies[0].payload) if monitor.replies else None
+    info = protocol.BoardInfo.decode(monitor.replies[0].payload) if monitor.replies else None
     got = [(r.kind, r.block, r.payload) for r in monitor.replies[1:]]
     want = [reply for _, _, reply in plan[1:]]
     result = {"replies": len(monitor.replies), "expected": len(plan), "crc_ok": all(r.crc_ok for r in monitor.replies),

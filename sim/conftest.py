@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from quweit_hw.rtlsim import SIMULATORS, icarus_tools, verilator_env
+from quweit_hw.gateware.rtlsim import SIMULATORS, icarus_tools, verilator_env
 
 SIM_DIR = Path(__file__).resolve().parent
 if str(SIM_DIR) not in sys.path:  # the runner hands sys.path to the simulator's Python
@@ -43,5 +43,5 @@ def simulator_env(simulator, monkeypatch):
             if os.environ.get(key) != value:
                 monkeypatch.setenv(key, value)
     else:
-        icarus_tools()  # QuweitError (a failure, not a skip) when iverilog/vvp are missing
+        icarus_tools()  # UserError (a failure, not a skip) when iverilog/vvp are missing
     return simulator

@@ -18,8 +18,8 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly
 
-from quweit_hw import golden
-from quweit_hw.bundle import load_bundle
+from quweit_hw.contract import golden
+from quweit_hw.contract.bundle_files import load_bundle
 
 
 def pack_token(row, bits):

@@ -12,10 +12,11 @@ from pathlib import Path
 from amaranth.back import verilog
 from cocotb_tools.runner import get_runner
 
-from quweit_hw.board import LinkCore, uart_divisor
-from quweit_hw.bundle import random_block
-from quweit_hw.hdl import MLPEngine
-from quweit_hw.synth import _tool_environment
+from quweit_hw.contract.boards import uart_divisor
+from quweit_hw.contract.synthetic import random_block
+from quweit_hw.gateware.engine import MLPEngine
+from quweit_hw.gateware.link import LinkCore
+from quweit_hw.gateware.toolchain import tool_environment as _tool_environment
 
 SIM_DIR = Path(__file__).resolve().parent
 CLOCK_HZ, BAUD = 100e6, 12.5e6  # a sim clock and rate with divisor 8; the divisor logic is the real one

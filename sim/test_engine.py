@@ -17,8 +17,11 @@ import numpy as np
 import pytest
 from cocotb_tools.runner import get_runner
 
-from quweit_hw import bundle, golden
-from quweit_hw.hdl import TOP, ComparatorBank, write_rtl
+from quweit_hw.contract import bundle_files, synthetic
+from quweit_hw.resources import REFERENCE
+from quweit_hw.gateware.comparators import ComparatorBank
+from quweit_hw.gateware.engine import TOP
+from quweit_hw.gateware.verilog import write_rtl
 
 SIM_DIR = Path(__file__).resolve().parent
 
@@ -31,7 +34,7 @@ def verification_tokens(block, count, seed=0):
     lo, hi = -(2 ** (block.bits - 1)), 2 ** (block.bits - 1) - 1
     bank = ComparatorBank(block)
     bank._MustUse__silence = True  # inspected, not built
-    rows = list(golden.threshold_edges(block, rng.integers(lo, hi + 1, size=(3, block.d))))
+    rows = list(synthetic.threshold_edges(block, rng.integers(lo, hi + 1, size=(3, block.d))))
     per_feature = [[theta + e for g, theta in bank.comparators if g == f for e in (0, 1)
                     if lo <= theta + e <= hi] or [0] for f in range(block.d)]
     for _ in range(max(1000, count // 10)):
@@ -49,7 +52,7 @@ def run_cocotb(simulator, design, block_source, block_index, *, count, registers
     build_dir.mkdir(parents=True, exist_ok=True)
     summary = write_rtl(block_source, build_dir / "rtl", block_index=block_index, registers=registers,
                         rom=rom, force=True)
-    block = (bundle.load_bundle(block_source).block(block_index))
+    block = (bundle_files.load_bundle(block_source).block(block_index))
     tokens = verification_tokens(block, count)
     np.save(build_dir / "tokens.npy", tokens)
     report = build_dir / "scoreboard.json"
@@ -81,15 +84,15 @@ def run_cocotb(simulator, design, block_source, block_index, *, count, registers
 
 
 def test_engine_reference_bundle(simulator_env):
-    source = Path(os.environ.get("QUWEIT_SIM_BUNDLE", bundle.REFERENCE))
+    source = Path(os.environ.get("QUWEIT_SIM_BUNDLE", REFERENCE))
     assert (source / "manifest.json").exists(), f"no bundle at {source}: the reference bundle must be shipped"
     count = int(os.environ.get("QUWEIT_SIM_TOKENS", "10000"))  # the gate is >= 10,000; lower only by hand
     run_cocotb(simulator_env, "reference", source, 0, count=count, valid=900, ready=800)
 
 
 def test_engine_rom_form(simulator_env, tmp_path):
-    block = bundle.random_block(d=6, thresholds=8, n=6, hidden=(40,), group_size=6, window=16, seed=11)
-    source = bundle.write_bundle(tmp_path / "rom_bundle", [block])
+    block = synthetic.random_block(d=6, thresholds=8, n=6, hidden=(40,), group_size=6, window=16, seed=11)
+    source = bundle_files.write_bundle(tmp_path / "rom_bundle", [block])
     summary, result = run_cocotb(simulator_env, "rom", source, 0, count=1500, registers="layers",
                                  rom={0: 9, 1: 36})
     assert summary["fold"] == 5 and summary["tokens_per_cycle"] == pytest.approx(0.2)

@@ -8,11 +8,18 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from quweit_hw import QuweitError, golden, host
-from quweit_hw.board import CrossingFIFO, EngineSocket, LinkCore, UARTRx, pll_params, uart_divisor
-from quweit_hw.bundle import random_block, write_bundle, load_bundle
-from quweit_hw.hdl import MLPEngine
-from quweit_hw.synth import board_names, choose_engines, load_board, synth, toolchain_env
+from quweit_hw.contract import golden, protocol, synthetic
+from quweit_hw.contract.boards import board_names, load_board, pll_params, uart_divisor
+from quweit_hw.errors import UserError
+from quweit_hw.gateware.cdc import CrossingFIFO
+from quweit_hw.gateware.engine_socket import EngineSocket
+from quweit_hw.gateware.link import LinkCore
+from quweit_hw.gateware.uart import UARTRx
+from quweit_hw.contract.bundle_files import load_bundle, write_bundle
+from quweit_hw.contract.synthetic import random_block
+from quweit_hw.gateware.engine import MLPEngine
+from quweit_hw.gateware.synth import choose_engines, synth
+from quweit_hw.gateware.toolchain import toolchain_env
 
 # the fit checks build engines only to read their LUT4 estimate
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
@@ -100,29 +107,29 @@ def test_uart_rx_reads_bytes_and_flags_a_low_stop_bit():
 def test_link_answers_each_frame_once_in_order_against_golden(blocks, engine_domain):
     rng = np.random.default_rng(0)
     q1, q2, q3 = rng.integers(-128, 128, (3, 4)), rng.integers(-128, 128, (4, 4)), rng.integers(-128, 128, (2, 4))
-    corrupt = bytearray(host.infer_frame(0, q2))
+    corrupt = bytearray(protocol.infer_frame(0, q2))
     corrupt[9] ^= 0x10
-    stream = (host.encode_frame(host.CMD_INFO, 0) + host.infer_frame(0, q1) + bytes(corrupt)
-              + host.infer_frame(2, q2) + host.infer_frame(0, q3)       # back to back, two engines
-              + host.infer_frame(1, q3)                                 # block 1 is not on this board
-              + host.encode_frame(host.CMD_INFER, 0, bytes(4 * 5))      # 5 tokens > max_tokens
-              + host.encode_frame(host.CMD_INFER, 0, bytes(6))          # not a whole token
-              + host.encode_frame(0x33, 0) + host.infer_frame(2, q1))
-    replies = host.FrameParser().feed(run_link(make_core(blocks, engine_domain=engine_domain), stream))
+    stream = (protocol.encode_frame(protocol.CMD_INFO, 0) + protocol.infer_frame(0, q1) + bytes(corrupt)
+              + protocol.infer_frame(2, q2) + protocol.infer_frame(0, q3)       # back to back, two engines
+              + protocol.infer_frame(1, q3)                                 # block 1 is not on this board
+              + protocol.encode_frame(protocol.CMD_INFER, 0, bytes(4 * 5))      # 5 tokens > max_tokens
+              + protocol.encode_frame(protocol.CMD_INFER, 0, bytes(6))          # not a whole token
+              + protocol.encode_frame(0x33, 0) + protocol.infer_frame(2, q1))
+    replies = protocol.FrameParser().feed(run_link(make_core(blocks, engine_domain=engine_domain), stream))
     assert all(r.crc_ok for r in replies)
-    info = host.BoardInfo.decode(replies[0].payload)
+    info = protocol.BoardInfo.decode(replies[0].payload)
     assert (info.blocks, info.d, info.max_tokens, info.bundle_id) == ((0, 2), 4, 4, 0x12345678)
 
     def result(block, q):
-        return (host.REPLY_RESULT, block, bytes(golden.counts(blocks[block // 2], q).astype(np.uint8).ravel()))
+        return (protocol.REPLY_RESULT, block, bytes(golden.counts(blocks[block // 2], q).astype(np.uint8).ravel()))
     assert [(r.kind, r.block, r.payload) for r in replies[1:]] == [
         result(0, q1),
-        (host.REPLY_ERROR, 0, bytes([host.ERR_CRC])),
+        (protocol.REPLY_ERROR, 0, bytes([protocol.ERR_CRC])),
         result(2, q2), result(0, q3),
-        (host.REPLY_ERROR, 1, bytes([host.ERR_BLOCK])),
-        (host.REPLY_ERROR, 0, bytes([host.ERR_LENGTH])),
-        (host.REPLY_ERROR, 0, bytes([host.ERR_LENGTH])),
-        (host.REPLY_ERROR, 0, bytes([host.ERR_COMMAND])),
+        (protocol.REPLY_ERROR, 1, bytes([protocol.ERR_BLOCK])),
+        (protocol.REPLY_ERROR, 0, bytes([protocol.ERR_LENGTH])),
+        (protocol.REPLY_ERROR, 0, bytes([protocol.ERR_LENGTH])),
+        (protocol.REPLY_ERROR, 0, bytes([protocol.ERR_COMMAND])),
         result(2, q1),
     ]
 
@@ -135,7 +142,7 @@ def test_engine_socket_credits_and_pulls(blocks, stages, d, domain):
     through two groups of 8, the second half padding. domain "engine": the engine on its
     own, faster clock behind the socket's two CrossingFIFOs."""
     block = blocks[0] if d == 4 else random_block(d=d, thresholds=4, n=4, hidden=(48,), group_size=4, seed=3, name="b12")
-    q = golden.threshold_edges(block, np.random.default_rng(stages).integers(-128, 128, (1, block.d)))[:24]
+    q = synthetic.threshold_edges(block, np.random.default_rng(stages).integers(-128, 128, (1, block.d)))[:24]
     socket = EngineSocket(MLPEngine(block), stages, domain)
     rng = np.random.default_rng(10 + stages)
     got = []
@@ -251,12 +258,12 @@ def test_engine_socket_flags_a_push_without_credit(blocks):
 
 def test_link_times_out_a_truncated_frame_and_recovers(blocks):
     q = np.array([[1, -2, 3, -4]])
-    frame = host.infer_frame(0, q)
+    frame = protocol.infer_frame(0, q)
     stream = frame[:6] + frame  # the first frame stops after 6 bytes; silence; then a whole frame
-    replies = host.FrameParser().feed(run_link(make_core(blocks), stream, gap_at=6, gap=80))
+    replies = protocol.FrameParser().feed(run_link(make_core(blocks), stream, gap_at=6, gap=80))
     assert [(r.kind, r.payload) for r in replies] == [
-        (host.REPLY_ERROR, bytes([host.ERR_TIMEOUT])),
-        (host.REPLY_RESULT, bytes(golden.counts(blocks[0], q).astype(np.uint8).ravel()))]
+        (protocol.REPLY_ERROR, bytes([protocol.ERR_TIMEOUT])),
+        (protocol.REPLY_RESULT, bytes(golden.counts(blocks[0], q).astype(np.uint8).ravel()))]
 
 
 def test_link_refuses_a_frame_that_overflows_its_buffer_and_recovers():
@@ -275,14 +282,14 @@ def test_link_refuses_a_frame_that_overflows_its_buffer_and_recovers():
     rng = np.random.default_rng(1)
     burst = [rng.integers(-128, 128, (4, 4)) for _ in range(6)]
     late = rng.integers(-128, 128, (3, 4))
-    stream = b"".join(host.infer_frame(0, q) for q in burst)
-    replies = host.FrameParser().feed(
-        run_link(core, stream + host.infer_frame(0, late), gap_at=len(stream), gap=1200, idle_after=20000))
+    stream = b"".join(protocol.infer_frame(0, q) for q in burst)
+    replies = protocol.FrameParser().feed(
+        run_link(core, stream + protocol.infer_frame(0, late), gap_at=len(stream), gap=1200, idle_after=20000))
     assert all(r.crc_ok for r in replies)
 
     def result(q):
-        return (host.REPLY_RESULT, bytes(golden.counts(slow, q).astype(np.uint8).ravel()))
-    overflow = (host.REPLY_ERROR, bytes([host.ERR_OVERFLOW]))
+        return (protocol.REPLY_RESULT, bytes(golden.counts(slow, q).astype(np.uint8).ravel()))
+    overflow = (protocol.REPLY_ERROR, bytes([protocol.ERR_OVERFLOW]))
     assert [(r.kind, r.payload) for r in replies] == [
         *map(result, burst[:3]), overflow, result(burst[4]), overflow, result(late)]
 
@@ -297,9 +304,9 @@ def test_link_feeds_a_folded_engine_at_its_pace(engine_domain):
     core = LinkCore([(0, engine)], divisor=DIVISOR, max_tokens=4, timeout=200, stretch=8,
                     engine_domain=engine_domain)
     q1, q2 = np.random.default_rng(2).integers(-128, 128, (2, 4, 4))
-    replies = host.FrameParser().feed(run_link(core, host.infer_frame(0, q1) + host.infer_frame(0, q2)))
+    replies = protocol.FrameParser().feed(run_link(core, protocol.infer_frame(0, q1) + protocol.infer_frame(0, q2)))
     assert [(r.kind, r.payload) for r in replies] == [
-        (host.REPLY_RESULT, bytes(golden.counts(slow, q).astype(np.uint8).ravel())) for q in (q1, q2)]
+        (protocol.REPLY_RESULT, bytes(golden.counts(slow, q).astype(np.uint8).ravel())) for q in (q1, q2)]
 
 
 def test_uart_divisor_and_pll():
@@ -322,7 +329,7 @@ def test_board_settings():
     assert (board.clock_hz, board.baud, board.divisor, board.engine_hz) == (75_000_000, 3_000_000, 25, 150_000_000)
     assert load_board("ulx3s", engine_clock_hz=75_000_000).engine_hz == 75_000_000  # one clock
     assert load_board("ulx3s-25f", clock_hz=100_000_000).clock_hz == 100_000_000
-    with pytest.raises(QuweitError, match="unknown board 'de10'"):
+    with pytest.raises(UserError, match="unknown board 'de10'"):
         load_board("de10")
 
 
@@ -343,12 +350,12 @@ def test_fit_check_names_the_figures(small_bundle):
     board = load_board("ulx3s-12f")
     assert [i for i, _ in choose_engines(small_bundle, board)] == [0, 1]
     tiny = load_board("ulx3s-12f", fit_fraction=0.01)  # 122 LUT4
-    with pytest.raises(QuweitError, match=r"block 0 \('blocks.0.mlp'\) needs ~\d+ LUT4, more than the 122"):
+    with pytest.raises(UserError, match=r"block 0 \('blocks.0.mlp'\) needs ~\d+ LUT4, more than the 122"):
         choose_engines(small_bundle, tiny, [0])
     est = MLPEngine(small_bundle.block(0)).summary()["ecp5_lut4_estimate"]["total"]
     one = load_board("ulx3s-12f", fit_fraction=1.5 * est / board.luts)
     assert [i for i, _ in choose_engines(small_bundle, one, [1])] == [1]
-    with pytest.raises(QuweitError, match=r"choose the blocks to build with --block"):
+    with pytest.raises(UserError, match=r"choose the blocks to build with --block"):
         choose_engines(small_bundle, one)
 
 
@@ -391,7 +398,7 @@ def test_full_build_small_bundle(small_bundle, tmp_path):
 
 
 def test_yosys_faults_are_named(tmp_path):
-    from quweit_hw.synth import _yosys_fault
+    from quweit_hw.gateware.toolchain import yosys_fault as _yosys_fault
     assert _yosys_fault(tmp_path) is None
     (tmp_path / "top.rpt").write_text("2.52. Executing CHECK pass\n"
                                       + "Warning: multiple conflicting drivers for top.\\q [3]:\n" * 2)
@@ -405,14 +412,14 @@ def test_yosys_faults_are_named(tmp_path):
 def test_check_engine_agrees_and_catches_a_wrong_table(blocks, monkeypatch):
     from dataclasses import replace
 
-    import quweit_hw.hdl as hdl
-    from quweit_hw.synth import check_engine
+    import quweit_hw.gateware.simulation as hdl
+    from quweit_hw.gateware.simulation import check_engine
     assert check_engine(blocks[0], 60) == 60
     layer = blocks[0].layers[-1]
     wrong = replace(blocks[0], layers=(*blocks[0].layers[:-1], replace(layer, table=1 - layer.table)))
     original = hdl.MLPEngine
     monkeypatch.setattr(hdl, "MLPEngine", lambda block, **kw: original(wrong, **kw))  # a broken generator
-    with pytest.raises(QuweitError, match=r"disagrees with the golden model on \d+ of 60 tokens"):
+    with pytest.raises(UserError, match=r"disagrees with the golden model on \d+ of 60 tokens"):
         check_engine(blocks[0], 60)
 
 

@@ -5,17 +5,18 @@ import json
 import numpy as np
 import pytest
 
-from quweit_hw import QuweitError, bundle, golden
+from quweit_hw.contract import bundle, bundle_files, golden, synthetic
+from quweit_hw.errors import UserError
 
 
 @pytest.fixture
 def block():
-    return bundle.random_block(8, thresholds=6, n=5, hidden=(48,), group_size=4, window=16, seed=7)
+    return synthetic.random_block(8, thresholds=6, n=5, hidden=(48,), group_size=4, window=16, seed=7)
 
 
 def test_round_trip_is_exact(tmp_path, block):
-    path = bundle.write_bundle(tmp_path / "b", [block, block], {"model": {"d": 8}})
-    loaded = bundle.load_bundle(path)
+    path = bundle_files.write_bundle(tmp_path / "b", [block, block], {"model": {"d": 8}})
+    loaded = bundle_files.load_bundle(path)
     assert loaded.manifest["format_version"] == bundle.FORMAT_VERSION and loaded.manifest["model"] == {"d": 8}
     assert len(loaded.blocks) == 2
     got = loaded.blocks[1]
@@ -33,18 +34,18 @@ def test_tables_are_packed_little_endian(tmp_path):
     layer.table[0, 9] = 1
     th = np.zeros((1, 4), np.int32)
     block = bundle.Block("b", 1, 8, th, (layer,), 1)
-    path = bundle.write_bundle(tmp_path / "b", [block])
+    path = bundle_files.write_bundle(tmp_path / "b", [block])
     packed = np.load(path / "block0" / "layer0_table.npy")
     assert packed.tolist() == [[0, 2]]  # entry 9 = byte 1, bit 1
 
 
 def test_existing_output_needs_force(tmp_path, block):
-    path = bundle.write_bundle(tmp_path / "b", [block])
-    with pytest.raises(QuweitError, match="exists"):
-        bundle.write_bundle(path, [block])
-    other = bundle.random_block(8, thresholds=6, n=5, hidden=(48,), group_size=4, seed=8)
-    bundle.write_bundle(path, [other], force=True)
-    assert np.array_equal(bundle.load_bundle(path).blocks[0].thresholds, other.thresholds)
+    path = bundle_files.write_bundle(tmp_path / "b", [block])
+    with pytest.raises(UserError, match="exists"):
+        bundle_files.write_bundle(path, [block])
+    other = synthetic.random_block(8, thresholds=6, n=5, hidden=(48,), group_size=4, seed=8)
+    bundle_files.write_bundle(path, [other], force=True)
+    assert np.array_equal(bundle_files.load_bundle(path).blocks[0].thresholds, other.thresholds)
 
 
 def test_failed_write_leaves_nothing(tmp_path, block, monkeypatch):
@@ -52,36 +53,36 @@ def test_failed_write_leaves_nothing(tmp_path, block, monkeypatch):
         raise OSError("disk full")
     monkeypatch.setattr(np, "save", boom)
     with pytest.raises(OSError, match="disk full"):
-        bundle.write_bundle(tmp_path / "b", [block])
+        bundle_files.write_bundle(tmp_path / "b", [block])
     assert list(tmp_path.iterdir()) == []
 
 
 def test_corrupt_truncated_and_foreign_bundles(tmp_path, block):
-    path = bundle.write_bundle(tmp_path / "b", [block])
+    path = bundle_files.write_bundle(tmp_path / "b", [block])
     table = path / "block0" / "layer1_table.npy"
     data = bytearray(table.read_bytes())
     data[-1] ^= 1
     table.write_bytes(bytes(data))
-    with pytest.raises(QuweitError, match=r"layer1_table.npy' is corrupt"):
-        bundle.load_bundle(path)
+    with pytest.raises(UserError, match=r"layer1_table.npy' is corrupt"):
+        bundle_files.load_bundle(path)
     table.write_bytes(bytes(data[:-10]))
-    with pytest.raises(QuweitError, match="corrupt"):
-        bundle.load_bundle(path)
+    with pytest.raises(UserError, match="corrupt"):
+        bundle_files.load_bundle(path)
     table.unlink()
-    with pytest.raises(QuweitError, match="missing file"):
-        bundle.load_bundle(path)
+    with pytest.raises(UserError, match="missing file"):
+        bundle_files.load_bundle(path)
 
-    path = bundle.write_bundle(tmp_path / "v", [block])
+    path = bundle_files.write_bundle(tmp_path / "v", [block])
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["format_version"] = 99
     (path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(QuweitError, match="format version 99; this quweit-hw reads version 1"):
-        bundle.load_bundle(path)
+    with pytest.raises(UserError, match="format version 99; this quweit-hw reads version 1"):
+        bundle_files.load_bundle(path)
     (path / "manifest.json").write_text("{not json")
-    with pytest.raises(QuweitError, match="not valid JSON"):
-        bundle.load_bundle(path)
-    with pytest.raises(QuweitError, match="no manifest.json"):
-        bundle.load_bundle(tmp_path)
+    with pytest.raises(UserError, match="not valid JSON"):
+        bundle_files.load_bundle(path)
+    with pytest.raises(UserError, match="no manifest.json"):
+        bundle_files.load_bundle(tmp_path)
 
 
 def test_block_validation_names_the_value():
@@ -100,7 +101,7 @@ def test_block_validation_names_the_value():
 
 def test_local_mapping_stays_in_its_window():
     rng = np.random.default_rng(0)
-    m = bundle.local_mapping(1024, 256, 6, 32, rng)
+    m = synthetic.local_mapping(1024, 256, 6, 32, rng)
     centre = np.arange(256) * 4
     offset = (m - centre[:, None] + 16) % 1024
     assert offset.max() < 32 and m.min() >= 0 and m.max() < 1024
@@ -108,17 +109,17 @@ def test_local_mapping_stays_in_its_window():
 
 
 def test_used_thresholds_follow_layer0_mapping():
-    block = bundle.random_block(4, thresholds=8, n=2, hidden=(3,), group_size=1, seed=2)
+    block = synthetic.random_block(4, thresholds=8, n=2, hidden=(3,), group_size=1, seed=2)
     used = block.used_thresholds()
     assert used.sum() == len(set(block.layers[0].mapping.ravel().tolist()))
     assert used.reshape(-1)[block.layers[0].mapping[0, 0]]
 
 
 def test_force_keeps_the_checkpoint_beside_the_bundle(tmp_path, block):
-    path = bundle.write_bundle(tmp_path / "ref", [block, block])
+    path = bundle_files.write_bundle(tmp_path / "ref", [block, block])
     (path / "checkpoint.pt").write_bytes(b"weights")
     (path / "README.md").write_text("reference")
-    bundle.write_bundle(path, [block], force=True)
+    bundle_files.write_bundle(path, [block], force=True)
     assert sorted(p.name for p in path.iterdir()) == ["README.md", "block0", "checkpoint.pt", "manifest.json"]
     assert (path / "checkpoint.pt").read_bytes() == b"weights"
-    assert len(bundle.load_bundle(path).blocks) == 1
+    assert len(bundle_files.load_bundle(path).blocks) == 1

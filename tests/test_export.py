@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from quweit_hw import backend, bundle, cli, golden
-from quweit_hw.export import export_checkpoint, file_sha256, model_blocks
-from quweit_hw.nn import LUTMLPConfig
-from quweit_hw.train import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
-from quweit_hw.vit import ViT, ViTConfig
-from quweit_hw.data import calibrate_lut_mlps
+from quweit_hw import backends, cli, evaluation
+from quweit_hw.contract import bundle_files, golden
+from quweit_hw.resources import REFERENCE
+from quweit_hw.model.export import export_checkpoint, file_sha256, model_blocks
+from quweit_hw.model.lutmlp import LUTMLPConfig
+from quweit_hw.model.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
+from quweit_hw.model.vit import ViT, ViTConfig
+from quweit_hw.model.data import calibrate_lut_mlps
 
 
 def tiny_vit(mlp="lut", mapping="learnable", bit_order="feature", seed=0):
@@ -43,15 +45,15 @@ def save(model, path):
 def test_torch_eval_equals_golden_on_every_token(tmp_path, mapping, bit_order):
     model = tiny_vit(mapping=mapping, bit_order=bit_order)
     path = export_checkpoint(save(model, tmp_path / "m.pt"), tmp_path / "bundle")
-    b = bundle.load_bundle(path)
+    b = bundle_files.load_bundle(path)
     assert [blk.name for blk in b.blocks] == ["blocks.0.mlp", "blocks.1.mlp"]
     images = torch.randn(300, 1, 8, 8) * 2  # 300 images x 5 tokens = 1500 tokens per block
     with torch.no_grad():
         reference = model(images)
-        agreement = backend.Agreement(2)
-        backend.attach(model, backend.GoldenBackend(b), agreement=agreement)
+        agreement = backends.Agreement(2)
+        backends.attach(model, backends.GoldenBackend(b), agreement=agreement)
         routed = model(images)
-        backend.detach(model)
+        backends.detach(model)
     assert agreement.tokens == [1500, 1500] and agreement.exact, str(agreement)
     assert torch.equal(routed, reference)  # same counts, same affine step: identical logits
 
@@ -69,7 +71,7 @@ def test_every_integer_input_agrees(tmp_path):
 
 def test_manifest_records_source_and_metrics(tmp_path):
     ckpt = save(tiny_vit(), tmp_path / "m.pt")
-    b = bundle.load_bundle(export_checkpoint(ckpt, tmp_path / "bundle"))
+    b = bundle_files.load_bundle(export_checkpoint(ckpt, tmp_path / "bundle"))
     assert b.manifest["source_checkpoint"]["sha256"] == file_sha256(ckpt)
     assert b.manifest["model"]["arch"] == "vit" and b.manifest["model"]["config"]["d"] == 8
     assert b.manifest["metrics"]["test_accuracy"] == 0.5
@@ -101,18 +103,18 @@ def test_eval_refuses_a_bundle_of_another_checkpoint(tmp_path, capsys):
     assert "was not exported from" in capsys.readouterr().err
 
 
-REFERENCE_CHECKPOINT = bundle.REFERENCE / "checkpoint.pt"
+REFERENCE_CHECKPOINT = REFERENCE / "checkpoint.pt"
 
 
 def test_reference_bundle_is_exported_from_the_reference_checkpoint():
-    b = bundle.load_bundle(bundle.REFERENCE)
+    b = bundle_files.load_bundle(REFERENCE)
     assert b.manifest["source_checkpoint"]["sha256"] == file_sha256(REFERENCE_CHECKPOINT)
     assert b.manifest["metrics"]["test_accuracy"] > 0.8
-    assert sum(p.stat().st_size for p in bundle.REFERENCE.rglob("*.npy")) < 1_000_000
+    assert sum(p.stat().st_size for p in REFERENCE.rglob("*.npy")) < 1_000_000
 
 
 def test_reference_model_torch_equals_golden_on_1000_test_images():
-    r = backend.evaluate_with_backend(REFERENCE_CHECKPOINT, "golden", bundle_path=bundle.REFERENCE, limit=1000,
+    r = evaluation.evaluate_with_backend(REFERENCE_CHECKPOINT, "golden", bundle_path=REFERENCE, limit=1000,
                                       compare=True, progress=False)
     tokens = 1000 * 17  # 16 patches + class token per image
     assert r["agreement"].tokens == [tokens, tokens] and r["agreement"].exact, str(r["agreement"])

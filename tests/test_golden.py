@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from quweit_hw import QuweitError, bundle, golden
+from quweit_hw.contract import golden, synthetic
+from quweit_hw.errors import UserError
 
 
 def naive_counts(block, q):
@@ -31,7 +32,7 @@ def naive_counts(block, q):
     (2, (), None, 4), (3, (40,), 8, 8), (4, (64, 48), None, 8), (5, (96,), 16, 6), (6, (128, 64, 96), 12, 8),
 ])
 def test_golden_equals_naive_loop(n, hidden, window, bits):
-    block = bundle.random_block(6, bits=bits, thresholds=5, n=n, hidden=hidden, group_size=4, window=window, seed=n)
+    block = synthetic.random_block(6, bits=bits, thresholds=5, n=n, hidden=hidden, group_size=4, window=window, seed=n)
     rng = np.random.default_rng(n)
     lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     q = np.concatenate([rng.integers(lo, hi + 1, size=(40, 6)),
@@ -43,7 +44,7 @@ def test_golden_equals_naive_loop(n, hidden, window, bits):
 
 
 def test_thermometer_is_strict_at_every_threshold():
-    block = bundle.random_block(3, thresholds=4, hidden=(), group_size=2, n=2, seed=1)
+    block = synthetic.random_block(3, thresholds=4, hidden=(), group_size=2, n=2, seed=1)
     for f in range(block.d):
         for t in range(block.T):
             theta = int(block.thresholds[f, t])
@@ -56,7 +57,7 @@ def test_thermometer_is_strict_at_every_threshold():
 
 
 def test_stages_shapes_and_layer_semantics():
-    block = bundle.random_block(4, thresholds=3, n=3, hidden=(10,), group_size=2, seed=3)
+    block = synthetic.random_block(4, thresholds=3, n=3, hidden=(10,), group_size=2, seed=3)
     q = np.array([[0, 1, -1, 5]])
     th, l0, l1, c = golden.stages(block, q)
     assert th.shape == (1, 12) and l0.shape == (1, 10) and l1.shape == (1, 8) and c.shape == (1, 4)
@@ -68,18 +69,18 @@ def test_stages_shapes_and_layer_semantics():
 
 
 def test_tokens_are_checked():
-    block = bundle.random_block(4, bits=8, hidden=(), group_size=2, n=2)
-    with pytest.raises(QuweitError, match=r"\[-128, 127\]; got \[0, 128\]"):
+    block = synthetic.random_block(4, bits=8, hidden=(), group_size=2, n=2)
+    with pytest.raises(UserError, match=r"\[-128, 127\]; got \[0, 128\]"):
         golden.counts(block, np.array([[0, 0, 0, 128]]))
-    with pytest.raises(QuweitError, match=r"shape \(N, 4\).*\(2, 3\)"):
+    with pytest.raises(UserError, match=r"shape \(N, 4\).*\(2, 3\)"):
         golden.counts(block, np.zeros((2, 3), np.int64))
-    with pytest.raises(QuweitError, match="integers"):
+    with pytest.raises(UserError, match="integers"):
         golden.counts(block, np.full((1, 4), 0.5))
 
 
 def test_threshold_edges_cover_both_sides_of_every_kept_comparator():
-    block = bundle.random_block(5, thresholds=6, n=3, hidden=(20,), group_size=2, seed=4)
-    q = golden.threshold_edges(block, np.zeros((2, 5), np.int64))
+    block = synthetic.random_block(5, thresholds=6, n=3, hidden=(20,), group_size=2, seed=4)
+    q = synthetic.threshold_edges(block, np.zeros((2, 5), np.int64))
     bits = golden.thermometer(block, q)
     used = block.used_thresholds().reshape(-1)
     for index in np.nonzero(used)[0]:

@@ -9,11 +9,19 @@ import subprocess
 import numpy as np
 import pytest
 
-from quweit_hw import QuweitError, bundle, golden
+from quweit_hw.contract import bundle, bundle_files, golden, synthetic
+from quweit_hw.errors import UserError
+from quweit_hw.resources import REFERENCE
 from quweit_hw.cli import main
-from quweit_hw.hdl import (ComparatorBank, greater_than, LUTLayer, MLPEngine, Popcount, Registers, RTLBackend, ROMLUTLayer,
-                           estimate_lut4, simulate, write_rtl)
-from quweit_hw.synth import toolchain_env
+from quweit_hw.gateware.comparators import ComparatorBank, greater_than
+from quweit_hw.gateware.engine import MLPEngine, Registers
+from quweit_hw.gateware.estimate import estimate_lut4
+from quweit_hw.gateware.lut import LUTLayer, ROMLUTLayer
+from quweit_hw.gateware.popcount import Popcount
+from quweit_hw.gateware.rtlsim import RTLBackend
+from quweit_hw.gateware.simulation import simulate
+from quweit_hw.gateware.verilog import write_rtl
+from quweit_hw.gateware.toolchain import toolchain_env
 
 # engines built only to read their properties are never elaborated
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
@@ -27,7 +35,7 @@ def tokens(block, count, seed):
 def edge_tokens(block, seed=0):
     """For every kept comparator (f, theta): a token with q_f = theta and one with theta + 1
     (the other features random), so each comparator is seen on both sides of its edge."""
-    return golden.threshold_edges(block, tokens(block, 1, seed))
+    return synthetic.threshold_edges(block, tokens(block, 1, seed))
 
 
 def packed_edge_tokens(block):
@@ -56,7 +64,7 @@ SHAPES = [
 
 @pytest.mark.parametrize("n, hidden, k, registers, rom", SHAPES)
 def test_engine_matches_golden_with_stalls(n, hidden, k, registers, rom):
-    block = bundle.random_block(d=4, thresholds=5, n=n, hidden=hidden, group_size=k, seed=n + len(hidden))
+    block = synthetic.random_block(d=4, thresholds=5, n=n, hidden=hidden, group_size=k, seed=n + len(hidden))
     engine = MLPEngine(block, registers=registers, rom=rom)
     q = np.concatenate([edge_tokens(block), tokens(block, 60, seed=1)])
     got, trace = simulate(engine, q, valid_prob=0.7, ready_prob=0.6, seed=2)
@@ -68,7 +76,7 @@ def test_engine_matches_golden_with_stalls(n, hidden, k, registers, rom):
 
 @pytest.mark.parametrize("registers, rom", [("all", None), ("ports", None), ("layers", {0: 3})])
 def test_latency_and_full_throughput(registers, rom):
-    block = bundle.random_block(d=3, thresholds=4, n=4, hidden=(12,), group_size=4, seed=5)
+    block = synthetic.random_block(d=3, thresholds=4, n=4, hidden=(12,), group_size=4, seed=5)
     engine = MLPEngine(block, registers=registers, rom=rom)
     q = tokens(block, 40, seed=3)
     got, trace = simulate(engine, q)  # i.valid and o.ready always high
@@ -81,7 +89,7 @@ def test_latency_and_full_throughput(registers, rom):
 
 
 def test_latency_values():
-    block = bundle.random_block(d=2, thresholds=3, n=3, hidden=(8, 8), group_size=16, seed=0)
+    block = synthetic.random_block(d=2, thresholds=3, n=3, hidden=(8, 8), group_size=16, seed=0)
     # input register 1 + comparators 1 + 3 layers + popcount (4 levels, after every 2 -> 2) + FIFO 2
     assert MLPEngine(block, registers="all").latency == 1 + 1 + 3 + 2 + 2
     assert MLPEngine(block, registers="layers").latency == 1 + 1 + 3 + 0 + 2
@@ -92,7 +100,7 @@ def test_latency_values():
 
 def test_every_kept_threshold_edge():
     # duplicated thresholds (shared comparators) and both out-of-range ends (constant bits)
-    block = bundle.random_block(d=3, thresholds=6, n=6, hidden=(), group_size=12, seed=7)
+    block = synthetic.random_block(d=3, thresholds=6, n=6, hidden=(), group_size=12, seed=7)
     th = block.thresholds.copy()
     th[0] = [-129, -129, -5, -5, 0, 127]
     th[1] = [-128, -1, 3, 3, 3, 126]
@@ -118,7 +126,7 @@ def test_greater_than_logic_is_exhaustively_right():
 
 
 def test_components_standalone():
-    block = bundle.random_block(d=2, thresholds=4, n=3, hidden=(6,), group_size=3, seed=9)
+    block = synthetic.random_block(d=2, thresholds=4, n=3, hidden=(6,), group_size=3, seed=9)
     with pytest.raises(ValueError, match=r"reads bits \[0, 9\] of a 4-bit input"):
         LUTLayer(np.array([[0, 9, 1]]), np.zeros((1, 8), np.uint8), 4)
     with pytest.raises(ValueError, match="nodes_per_cycle must be a positive int, got 0"):
@@ -193,7 +201,7 @@ def test_comparators_synthesis_form_equals_generic(tmp_path):
 
 
 def test_lut4_estimate():
-    block = bundle.random_block(d=2, thresholds=4, n=6, hidden=(10,), group_size=4, seed=1)
+    block = synthetic.random_block(d=2, thresholds=4, n=6, hidden=(10,), group_size=4, seed=1)
     engine = MLPEngine(block)
     est = estimate_lut4(engine)
     kept = len(engine.comparator_bank.comparators) - engine.comparator_bank.constant
@@ -204,8 +212,8 @@ def test_lut4_estimate():
 
 
 def test_write_rtl_and_summary(tmp_path):
-    block = bundle.random_block(d=2, thresholds=4, n=4, hidden=(8,), group_size=4, seed=3)
-    path = bundle.write_bundle(tmp_path / "b", [block, block])
+    block = synthetic.random_block(d=2, thresholds=4, n=4, hidden=(8,), group_size=4, seed=3)
+    path = bundle_files.write_bundle(tmp_path / "b", [block, block])
     summary = write_rtl(path, tmp_path / "out", block_index=1, rom={0: 4})
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert files == ["mlp_engine.il", "mlp_engine.v", "summary.json"]
@@ -218,15 +226,15 @@ def test_write_rtl_and_summary(tmp_path):
     verilog = (tmp_path / "out" / "mlp_engine.v").read_text()
     assert "module mlp_engine(" in verilog and "i__payload" in verilog and "o__ready" in verilog
     assert "mlp_engine.layer1" in verilog  # readable submodule names
-    with pytest.raises(QuweitError, match="exists"):
+    with pytest.raises(UserError, match="exists"):
         write_rtl(path, tmp_path / "out")
     write_rtl(block, tmp_path / "out", force=True)
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["layers"][0]["form"] == "fabric"
 
 
 def test_cli_rtl_and_bad_input(tmp_path, capsys):
-    block = bundle.random_block(d=2, thresholds=4, n=3, hidden=(), group_size=4, seed=3)
-    good = bundle.write_bundle(tmp_path / "good", [block])
+    block = synthetic.random_block(d=2, thresholds=4, n=3, hidden=(), group_size=4, seed=3)
+    good = bundle_files.write_bundle(tmp_path / "good", [block])
     assert main(["rtl", str(good), "-o", str(tmp_path / "hw" / "x")]) == 0
     assert "latency" in capsys.readouterr().out
 
@@ -238,10 +246,10 @@ def test_cli_rtl_and_bad_input(tmp_path, capsys):
 
     fails(["rtl", str(good), "--block", "3", "-o", str(tmp_path / "hw" / "y")], "block index 3 out of range",
           tmp_path / "hw" / "y")
-    wide = bundle.random_block(d=1, thresholds=16, n=9, hidden=(), group_size=2, seed=0)
-    path = bundle.write_bundle(tmp_path / "wide", [wide])
+    wide = synthetic.random_block(d=1, thresholds=16, n=9, hidden=(), group_size=2, seed=0)
+    path = bundle_files.write_bundle(tmp_path / "wide", [wide])
     fails(["rtl", str(path), "-o", str(tmp_path / "hw" / "z")], "fan-in n=9", tmp_path / "hw" / "z")
-    corrupt = bundle.write_bundle(tmp_path / "corrupt", [block])
+    corrupt = bundle_files.write_bundle(tmp_path / "corrupt", [block])
     (corrupt / "block0" / "layer0_table.npy").write_bytes(b"garbage")
     fails(["rtl", str(corrupt), "-o", str(tmp_path / "hw" / "w")], "corrupt", tmp_path / "hw" / "w")
     fails(["rtl", str(good), "--rom", "4:2", "-o", str(tmp_path / "hw" / "v")], "rom layer index 4",
@@ -252,9 +260,9 @@ def test_cli_rtl_and_bad_input(tmp_path, capsys):
 
 def test_rtl_backend_icarus(tmp_path):
     # `eval --mlp-backend rtl` path: generated Verilog in the lean Icarus harness, with stalls
-    from quweit_hw.rtlsim import pack_tokens, unpack_counts
-    block = bundle.random_block(d=3, thresholds=4, n=3, hidden=(9,), group_size=5, seed=2)
-    backend = RTLBackend(bundle.load_bundle(bundle.write_bundle(tmp_path / "b", [block])), sim="icarus")
+    from quweit_hw.contract.packing import pack_tokens, unpack_counts
+    block = synthetic.random_block(d=3, thresholds=4, n=3, hidden=(9,), group_size=5, seed=2)
+    backend = RTLBackend(bundle_files.load_bundle(bundle_files.write_bundle(tmp_path / "b", [block])), sim="icarus")
     try:
         q = np.concatenate([edge_tokens(block), tokens(block, 50, seed=3)])
         np.testing.assert_array_equal(backend.counts(0, q), golden.counts(block, q))
@@ -278,11 +286,12 @@ def test_rtl_backend_icarus(tmp_path):
 def reference_tokens(block, limit=48):
     """Real activations of the reference model's LUT-MLP block (the q its torch eval feeds the
     block on test inputs) when the checkpoint and data are there, else None."""
-    ckpt = bundle.REFERENCE / "checkpoint.pt"
+    ckpt = REFERENCE / "checkpoint.pt"
     if not ckpt.exists():
         return None
-    from quweit_hw.backend import GoldenBackend, attach, detach
-    from quweit_hw.train import evaluate, load_checkpoint
+    from quweit_hw.backends import GoldenBackend, attach, detach
+    from quweit_hw.model.checkpoint import load_checkpoint
+    from quweit_hw.model.evaluate import evaluate
 
     model, meta = load_checkpoint(ckpt)
     seen = []
@@ -293,7 +302,7 @@ def reference_tokens(block, limit=48):
                 seen.append(np.asarray(q))
             return super().counts(index, q)
 
-    attach(model, Recorder(bundle.load_bundle(bundle.REFERENCE)))
+    attach(model, Recorder(bundle_files.load_bundle(REFERENCE)))
     try:
         evaluate(model, meta, "test" if meta.get("task") == "fashion-mnist" else "val", 4, 4, False)
     finally:
@@ -304,8 +313,8 @@ def reference_tokens(block, limit=48):
 
 def test_reference_bundle():
     # The shipped bundle must exist (a skipped gate is never a pass).
-    assert (bundle.REFERENCE / "manifest.json").exists(), f"reference bundle missing at {bundle.REFERENCE}"
-    ref = bundle.load_bundle(bundle.REFERENCE)
+    assert (REFERENCE / "manifest.json").exists(), f"reference bundle missing at {REFERENCE}"
+    ref = bundle_files.load_bundle(REFERENCE)
     block = ref.blocks[0]
     engine = MLPEngine(block)
     edges, per_feature = packed_edge_tokens(block)

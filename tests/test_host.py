@@ -3,29 +3,31 @@
 import numpy as np
 import pytest
 
-from quweit_hw import host
-from quweit_hw.host import BoardInfo, BoardLink, FrameParser, LinkError
+from quweit_hw.contract import protocol
+from quweit_hw.contract.protocol import BoardInfo, FrameParser
+from quweit_hw.errors import UserError
+from quweit_hw.host import BoardLink, LinkError
 
 
 def test_crc16_check_value_and_zero_residue():
-    assert host.crc16(b"123456789") == 0x29B1  # CRC-16/CCITT-FALSE catalogue check value
-    frame = host.encode_frame(host.CMD_INFER, 3, b"\x01\x02")
-    assert frame == bytes([0xA5, 0x01, 0x03, 0x02, 0x00, 0x01, 0x02]) + host.crc16(frame[1:-2]).to_bytes(2, "big")
-    assert host.crc16(frame[1:]) == 0
+    assert protocol.crc16(b"123456789") == 0x29B1  # CRC-16/CCITT-FALSE catalogue check value
+    frame = protocol.encode_frame(protocol.CMD_INFER, 3, b"\x01\x02")
+    assert frame == bytes([0xA5, 0x01, 0x03, 0x02, 0x00, 0x01, 0x02]) + protocol.crc16(frame[1:-2]).to_bytes(2, "big")
+    assert protocol.crc16(frame[1:]) == 0
 
 
 def test_token_bytes_twos_complement_and_range():
     q = np.array([[-128, -1, 0, 127]])
-    assert host.token_bytes(q) == bytes([0x80, 0xFF, 0x00, 0x7F])
-    assert host.token_bytes(np.array([[-8, 7]]), bits=4) == bytes([0xF8, 0x07])
+    assert protocol.token_bytes(q) == bytes([0x80, 0xFF, 0x00, 0x7F])
+    assert protocol.token_bytes(np.array([[-8, 7]]), bits=4) == bytes([0xF8, 0x07])
     with pytest.raises(ValueError, match=r"\[-8, 7\] for bits=4"):
-        host.token_bytes(np.array([[8]]), bits=4)
+        protocol.token_bytes(np.array([[8]]), bits=4)
     with pytest.raises(ValueError, match="at most 8 bits"):
-        host.token_bytes(q, bits=9)
+        protocol.token_bytes(q, bits=9)
 
 
 def test_parser_skips_noise_splits_and_flags_bad_crc():
-    good = host.encode_frame(host.REPLY_RESULT, 1, b"\x05\x06", sof=host.SOF_REPLY)
+    good = protocol.encode_frame(protocol.REPLY_RESULT, 1, b"\x05\x06", sof=protocol.SOF_REPLY)
     bad = bytearray(good)
     bad[5] ^= 0x40
     parser = FrameParser()
@@ -41,7 +43,7 @@ def test_parser_skips_noise_splits_and_flags_bad_crc():
 def test_board_info_round_trip():
     info = BoardInfo(1, 16, 8, 4, 32, 0xDEADBEEF, (0, 2), (9, 11))
     assert BoardInfo.decode(info.encode()) == info
-    with pytest.raises(ValueError, match="malformed INFO"):
+    with pytest.raises(UserError, match="malformed INFO"):
         BoardInfo.decode(info.encode()[:-1])
 
 
@@ -50,7 +52,7 @@ class ScriptedPort:
 
     def __init__(self, answer):
         self.answer, self.rx, self.requests = answer, bytearray(), []
-        self.parser = FrameParser(sof=host.SOF_REQUEST)
+        self.parser = FrameParser(sof=protocol.SOF_REQUEST)
 
     def write(self, data):
         for frame in self.parser.feed(data):
@@ -77,7 +79,7 @@ INFO = BoardInfo(1, 2, 8, 4, 2, 7, (0,), (5,))
 
 
 def reply(kind, block, payload):
-    return host.encode_frame(kind, block, payload, sof=host.SOF_REPLY)
+    return protocol.encode_frame(kind, block, payload, sof=protocol.SOF_REPLY)
 
 
 def fake_board(errors=()):
@@ -85,28 +87,28 @@ def fake_board(errors=()):
     seen = []
 
     def answer(frame):
-        if frame.kind == host.CMD_INFO:
-            return reply(host.REPLY_INFO, 0, INFO.encode())
+        if frame.kind == protocol.CMD_INFO:
+            return reply(protocol.REPLY_INFO, 0, INFO.encode())
         seen.append(frame)
         if len(seen) <= len(errors) and errors[len(seen) - 1]:
-            return reply(host.REPLY_ERROR, frame.block, bytes([errors[len(seen) - 1]]))
-        return reply(host.REPLY_RESULT, frame.block, bytes((b + 1) % 256 for b in frame.payload))
+            return reply(protocol.REPLY_ERROR, frame.block, bytes([errors[len(seen) - 1]]))
+        return reply(protocol.REPLY_RESULT, frame.block, bytes((b + 1) % 256 for b in frame.payload))
     return answer
 
 
 def test_infer_splits_into_frames_and_retries_a_crc_error():
-    port = ScriptedPort(fake_board(errors=(0, host.ERR_CRC)))
+    port = ScriptedPort(fake_board(errors=(0, protocol.ERR_CRC)))
     link = BoardLink(serial_port=port, timeout=0.5)
     q = np.array([[0, 1], [2, 3], [4, 5], [-1, 9], [7, 7]])
     np.testing.assert_array_equal(link.infer(0, q), (q.astype(np.int8).astype(np.uint8).astype(int) + 1) % 256)
-    infer = [f for f in port.requests if f.kind == host.CMD_INFER]
+    infer = [f for f in port.requests if f.kind == protocol.CMD_INFER]
     # max_tokens=2, two frames in flight: frame 1 is refused and resent after frame 2
     assert [len(f.payload) // 2 for f in infer] == [2, 2, 1, 2]
     assert infer[1].payload == infer[3].payload
 
 
 def test_infer_raises_on_a_refused_block_and_on_silence():
-    link = BoardLink(serial_port=ScriptedPort(fake_board(errors=(host.ERR_BLOCK,))), timeout=0.5)
+    link = BoardLink(serial_port=ScriptedPort(fake_board(errors=(protocol.ERR_BLOCK,))), timeout=0.5)
     with pytest.raises(LinkError, match=r"error 3 \(block not on the board\)"):
         link.infer(5, np.zeros((1, 2), int))
     silent = BoardLink(serial_port=ScriptedPort(lambda frame: b""), timeout=0.2)
@@ -115,7 +117,7 @@ def test_infer_raises_on_a_refused_block_and_on_silence():
 
 
 def test_infer_gives_up_after_retries():
-    errors = (host.ERR_TIMEOUT,) * 3
+    errors = (protocol.ERR_TIMEOUT,) * 3
     link = BoardLink(serial_port=ScriptedPort(fake_board(errors=errors)), timeout=0.5, retries=2)
     with pytest.raises(LinkError, match=r"error 5 \(frame timed out"):
         link.infer(0, np.zeros((1, 2), int))

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from quweit_hw import QuweitError
-from quweit_hw import data
-from quweit_hw.gpt import GPT, GPTConfig
-from quweit_hw.vit import ViT, ViTConfig
+from quweit_hw.errors import UserError
+from quweit_hw.model import data
+from quweit_hw.model.gpt import GPT, GPTConfig
+from quweit_hw.model.vit import ViT, ViTConfig
 
 
 def tiny_lut(d=16):
-    from quweit_hw.nn import LUTMLPConfig
+    from quweit_hw.model.lutmlp import LUTMLPConfig
 
     return LUTMLPConfig(d=d, thresholds=4, hidden=(64,), group_size=4, window=8)
 
@@ -97,7 +97,7 @@ def test_config_validation_and_round_trip():
         GPTConfig(mlp="relu")
     with pytest.raises(ValueError, match="lut must be None"):
         GPTConfig(mlp="dense", lut={"d": 64})
-    from quweit_hw.nn import LUTMLPConfig
+    from quweit_hw.model.lutmlp import LUTMLPConfig
 
     with pytest.raises(ValueError, match="lut.d must equal"):
         ViTConfig(d=16, heads=2, mlp="lut", lut=LUTMLPConfig(d=32))
@@ -139,10 +139,10 @@ def test_fashion_mnist_reader(tmp_path):
     x, y = data.load_fashion_mnist("test", root=tmp_path)
     assert x.shape == (3, 1, 28, 28) and y.tolist() == [9, 0, 4]
     assert x[0, 0, 0, 1].item() == pytest.approx((1 / 255 - data.FASHION_MNIST_MEAN) / data.FASHION_MNIST_STD)
-    with pytest.raises(QuweitError, match="dataset-fashion-mnist"):
+    with pytest.raises(UserError, match="dataset-fashion-mnist"):
         data.load_fashion_mnist("train", root=tmp_path)
     (tmp_path / "bad.gz").write_bytes(gzip.compress(b"\x00\x00\x0d\x01"))
-    with pytest.raises(QuweitError, match="not an unsigned-byte idx"):
+    with pytest.raises(UserError, match="not an unsigned-byte idx"):
         data.read_idx(tmp_path / "bad.gz")
 
 
@@ -159,7 +159,7 @@ def test_char_text_and_windows(tmp_path):
     assert x.tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8]] and y.tolist() == [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
     x, y = data.random_windows(torch.arange(10), 4, 3, generator=torch.Generator().manual_seed(0))
     assert torch.equal(y, x + 1)
-    with pytest.raises(QuweitError, match="outside the vocabulary"):
+    with pytest.raises(UserError, match="outside the vocabulary"):
         data.CharText.from_text("abd", vocab="abc")
-    with pytest.raises(QuweitError, match="no text found"):
+    with pytest.raises(UserError, match="no text found"):
         data.read_text(tmp_path / "missing")

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from quweit_hw import nn as qnn
-from quweit_hw.nn import GroupSum, LUTLayer, LUTMLP, LUTMLPConfig, Thermometer
+from quweit_hw.model import lut as qnn
+from quweit_hw.model.lut import LUTLayer
+from quweit_hw.model.lutmlp import LUTMLP, GroupSum, LUTMLPConfig
+from quweit_hw.model.thermometer import Thermometer
 
 
 def naive_efd_weight(efd, n, hamming):

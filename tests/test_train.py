@@ -5,9 +5,12 @@ import argparse
 import pytest
 import torch
 
-from quweit_hw import QuweitError, cli, data
-from quweit_hw import train as tr
-from quweit_hw.vit import ViT, ViTConfig
+from quweit_hw import cli
+from quweit_hw.errors import UserError
+from quweit_hw.model import checkpoint, data
+from quweit_hw.model import evaluate as evaluation_torch
+from quweit_hw.model import train as tr
+from quweit_hw.model.vit import ViT, ViTConfig
 
 TINY_GPT = ["--d", "16", "--depth", "1", "--heads", "2", "--block-size", "8", "--batch-size", "8",
             "--steps-per-epoch", "6", "--warmup", "2", "--lr", "3e-3", "--no-progress"]
@@ -40,7 +43,7 @@ def test_a_few_steps_lower_the_loss(mlp):
     torch.manual_seed(0)
     lut = None
     if mlp == "lut":
-        from quweit_hw.nn import LUTMLPConfig
+        from quweit_hw.model.lutmlp import LUTMLPConfig
 
         lut = LUTMLPConfig(d=16, thresholds=4, hidden=(64,), group_size=4, window=8)
     model = ViT(ViTConfig(image_size=8, patch=4, d=16, depth=1, heads=2, mlp=mlp, lut=lut))
@@ -66,17 +69,17 @@ def test_a_few_steps_lower_the_loss(mlp):
 
 
 def test_checkpoint_round_trip(dense_ckpt):
-    model, ckpt = tr.load_checkpoint(dense_ckpt)
+    model, ckpt = checkpoint.load_checkpoint(dense_ckpt)
     assert ckpt["format"] == "quweit-hw-checkpoint" and ckpt["version"] == 1
     assert ckpt["task"] == "text" and ckpt["arch"] == "gpt" and ckpt["epoch"] == 2
     assert ckpt["vocab"] == "\n .abcdefghijklmnopqrstuvwxyz"
     assert [m["epoch"] for m in ckpt["metrics"]] == [1, 2]
     assert not model.training
-    result = tr.evaluate(model, ckpt, split="val", progress=False)
+    result = evaluation_torch.evaluate(model, ckpt, split="val", progress=False)
     # The reloaded model reproduces the figures measured at the end of training.
     assert result["loss"] == pytest.approx(ckpt["metrics"][-1]["val_loss"], rel=1e-6)
     assert result["bits_per_char"] == pytest.approx(result["loss"] / 0.6931471805599453)
-    x, y = tr.test_inputs(ckpt, "val")
+    x, y = evaluation_torch.test_inputs(ckpt, "val")
     assert x.shape[1] == 8 and torch.equal(x[:, 1:], y[:, :-1])
     assert result["n"] == y.numel() and result["predictions"].shape == y.shape
 
@@ -85,7 +88,7 @@ def test_resume_is_exact_and_init_from_builds_a_calibrated_lut_model(corpus, den
     common = ["train", "--task", "text", "--text", str(corpus), "--mlp", "lut", "--init-from", str(dense_ckpt),
               "--d", "16", *TINY_GPT, *TINY_LUT, "--epochs", "2"]
     assert cli.main([*common, "--out", str(tmp_path / "straight")]) == 0
-    save = tr.save_checkpoint
+    save = checkpoint.save_checkpoint
 
     def save_then_interrupt(path, ckpt):  # the run is stopped right after its first checkpoint
         save(path, ckpt)
@@ -101,7 +104,7 @@ def test_resume_is_exact_and_init_from_builds_a_calibrated_lut_model(corpus, den
     assert a["epoch"] == b["epoch"] == 2
     for k in a["state_dict"]:
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
-    model, ckpt = tr.load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    model, ckpt = checkpoint.load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
     assert [name for name, _ in model.lut_mlps()] == ["blocks.0.mlp"]
     assert ckpt["config"]["lut"]["hidden"] == (64,)
     # Calibrated: the thresholds are not all equal (an uncalibrated quantizer has one value).
@@ -152,5 +155,5 @@ def test_bad_arguments_give_one_line_errors(corpus, dense_ckpt, tmp_path, capsys
                     "--out", str(tmp_path / "k")], "--thresholds needs --mlp lut")
     one_line_error(["train", "--task", "text", "--text", str(corpus), "--out", str(dense_ckpt.parent)],
                    "pass --resume")
-    with pytest.raises(QuweitError, match="not a torch checkpoint"):
-        tr.load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(UserError, match="not a torch checkpoint"):
+        checkpoint.load_checkpoint(tmp_path / "junk.pt")

@@ -182,14 +182,3 @@ def format_report(r):
     lines.append("energy constants: Horowitz, ISSCC 2014, 45 nm; LUT lookup 0.1 pJ, comparator and popcount add "
                  "0.03 pJ (assumptions, see quweit_hw/report.py)")
     return "\n".join(lines)
-
-
-def configure_report(parser):
-    from .export import DEFAULT_CHECKPOINT
-
-    parser.add_argument("checkpoint", nargs="?", default=str(DEFAULT_CHECKPOINT), help="checkpoint (default: %(default)s)")
-
-
-def run_report(args):
-    print(format_report(model_report(args.checkpoint)))
-    return 0

@@ -17,14 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:  # nn.py (quweit_hw.nn) is imported lazily: dense models never need it
-    from .nn import LUTMLP, LUTMLPConfig
+    from .lutmlp import LUTMLP, LUTMLPConfig
 
 MLP_KINDS = ("dense", "lut")
 
 
 def lut_config(value, d: int):
     """Return `value` (a LUTMLPConfig, a dict from `asdict`, or None) as a LUTMLPConfig for width d."""
-    from .nn import LUTMLPConfig
+    from .lutmlp import LUTMLPConfig
 
     if isinstance(value, dict):
         value = dict(value)
@@ -123,7 +123,7 @@ class DenseMLP(nn.Module):
 
 def make_mlp(config) -> nn.Module:
     if config.mlp == "lut":
-        from .nn import LUTMLP
+        from .lutmlp import LUTMLP
 
         return LUTMLP(config.lut)
     return DenseMLP(config)

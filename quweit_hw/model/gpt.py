@@ -15,7 +15,7 @@ from torch import nn
 from .vit import Block, check_transformer, init_weights, lut_mlps
 
 if TYPE_CHECKING:
-    from .nn import LUTMLP, LUTMLPConfig
+    from .lutmlp import LUTMLP, LUTMLPConfig
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import QuweitError, __version__
-from .bundle import REFERENCE, Block, Layer, write_bundle
-
-DEFAULT_CHECKPOINT = REFERENCE / "checkpoint.pt"
+from .. import __version__
+from ..errors import UserError
+from ..contract.bundle import Block, Layer
+from ..contract.bundle_files import write_bundle
+from ..resources import REFERENCE_CHECKPOINT
+from .checkpoint import load_checkpoint
 
 
 def file_sha256(path):
@@ -38,18 +40,16 @@ def model_blocks(model):
     return [block_from_lut_mlp(name, mlp) for name, mlp in model.lut_mlps()]
 
 
-def export_checkpoint(ckpt_path=DEFAULT_CHECKPOINT, out_dir=None, *, force=False):
+def export_checkpoint(ckpt_path=REFERENCE_CHECKPOINT, out_dir=None, *, force=False):
     """Write the bundle of checkpoint `ckpt_path` to `out_dir` (atomically); returns its path."""
-    from .train import load_checkpoint
-
     ckpt_path = Path(ckpt_path)
     out_dir = Path(out_dir) if out_dir is not None else Path("export") / ckpt_path.parent.name
     if out_dir.exists() and not force:  # fail before the slow part, and write nothing
-        raise QuweitError(f"output folder {str(out_dir)!r} exists (use --force to replace it)")
+        raise UserError(f"output folder {str(out_dir)!r} exists (use --force to replace it)")
     model, ckpt = load_checkpoint(ckpt_path)
     blocks = model_blocks(model)
     if not blocks:
-        raise QuweitError(f"{str(ckpt_path)!r} is a dense-only checkpoint: no LUT-MLP block to export")
+        raise UserError(f"{str(ckpt_path)!r} is a dense-only checkpoint: no LUT-MLP block to export")
     metrics = ckpt.get("metrics") or []
     manifest = {
         "model": {"arch": ckpt["arch"], "task": ckpt["task"], "config": ckpt["config"]},
@@ -58,20 +58,3 @@ def export_checkpoint(ckpt_path=DEFAULT_CHECKPOINT, out_dir=None, *, force=False
         "exporter": f"quweit-hw {__version__}",
     }
     return write_bundle(out_dir, blocks, manifest, force=force)
-
-
-def configure_export(parser):
-    parser.add_argument("checkpoint", nargs="?", default=str(DEFAULT_CHECKPOINT),
-                        help="checkpoint of a LUT model (default: %(default)s)")
-    parser.add_argument("-o", "--out", help="bundle folder to write (default: export/<checkpoint folder name>)")
-    parser.add_argument("--force", action="store_true", help="replace an existing bundle folder")
-
-
-def run_export(args):
-    path = export_checkpoint(args.checkpoint, args.out, force=args.force)
-    from .bundle import load_bundle
-
-    bundle = load_bundle(path)
-    nodes = sum(b.lut_nodes for b in bundle.blocks)
-    print(f"wrote {path}: {len(bundle.blocks)} block(s), {nodes} LUT nodes, format version {bundle.manifest['format_version']}")
-    return 0

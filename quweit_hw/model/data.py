@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import QuweitError
+from ..errors import UserError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
@@ -30,12 +30,12 @@ def read_idx(path) -> np.ndarray:
     with opener(path, "rb") as f:
         raw = f.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise QuweitError(f"{str(path)!r} is not an unsigned-byte idx file")
+        raise UserError(f"{str(path)!r} is not an unsigned-byte idx file")
     ndim = raw[3]
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
-        raise QuweitError(f"{str(path)!r} holds {data.size} bytes of data, its header says {shape}")
+        raise UserError(f"{str(path)!r} holds {data.size} bytes of data, its header says {shape}")
     return data.reshape(shape)
 
 
@@ -48,7 +48,7 @@ def load_fashion_mnist(split: str = "train", root=None):
     split is "train" (60000 images) or "test" (10000).
     """
     if split not in ("train", "test"):
-        raise QuweitError(f"Fashion-MNIST split must be 'train' or 'test', not {split!r}")
+        raise UserError(f"Fashion-MNIST split must be 'train' or 'test', not {split!r}")
     root = Path(root) if root is not None else FASHION_MNIST_DIR
     prefix = "train" if split == "train" else "t10k"
     key = (str(root), split)
@@ -56,13 +56,13 @@ def load_fashion_mnist(split: str = "train", root=None):
         paths = [root / f"{prefix}-images-idx3-ubyte.gz", root / f"{prefix}-labels-idx1-ubyte.gz"]
         for p in paths:
             if not p.is_file():
-                raise QuweitError(
+                raise UserError(
                     f"Fashion-MNIST file {str(p)!r} is missing; install the Debian package "
                     f"{FASHION_MNIST_PACKAGE} (sudo apt-get install {FASHION_MNIST_PACKAGE})"
                 )
         images, labels = (read_idx(p) for p in paths)
         if images.ndim != 3 or labels.shape != images.shape[:1]:
-            raise QuweitError(f"Fashion-MNIST {split} files disagree: images {images.shape}, labels {labels.shape}")
+            raise UserError(f"Fashion-MNIST {split} files disagree: images {images.shape}, labels {labels.shape}")
         x = torch.from_numpy(images.astype(np.float32) / 255.0)
         x = ((x - FASHION_MNIST_MEAN) / FASHION_MNIST_STD).unsqueeze(1)  # (N, 1, 28, 28)
         _FASHION_CACHE[key] = (x, torch.from_numpy(labels.astype(np.int64)))
@@ -85,7 +85,7 @@ def text_files(path=None) -> list[Path]:
         if files:
             return files
     hint = f"; install the Debian package {FORTUNES_PACKAGE}" if path == FORTUNES_DIR else ""
-    raise QuweitError(f"no text found at {str(path)!r}{hint}")
+    raise UserError(f"no text found at {str(path)!r}{hint}")
 
 
 def read_text(path=None) -> str:
@@ -95,7 +95,7 @@ def read_text(path=None) -> str:
         parts.append(f.read_bytes().decode("utf-8", errors="replace"))
     text = "".join(parts)
     if len(text) < 2:
-        raise QuweitError(f"text at {str(path)!r} is too short to train on ({len(text)} characters)")
+        raise UserError(f"text at {str(path)!r} is too short to train on ({len(text)} characters)")
     return text
 
 
@@ -110,12 +110,12 @@ class CharText:
     @classmethod
     def from_text(cls, text: str, val_fraction: float = 0.1, vocab: str | None = None) -> "CharText":
         if not 0.0 < val_fraction < 1.0:
-            raise QuweitError(f"val_fraction must be in (0, 1), not {val_fraction!r}")
+            raise UserError(f"val_fraction must be in (0, 1), not {val_fraction!r}")
         if vocab is None:
             vocab = "".join(sorted(set(text)))
         missing = sorted(set(text) - set(vocab))
         if missing:
-            raise QuweitError(f"text holds characters outside the vocabulary: {''.join(missing[:10])!r}")
+            raise UserError(f"text holds characters outside the vocabulary: {''.join(missing[:10])!r}")
         ids = encode(text, vocab)
         n_val = max(1, int(len(ids) * val_fraction))
         return cls(vocab=vocab, train=ids[:-n_val], val=ids[-n_val:])
@@ -126,7 +126,7 @@ class CharText:
             return self.train
         if name in ("val", "test"):
             return self.val
-        raise QuweitError(f"text split must be 'train', 'val' or 'test', not {name!r}")
+        raise UserError(f"text split must be 'train', 'val' or 'test', not {name!r}")
 
 
 def encode(text: str, vocab: str) -> torch.Tensor:
@@ -141,7 +141,7 @@ def decode(ids, vocab: str) -> str:
 def random_windows(ids: torch.Tensor, batch_size: int, block_size: int, generator=None):
     """A batch of random windows: inputs (B, T) and next-character targets (B, T)."""
     if len(ids) < block_size + 1:
-        raise QuweitError(f"text split of {len(ids)} characters is shorter than block_size + 1 = {block_size + 1}")
+        raise UserError(f"text split of {len(ids)} characters is shorter than block_size + 1 = {block_size + 1}")
     start = torch.randint(len(ids) - block_size, (batch_size,), generator=generator)  # (B,)
     offsets = torch.arange(block_size)  # (T,)
     x = ids[start[:, None] + offsets]  # (B, T)
@@ -153,7 +153,7 @@ def sequential_windows(ids: torch.Tensor, block_size: int):
     """Non-overlapping windows covering the split once (evaluation): inputs and targets (N, T)."""
     n = (len(ids) - 1) // block_size
     if n < 1:
-        raise QuweitError(f"text split of {len(ids)} characters is shorter than block_size + 1 = {block_size + 1}")
+        raise UserError(f"text split of {len(ids)} characters is shorter than block_size + 1 = {block_size + 1}")
     x = ids[: n * block_size].view(n, block_size)
     y = ids[1 : n * block_size + 1].view(n, block_size)
     return x, y

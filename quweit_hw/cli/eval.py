@@ -1,0 +1,39 @@
+"""`quweit-hw eval`."""
+
+from ..backends import BACKENDS
+from ..errors import UserError
+from ..resources import REFERENCE_CHECKPOINT
+
+
+def configure(parser):
+    parser.add_argument("checkpoint", nargs="?", default=str(REFERENCE_CHECKPOINT),
+                        help="checkpoint (default: the shipped reference model)")
+    parser.add_argument("--mlp-backend", choices=BACKENDS, default="torch",
+                        help="where the LUT-MLP blocks run: torch eval, the golden model, the simulated Verilog, or the board")
+    parser.add_argument("--bundle", help="bundle exported from the checkpoint (default: export it to a temporary folder)")
+    parser.add_argument("--split", default="test", help="data split (fashion-mnist: train|test; text: train|val)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first LIMIT inputs")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--compare", action="store_true",
+                        help="also run torch: check every token's counts and every prediction; exit 1 on any difference")
+    parser.add_argument("--port", help="serial port of the board (--mlp-backend board)")
+    parser.add_argument("--sim", choices=("verilator", "icarus"), help="simulator for --mlp-backend rtl (default verilator)")
+
+
+def run(args):
+    from ..evaluation import evaluate_with_backend, summary_line
+
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be positive, got {args.limit}")
+    result = evaluate_with_backend(args.checkpoint, args.mlp_backend, bundle_path=args.bundle, split=args.split,
+                                   limit=args.limit, compare=args.compare, port=args.port, sim=args.sim,
+                                   batch_size=args.batch_size)
+    print(f"{args.mlp_backend}: {summary_line(result['metrics'])}")
+    if not args.compare or args.mlp_backend == "torch":
+        return 0
+    agreement = result["agreement"]
+    print(f"torch: {summary_line(result['torch_metrics'])}")
+    print(f"counts vs torch eval: {agreement}")
+    same = result["same_predictions"]
+    print(f"predictions: {'identical' if same else 'DIFFERENT'} on all {len(result['metrics']['predictions'])} outputs")
+    return 0 if same and agreement.exact else 1

@@ -1,0 +1,21 @@
+"""`quweit-hw export`."""
+
+from ..resources import REFERENCE_CHECKPOINT
+
+
+def configure(parser):
+    parser.add_argument("checkpoint", nargs="?", default=str(REFERENCE_CHECKPOINT),
+                        help="checkpoint of a LUT model (default: the shipped reference model)")
+    parser.add_argument("-o", "--out", help="bundle folder to write (default: export/<checkpoint folder name>)")
+    parser.add_argument("--force", action="store_true", help="replace an existing bundle folder")
+
+
+def run(args):
+    from ..contract.bundle_files import load_bundle
+    from ..model.export import export_checkpoint
+
+    bundle = load_bundle(export_checkpoint(args.checkpoint, args.out, force=args.force))
+    nodes = sum(b.lut_nodes for b in bundle.blocks)
+    print(f"wrote {bundle.path}: {len(bundle.blocks)} block(s), {nodes} LUT nodes, "
+          f"format version {bundle.manifest['format_version']}")
+    return 0

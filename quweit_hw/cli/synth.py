@@ -1,0 +1,30 @@
+"""`quweit-hw synth`."""
+
+from pathlib import Path
+
+from ..resources import REFERENCE
+from .board_options import add_board_options, board_from, print_report
+
+
+def configure(parser):
+    parser.add_argument("--bundle", default=None, help="bundle folder (default: the shipped reference bundle)")
+    parser.add_argument("--no-build", action="store_true",
+                        help="elaborate the board top and write its build files (RTLIL, constraints, the tool "
+                             "script) to the build folder without running Yosys or nextpnr")
+    add_board_options(parser)
+
+
+def run(args):
+    from ..contract.bundle_files import load_bundle
+    from ..gateware.synth import build_dir, synth
+
+    board = board_from(args)
+    bundle = load_bundle(Path(args.bundle) if args.bundle else REFERENCE)
+    if args.no_build:
+        out = Path(args.out) if args.out else build_dir(bundle, board)
+        plan = synth(bundle, board, blocks=args.block, out=out, do_build=False)
+        plan.extract(str(out))
+        print(f"build files for {board.name} in {out} (not built: run build_top.sh there, or drop --no-build)")
+        return 0
+    print_report(synth(bundle, board, blocks=args.block, out=args.out, seed=args.seed))
+    return 0

@@ -1,0 +1,111 @@
+"""Board settings: the board variants of `boards/*.toml`, and the clock arithmetic they imply
+(UART divisor, ECP5 PLL dividers). Plain Python: the gateware reads these, the host too.
+"""
+
+import importlib
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+from ..resources import BOARDS_DIR
+
+
+@dataclass(frozen=True)
+class BoardConfig:
+    """One board variant of boards/*.toml."""
+    name: str
+    platform: str            # "module:Class" of an amaranth_boards platform
+    luts: int
+    clock_hz: int
+    baud: int
+    max_tokens: int
+    frame_timeout_ms: float
+    reset_button: str
+    registers: str
+    fit_fraction: float
+    nextpnr_opts: tuple
+    synth_opts: tuple = ()    # extra options of Yosys's synth_ecp5 (Amaranth's synth_opts)
+    engine_clock_hz: int = 0  # the engines' own clock (PLL second output); 0: clock_hz, one clock
+
+    @property
+    def engine_hz(self):
+        return self.engine_clock_hz or self.clock_hz
+
+    def __post_init__(self):
+        if self.luts <= 0 or self.clock_hz <= 0 or self.baud <= 0 or self.max_tokens <= 0:
+            raise ValueError(f"board {self.name!r}: luts, clock_hz, baud and max_tokens must be positive")
+        if self.engine_clock_hz and self.engine_clock_hz < self.clock_hz:
+            raise ValueError(f"board {self.name!r}: engine_clock_hz ({self.engine_clock_hz}) must be at least "
+                             f"clock_hz ({self.clock_hz}); raise it too (--engine-clock-mhz)")
+        if not 0 < self.fit_fraction <= 1:
+            raise ValueError(f"board {self.name!r}: fit_fraction must lie in (0, 1], got {self.fit_fraction!r}")
+
+    def platform_class(self):
+        module, _, cls = self.platform.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+    @property
+    def divisor(self):
+        return uart_divisor(self.clock_hz, self.baud)
+
+
+def board_names(boards_dir=BOARDS_DIR):
+    """Every board variant name the files in `boards_dir` define."""
+    return sorted(name for f in sorted(Path(boards_dir).glob("*.toml"))
+                  for name in tomllib.loads(f.read_text()).get("boards", {}))
+
+
+def load_board(name, boards_dir=BOARDS_DIR, **overrides):
+    """The BoardConfig called `name` (aliases followed, defaults of its file applied, then `overrides`)."""
+    for f in sorted(Path(boards_dir).glob("*.toml")):
+        spec = tomllib.loads(f.read_text())
+        boards = spec.get("boards", {})
+        if name not in boards:
+            continue
+        entry, seen = boards[name], {name}
+        while "alias" in entry:
+            if entry["alias"] in seen or entry["alias"] not in boards:
+                raise UserError(f"board {name!r} in {str(f)!r}: bad alias {entry['alias']!r}")
+            seen.add(entry["alias"])
+            entry = boards[entry["alias"]]
+        fields = {**spec.get("defaults", {}), **entry, **{k: v for k, v in overrides.items() if v is not None}}
+        for key in ("nextpnr_opts", "synth_opts"):
+            fields[key] = tuple(fields.get(key, ()))
+        try:
+            return BoardConfig(name=name, **fields)
+        except TypeError as e:
+            raise UserError(f"board {name!r} in {str(f)!r}: {e}") from None
+    raise UserError(f"unknown board {name!r}; boards/ defines {board_names(boards_dir)}")
+
+
+def uart_divisor(clock_hz, baud):
+    """Clock cycles per UART bit; ValueError when the rate error would exceed 2 %."""
+    divisor = round(clock_hz / baud)
+    if divisor < 4 or abs(clock_hz / divisor - baud) / baud > 0.02:
+        raise ValueError(f"baud rate {baud!r} is not reachable from a {clock_hz / 1e6:g} MHz clock "
+                         f"(divisor {clock_hz / baud:.2f})")
+    return divisor
+
+
+def pll_params(clock_in_hz, clock_hz, second_hz=None):
+    """EHXPLLL dividers (CLKI_DIV, CLKFB_DIV, CLKOP_DIV) giving exactly `clock_hz` from `clock_in_hz`
+    with the VCO in 400-800 MHz (closest to 600); ValueError when none does. With `second_hz`,
+    also CLKOS_DIV for a second output of exactly that frequency from the same VCO."""
+    best = None
+    for clki in range(1, 129):
+        for fb in range(1, 81):
+            out = clock_in_hz * fb / clki
+            if out != clock_hz or not 3.125e6 <= clock_in_hz / clki <= 400e6:
+                continue
+            for op in range(1, 129):
+                vco = out * op
+                os_div = round(vco / second_hz) if second_hz else 0
+                if second_hz and not (1 <= os_div <= 128 and vco / os_div == second_hz):
+                    continue
+                if 400e6 <= vco <= 800e6 and (best is None or abs(vco - 600e6) < abs(best[3] - 600e6)):
+                    best = (clki, fb, op, vco, os_div)
+    if best is None:
+        also = f" and {second_hz / 1e6:g} MHz" if second_hz else ""
+        raise ValueError(f"no ECP5 PLL setting makes {clock_hz / 1e6:g} MHz{also} from {clock_in_hz / 1e6:g} MHz")
+    return best[:3] + ((best[4],) if second_hz else ())

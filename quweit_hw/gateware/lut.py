@@ -1,0 +1,129 @@
+"""LUT layers in hardware: truth tables as fabric constants (`LUTLayer`) or in ROM (`ROMLUTLayer`)."""
+
+import math
+
+import numpy as np
+from amaranth.hdl import Array, Cat, Const, Module, Signal, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .wide import assign_chunked
+
+
+def table_int(row):
+    """A LUT's 2**n-entry 0/1 table as an integer: entry k is bit k (the address selects the bit)."""
+    return int.from_bytes(np.packbits(np.asarray(row, np.uint8), bitorder="little").tobytes(), "little")
+
+
+def _check_layer(mapping, table, in_features):
+    if mapping.ndim != 2 or table.shape != (mapping.shape[0], 2 ** mapping.shape[1]):
+        raise ValueError(f"mapping {mapping.shape} and table {table.shape} do not describe one LUT layer")
+    if mapping.size and (mapping.min() < 0 or mapping.max() >= in_features):
+        raise ValueError(f"mapping reads bits [{mapping.min()}, {mapping.max()}] of a {in_features}-bit input")
+
+
+class LUTLayer(wiring.Component):
+    """One layer of n-input LUTs in fabric: o[j] = table[j][address], address bit l = i[mapping[j, l]].
+
+    Each node is its truth table as a 2**n-bit constant indexed by the address (quick to
+    elaborate and to simulate). Built for a platform (synthesis), each node is instead an
+    `Array` of its table bits indexed by the address: a constant-indexed `$shiftx` costs
+    Yosys a techmap specialised per node (6160 `clean` and 6190 `opt_expr` runs, 632 of
+    its 976 s on the reference engine), the `Array` (a `$bmux`) none. Both map to LUT4
+    (n <= 4), LUT4+PFUMX (5), LUT4+PFUMX+L6MUX21 (6) on ECP5. (ECP5 primitives placed by
+    hand were quicker still in Yosys but broke nextpnr's packing whenever Yosys simplified
+    one of their PFUMX away; docs/results.md.)
+    """
+
+    def __init__(self, mapping, table, in_features):
+        self.mapping = np.asarray(mapping, np.int64)
+        self.table = np.asarray(table, np.uint8)
+        _check_layer(self.mapping, self.table, in_features)
+        super().__init__({"i": In(in_features), "o": Out(len(self.mapping))})
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self.mapping.shape[1]
+        nodes = []
+        for row, tab in zip(self.mapping, self.table):
+            address = Cat(*(self.i[int(x)] for x in row))  # column 0 is the LSB
+            if platform is not None:
+                nodes.append(Array(Const(int(bit), 1) for bit in tab)[address])
+            else:
+                nodes.append(Const(table_int(tab), 2**n).bit_select(address, 1))
+        assign_chunked(m, self.o, nodes)
+        return m
+
+
+class ROMLUTLayer(wiring.Component):
+    """One layer of n-input LUTs with the truth tables in ROM, `nodes_per_cycle` nodes per clock.
+
+    Node j = p*P + r (P = nodes_per_cycle, p the phase, r the lane) is word p of ROM r:
+    2**n bits, the node's address selects the bit. A token on `i` (with `i_valid`) is
+    held in a register, the fold = ceil(out/P) phases run one per clock, and all outputs
+    appear together on `o` with `o_valid` `latency` = fold + 2 cycles after `i_valid`.
+    A new token may arrive every `fold` cycles, not more often (the engine throttles).
+    """
+
+    def __init__(self, mapping, table, in_features, nodes_per_cycle):
+        self.mapping = np.asarray(mapping, np.int64)
+        self.table = np.asarray(table, np.uint8)
+        _check_layer(self.mapping, self.table, in_features)
+        if not isinstance(nodes_per_cycle, int) or nodes_per_cycle < 1:
+            raise ValueError(f"nodes_per_cycle must be a positive int, got {nodes_per_cycle!r}")
+        self.nodes_per_cycle = min(nodes_per_cycle, len(self.mapping))
+        self.fold = math.ceil(len(self.mapping) / self.nodes_per_cycle)
+        self.latency = self.fold + 2
+        super().__init__({
+            "i": In(in_features), "i_valid": In(1),
+            "o": Out(len(self.mapping)), "o_valid": Out(1),
+        })
+
+    @property
+    def rom_bits(self):
+        return self.nodes_per_cycle * self.fold * 2 ** self.mapping.shape[1]
+
+    def elaborate(self, platform):
+        m = Module()
+        out, n = self.mapping.shape
+        P, F = self.nodes_per_cycle, self.fold
+
+        held = Signal(len(self.i), name="held")
+        busy = Signal(name="busy")
+        phase = Signal(range(max(F, 2)), name="phase")
+        with m.If(self.i_valid):
+            m.d.sync += [held.eq(self.i), busy.eq(1), phase.eq(0)]
+        with m.Elif(busy):
+            m.d.sync += phase.eq(phase + 1)
+            with m.If(phase == F - 1):
+                m.d.sync += busy.eq(0)
+
+        # cycle 1: read ROM word `phase` of every lane, latch each lane's address
+        phase_r = Signal.like(phase, name="phase_r")
+        active_r = Signal(name="active_r")
+        m.d.sync += [phase_r.eq(phase), active_r.eq(busy)]
+        words, addresses = [], []
+        for r in range(P):
+            nodes = [p * P + r for p in range(F)]
+            init = [table_int(self.table[j]) if j < out else 0 for j in nodes]
+            rom = m.submodules[f"rom{r}"] = Memory(shape=unsigned(2**n), depth=F, init=init)
+            port = rom.read_port(domain="sync")
+            m.d.comb += port.addr.eq(phase)
+            address_r = Signal(n, name=f"address{r}")
+            for l in range(n):
+                choices = [held[int(self.mapping[j, l])] if j < out else Const(0, 1) for j in nodes]
+                m.d.sync += address_r[l].eq(choices[0] if F == 1 else Array(choices)[phase])
+            words.append(port.data)
+            addresses.append(address_r)
+
+        # cycle 2: select each lane's bit into its place in the output register
+        lane_bits = [words[r].bit_select(addresses[r], 1) for r in range(P)]
+        with m.If(active_r):
+            with m.Switch(phase_r):
+                for p in range(F):
+                    with m.Case(p):
+                        width = min(P, out - p * P)
+                        m.d.sync += self.o[p * P:p * P + width].eq(Cat(*lane_bits[:width]))
+        m.d.sync += self.o_valid.eq(active_r & (phase_r == F - 1))
+        return m

