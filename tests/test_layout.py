@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -65,8 +66,17 @@ def installed(tmp_path_factory):
     """A fresh venv with the project installed as a wheel would be (not editable), reusing this
     environment's packages for the dependencies (so nothing is downloaded)."""
     where = tmp_path_factory.mktemp("install")
+    # the project's files (tracked and new, not ignored) copied out, so that setuptools' build/
+    # folder neither lands in the checkout nor serves stale files to the wheel
+    source = where / "source"
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "-w", str(where / "dist"), str(ROOT)], check=True, capture_output=True)
+                    "-w", str(where / "dist"), str(source)], check=True, capture_output=True)
     env_dir = where / "venv"
     venv.create(env_dir, system_site_packages=False, with_pip=True)
     # the dependencies come from this environment's site-packages, after the venv's own
