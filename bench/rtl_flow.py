@@ -6,11 +6,11 @@ form: generation time and Verilog size (write_rtl: elaboration, RTLIL, Yosys
 write_verilog), the ECP5 LUT4 estimate, and tokens/s on Amaranth's simulator,
 Icarus and Verilator. Every simulated run is checked against the golden model.
 
-Harnesses (quweit_hw.rtlsim): Verilator and Icarus figures come from the lean
+Harnesses (quweit_hw.gateware.rtlsim): Verilator and Icarus figures come from the lean
 harnesses (a C++ main for Verilator, a Verilog testbench for Icarus) with i.valid
 and o.ready always high, timed inside the simulation loop (Verilator: wall time and the
 loop's CPU time, which a machine shared with other jobs does not inflate) or around the
-vvp process (Icarus); the Amaranth figure from quweit_hw.hdl.simulate. cocotb is not in
+vvp process (Icarus); the Amaranth figure from quweit_hw.gateware.simulation.simulate. cocotb is not in
 these loops (its per-clock Python overhead caps it near 1,000 tokens/s; the cocotb
 testbench reports its own rate in sim/sim_build_*/scoreboard.json). Goals
 (issue 5): 4096-LUT block to Verilog < 30 s; Verilator >= 100,000 tokens/s on the

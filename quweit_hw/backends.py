@@ -30,7 +30,7 @@ class MLPBackend:
 
 
 class GoldenBackend(MLPBackend):
-    """The bundle's blocks computed by the integer golden model (quweit_hw.golden)."""
+    """The bundle's blocks computed by the integer golden model (quweit_hw.contract.golden)."""
 
     name = "golden"
 

@@ -128,7 +128,7 @@ class BoardLink:
 
 
 class BoardBackend:
-    """MLP backend (quweit_hw.backend) whose counts come from the board over the UART link.
+    """MLP backend (quweit_hw.backends) whose counts come from the board over the UART link.
 
     Checks on connecting that the board carries `bundle` (by its `board_id`).
     """

@@ -1,6 +1,6 @@
 """cocotb testbench of the whole board link (LinkCore's generated Verilog) on its UART pins:
-a UART driver and monitor at the real bit divisor, frames built by quweit_hw.host, replies
-checked against quweit_hw.golden. Run by sim/test_board.py through cocotb's Python runner.
+a UART driver and monitor at the real bit divisor, frames built by quweit_hw.contract.protocol, replies
+checked against quweit_hw.contract.golden. Run by sim/test_board.py through cocotb's Python runner.
 
 Environment (set by the runner): QUWEIT_BOARD_SPEC, a JSON file with the random blocks'
 parameters, the engine slots, the divisor, max_tokens and the path of the result JSON.

@@ -1,5 +1,5 @@
 """cocotb testbench of the generated MLP engine Verilog: driver, monitor, reference model
-(quweit_hw.golden) and scoreboard. Run by sim/test_engine.py through cocotb's Python runner.
+(quweit_hw.contract.golden) and scoreboard. Run by sim/test_engine.py through cocotb's Python runner.
 
 Environment (set by the runner): QUWEIT_BUNDLE, QUWEIT_BLOCK (the block the Verilog was
 generated from), QUWEIT_TOKENS (an .npy of (N, d) tokens), QUWEIT_REPORT (a JSON file the

@@ -1,6 +1,6 @@
 """cocotb on the generated Verilog of the whole board link (`LinkCore`: UART, framing, payload
 buffer, two MLP engines), on Icarus and Verilator (SIM narrows, a missing simulator fails),
-driven through its UART pins by sim/board_tb.py with frames from quweit_hw.host and checked
+driven through its UART pins by sim/board_tb.py with frames from quweit_hw.contract.protocol and checked
 against the golden model: good frames, a corrupted frame, back-to-back frames on two engines,
 a too-long frame, a truncated frame (timeout) and recovery. WAVES=1 writes waveforms.
 """

@@ -1,4 +1,4 @@
-"""quweit_hw.nn: EFD and learnable-mapping gradients against naive loops, thermometer, group sum, LUTMLP export."""
+"""quweit_hw.model (lut, lutmlp, thermometer): EFD and learnable-mapping gradients against naive loops, thermometer, group sum, LUTMLP export."""
 
 import math
 
@@ -17,7 +17,7 @@ def naive_efd_weight(efd, n, hamming):
 
 
 def naive_lut_backward(x, mapping, luts, g, efd):
-    """The EFD formula of DESIGN.md, one sample, LUT, input bit and table entry at a time."""
+    """The EFD formula of docs/design.md, one sample, LUT, input bit and table entry at a time."""
     x, mapping, luts, g = x.tolist(), mapping.tolist(), luts.tolist(), g.tolist()
     n = len(mapping[0])
     dx = [[0.0] * len(x[0]) for _ in x]

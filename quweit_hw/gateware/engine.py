@@ -8,7 +8,7 @@ only the engine itself should warn, in its caller's file.)
 Stages (docs/design.md, "The hardware"): a comparator bank (the thermometer; only the
 thresholds some layer-0 LUT reads), LUT layers (truth tables as constants in
 fabric, or in a `Memory` ROM evaluated a few nodes per clock), and the group
-popcount. The engine is bit-exact with `quweit_hw.golden.counts`.
+popcount. The engine is bit-exact with `quweit_hw.contract.golden.counts`.
 
 Flow control. The pipeline itself never stalls: its data registers have no
 enable (a stall enable would be a net fanning out to every flip-flop of the

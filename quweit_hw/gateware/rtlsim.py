@@ -283,7 +283,7 @@ class VerilogEngine:
 
 class RTLBackend:
     """MLP backend (quweit_hw.backends) that runs each bundle block through its generated Verilog,
-    simulated on Verilator (default) or Icarus by the lean harnesses of quweit_hw.rtlsim.
+    simulated on Verilator (default) or Icarus by the lean harnesses of this module.
     Each block's engine is generated and compiled on first use, in a temporary folder."""
 
     name = "rtl"

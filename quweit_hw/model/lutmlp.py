@@ -36,7 +36,7 @@ class GroupSum(nn.Module):
 
 @dataclass(frozen=True)
 class LUTMLPConfig:
-    """The QuWeiT LUT-MLP block (DESIGN.md). `window` applies to local mappings and restricts a
+    """The QuWeiT LUT-MLP block (docs/design.md). `window` applies to local mappings and restricts a
     learnable first-layer mapping to LUT j's local window; a window >= d*thresholds makes the
     learnable mapping unrestricted (plain DWN)."""
 
@@ -161,7 +161,7 @@ class LUTMLP(nn.Module):
 
     @torch.no_grad()
     def export_arrays(self) -> dict:
-        """The block as integer arrays (the bundle's Block fields); see CONTRACTS.md."""
+        """The block as integer arrays (the bundle's Block fields); see docs/bundle-format.md."""
         c = self.config
         layers = []
         for k, layer in enumerate(self.layers):

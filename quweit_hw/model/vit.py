@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:  # nn.py (quweit_hw.nn) is imported lazily: dense models never need it
+if TYPE_CHECKING:  # lutmlp.py is imported lazily: dense models never need it
     from .lutmlp import LUTMLP, LUTMLPConfig
 
 MLP_KINDS = ("dense", "lut")
