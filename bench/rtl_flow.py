@@ -37,8 +37,7 @@ from quweit_hw.gateware.verilog import write_rtl
 
 
 def tokens(block, count, seed=0):
-    lo, hi = -(2 ** (block.bits - 1)), 2 ** (block.bits - 1) - 1
-    return np.random.default_rng(seed).integers(lo, hi + 1, size=(count, block.d))
+    return synthetic.random_tokens(block, count, np.random.default_rng(seed))
 
 
 def measure(name, block, rom, workdir, counts):

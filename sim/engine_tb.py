@@ -20,17 +20,7 @@ from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly
 
 from quweit_hw.contract import golden
 from quweit_hw.contract.bundle_files import load_bundle
-
-
-def pack_token(row, bits):
-    """One token (d signed b-bit features) as the integer on i__payload: feature f at bits [f*b, (f+1)*b)."""
-    mask = (1 << bits) - 1
-    return sum((int(v) & mask) << (f * bits) for f, v in enumerate(row))
-
-
-def unpack_counts(word, d, width):
-    mask = (1 << width) - 1
-    return tuple((word >> (j * width)) & mask for j in range(d))
+from quweit_hw.contract.packing import count_fields, token_word
 
 
 class ReferenceModel:
@@ -73,7 +63,7 @@ class TokenDriver:
         self.sent = 0
 
     async def run(self, tokens):
-        words = [pack_token(row, self.bits) for row in tokens]
+        words = [token_word(row, self.bits) for row in tokens]
         dut = self.dut
         while self.sent < len(words):
             await FallingEdge(dut.clk)
@@ -112,7 +102,7 @@ class BackpressureMonitor:
             await ReadOnly()
             self.cycles += 1
             if take and int(dut.o__valid.value):
-                self.scoreboard.check(unpack_counts(dut.o__payload.value.to_unsigned(), d, width))
+                self.scoreboard.check(count_fields(dut.o__payload.value.to_unsigned(), d, width))
             # after the last expected token keep watching: nothing more may come out
             idle = idle + 1 if self.scoreboard.done else 0
 
@@ -133,7 +123,7 @@ async def latency_probe(dut, word, scoreboard, block):
         clocks += 1
         await ReadOnly()
         if int(dut.o__valid.value):
-            scoreboard.check(unpack_counts(dut.o__payload.value.to_unsigned(), block.d, block.count_width))
+            scoreboard.check(count_fields(dut.o__payload.value.to_unsigned(), block.d, block.count_width))
             return clocks
         assert clocks < 1000, "no output within 1000 clocks"
 
@@ -158,7 +148,7 @@ async def engine_matches_golden(dut):
     await FallingEdge(dut.clk)
     dut.rst.value = 0
 
-    latency = await latency_probe(dut, pack_token(tokens[0], block.bits), scoreboard, block)
+    latency = await latency_probe(dut, token_word(tokens[0], block.bits), scoreboard, block)
     expected_latency = int(os.environ.get("QUWEIT_LATENCY", latency))
     assert latency == expected_latency, f"latency {latency} clocks, the generator says {expected_latency}"
 

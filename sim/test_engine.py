@@ -19,7 +19,7 @@ from cocotb_tools.runner import get_runner
 
 from quweit_hw.contract import bundle_files, synthetic
 from quweit_hw.resources import REFERENCE
-from quweit_hw.gateware.comparators import ComparatorBank
+from quweit_hw.contract.bundle import signed_range
 from quweit_hw.gateware.engine import TOP
 from quweit_hw.gateware.verilog import write_rtl
 
@@ -31,18 +31,15 @@ def verification_tokens(block, count, seed=0):
     over three random backgrounds; tokens with every feature on a random kept edge; the
     all-minimum and all-maximum tokens; uniform random tokens for the rest."""
     rng = np.random.default_rng(seed)
-    lo, hi = -(2 ** (block.bits - 1)), 2 ** (block.bits - 1) - 1
-    bank = ComparatorBank(block)
-    bank._MustUse__silence = True  # inspected, not built
-    rows = list(synthetic.threshold_edges(block, rng.integers(lo, hi + 1, size=(3, block.d))))
-    per_feature = [[theta + e for g, theta in bank.comparators if g == f for e in (0, 1)
-                    if lo <= theta + e <= hi] or [0] for f in range(block.d)]
+    lo, hi = signed_range(block.bits)
+    rows = list(synthetic.threshold_edges(block, synthetic.random_tokens(block, 3, rng)))
+    per_feature = synthetic.feature_edges(block)
     for _ in range(max(1000, count // 10)):
         rows.append([rng.choice(v) for v in per_feature])
     rows += [[lo] * block.d, [hi] * block.d]
     q = np.array(rows, np.int64)
     rest = max(0, count - len(q))
-    q = np.concatenate([q, rng.integers(lo, hi + 1, size=(rest, block.d))])
+    q = np.concatenate([q, synthetic.random_tokens(block, rest, rng)])
     return q[rng.permutation(len(q))]
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from quweit_hw.contract import golden, synthetic
+from quweit_hw.contract.bundle import signed_range
 from quweit_hw.errors import UserError
 
 
@@ -34,8 +35,8 @@ def naive_counts(block, q):
 def test_golden_equals_naive_loop(n, hidden, window, bits):
     block = synthetic.random_block(6, bits=bits, thresholds=5, n=n, hidden=hidden, group_size=4, window=window, seed=n)
     rng = np.random.default_rng(n)
-    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    q = np.concatenate([rng.integers(lo, hi + 1, size=(40, 6)),
+    lo, hi = signed_range(bits)
+    q = np.concatenate([synthetic.random_tokens(block, 40, rng),
                         np.full((1, 6), lo), np.full((1, 6), hi)])
     expected = naive_counts(block, q)
     assert np.array_equal(golden.counts(block, q), expected)

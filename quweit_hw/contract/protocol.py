@@ -12,6 +12,7 @@ import numpy as np
 from amaranth.lib import crc
 
 from ..errors import UserError
+from .bundle import signed_range
 
 PROTOCOL_VERSION = 1
 SOF_REQUEST = 0xA5          # host -> board
@@ -66,7 +67,7 @@ def token_bytes(q, bits=8):
         raise ValueError(f"tokens must be an (N, d) integer array, got {q.dtype} of shape {q.shape}")
     if not 1 <= bits <= 8:
         raise ValueError(f"the link carries features of at most 8 bits, got bits={bits!r}")
-    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    lo, hi = signed_range(bits)
     if q.size and (q.min() < lo or q.max() > hi):
         raise ValueError(f"token values must lie in [{lo}, {hi}] for bits={bits}, got [{q.min()}, {q.max()}]")
     return q.astype(np.int8).tobytes()

@@ -44,3 +44,22 @@ def threshold_edges(block, backgrounds):
                     row[f] = v
                     rows.append(row)
     return np.array(rows, np.int64).reshape(-1, block.d)
+
+
+def feature_edges(block):
+    """Per feature f, the inputs that put each of its kept comparators on both sides of its edge:
+    theta and theta + 1 for every distinct (f, theta) some layer-0 LUT reads, where they lie in
+    the input range ([0] for a feature with none)."""
+    lo, hi = signed_range(block.bits)
+    used = block.used_thresholds()
+    edges = []
+    for f in range(block.d):
+        thetas = sorted({int(theta) for theta in block.thresholds[f][used[f]]})
+        edges.append([v for theta in thetas for v in (theta, theta + 1) if lo <= v <= hi] or [0])
+    return edges
+
+
+def random_tokens(block, count, rng):
+    """`count` tokens drawn uniformly from the signed b-bit input range."""
+    lo, hi = signed_range(block.bits)
+    return rng.integers(lo, hi + 1, size=(count, block.d))

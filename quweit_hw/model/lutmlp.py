@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..contract.bundle import signed_range
 from .lut import LUTLayer
 from .options import (AFFINE_A_INIT, BIT_ORDERS, CALIBRATION_QUANTILE, DEEP_MAPPINGS, EFD_VARIANTS, MAPPINGS,
                       MAX_FAN_IN, THERMOMETER_KINDS, check_choice, check_int)
@@ -105,7 +106,7 @@ class LUTMLP(nn.Module):
 
     @property
     def qmax(self) -> int:
-        return 2 ** (self.config.bits - 1) - 1
+        return signed_range(self.config.bits)[1]
 
     @torch.no_grad()
     def calibrate(self, h: Tensor) -> None:

@@ -8,6 +8,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..contract.bundle import signed_range
 from .options import THERMOMETER_KINDS, check_choice, check_int
 
 
@@ -126,7 +127,8 @@ class Thermometer(nn.Module):
         if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
             raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
         theta = self.thresholds
-        qlo, qhi = -(2 ** (bits - 1)) - 1, 2 ** (bits - 1) - 1
+        qlo, qhi = signed_range(bits)
+        qlo -= 1  # one below the range: a constant-1 bit, as the bundle allows
         # floor(theta/scale) can be one off from the float product's verdict; correct it
         # with the very comparison it must reproduce (multiplication by scale > 0 is monotone)
         q = torch.floor(theta.double() / scale).clamp(qlo - 2, qhi + 2).to(theta.dtype)
