@@ -48,3 +48,12 @@ def test_energy_uses_the_documented_constants():
 def test_unknown_arch():
     with pytest.raises(ValueError, match="unknown arch 'cnn'"):
         accounting.account("cnn", VIT)
+
+
+def test_report_command_on_the_reference(capsys):
+    from quweit_hw.cli import main
+    assert main(["report"]) == 0
+    out = capsys.readouterr().out
+    assert "mlp=lut" in out and "multiplications removed:" in out
+    removed = float(out.split("multiplications removed: ")[1].split(" %")[0])
+    assert 0 < removed < 100
