@@ -14,11 +14,11 @@ def _check_divisor(divisor):
 
 
 class UARTRx(wiring.Component):
-    """8N1 receiver. `o.valid` pulses one cycle per byte whose stop bit is high (no backpressure);
-    `frame_error` pulses when the stop bit is low."""
+    """8N1 receiver. `o.valid` pulses one cycle per byte whose stop bit is high (no backpressure:
+    `o` is always ready); `frame_error` pulses when the stop bit is low."""
 
     rx: In(1, init=1)
-    o: Out(stream.Signature(8))
+    o: Out(stream.Signature(8, always_ready=True))
     frame_error: Out(1)
 
     def __init__(self, divisor):
