@@ -4,24 +4,33 @@ import tempfile
 from pathlib import Path
 
 from .backends import BACKENDS, Agreement, attach, detach, make_backend
+from .contract.bundle import Bundle, bundle_id, first_difference
 from .contract.bundle_files import load_bundle
 from .errors import UserError
 from .model.checkpoint import load_checkpoint
 from .model.evaluate import evaluate
-from .model.export import export_checkpoint, file_sha256
+from .model.export import export_checkpoint, model_blocks
 
 
-def bundle_for(ckpt_path, bundle_path, workdir):
+def bundle_for(ckpt_path, bundle_path, workdir, model=None):
     """The bundle to evaluate `ckpt_path` with: `bundle_path`, or a fresh export into `workdir`.
 
-    A bundle exported from another checkpoint is refused (its manifest records the source hash).
+    A given bundle must be the checkpoint's: its blocks are compared with the ones the
+    checkpoint's model implies (`model_blocks`), and its `bundle_id` with theirs; the first
+    difference is a UserError. The manifest's `source_checkpoint` is neither trusted nor needed.
+    `model` is the checkpoint's model when the caller has loaded it already.
     """
     if bundle_path is None:
         return load_bundle(export_checkpoint(ckpt_path, Path(workdir) / "bundle"))
     bundle = load_bundle(bundle_path)
-    source = bundle.manifest.get("source_checkpoint", {}).get("sha256")
-    if source != file_sha256(ckpt_path):
-        raise UserError(f"bundle {str(bundle_path)!r} was not exported from {str(ckpt_path)!r} (checkpoint hash differs)")
+    if model is None:
+        model, _ = load_checkpoint(ckpt_path)
+    expected = Bundle(None, {}, tuple(model_blocks(model)))
+    difference = first_difference(bundle.blocks, expected.blocks, ("bundle", "checkpoint"))
+    if difference is None and bundle_id(bundle) != bundle_id(expected):
+        difference = f"bundle id {bundle_id(bundle)[:12]} != {bundle_id(expected)[:12]}"
+    if difference is not None:
+        raise UserError(f"bundle {str(bundle_path)!r} was not exported from {str(ckpt_path)!r}: {difference}")
     return bundle
 
 
@@ -42,7 +51,7 @@ def evaluate_with_backend(ckpt_path, backend_name="golden", *, bundle_path=None,
     if not model.lut_mlps():
         raise UserError(f"{str(ckpt_path)!r} is a dense-only checkpoint: --mlp-backend {backend_name} needs LUT-MLP blocks")
     with tempfile.TemporaryDirectory(prefix="quweit-eval-") as workdir:
-        backend = make_backend(backend_name, bundle_for(ckpt_path, bundle_path, workdir), port=port, sim=sim)
+        backend = make_backend(backend_name, bundle_for(ckpt_path, bundle_path, workdir, model), port=port, sim=sim)
         try:
             agreement = Agreement(len(model.lut_mlps())) if compare else None
             attach(model, backend, agreement=agreement)

@@ -1,6 +1,7 @@
 """Export and agreement: torch eval counts equal the golden model's for every token, exactly."""
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 from quweit_hw import backends, cli, evaluation
 from quweit_hw.contract import bundle_files, golden
+from quweit_hw.errors import UserError
 from quweit_hw.resources import REFERENCE
 from quweit_hw.model.export import export_checkpoint, file_sha256, model_blocks
 from quweit_hw.model.lutmlp import LUTMLPConfig
@@ -120,3 +122,56 @@ def test_reference_model_torch_equals_golden_on_1000_test_images():
     assert r["agreement"].tokens == [tokens, tokens] and r["agreement"].exact, str(r["agreement"])
     assert r["same_predictions"]
     assert r["metrics"]["accuracy"] == r["torch_metrics"]["accuracy"]
+
+
+def rewrite_array(bundle_path, block, stem, edit):
+    """Change one array file of a bundle with `edit(array)` and fix its hash: a format-valid bundle."""
+    import hashlib
+    import json
+    file = bundle_path / f"block{block}" / f"{stem}.npy"
+    array = np.load(file)
+    edit(array)
+    np.save(file, array)
+    manifest = json.loads((bundle_path / "manifest.json").read_text())
+    manifest["blocks"][block]["files"][stem]["sha256"] = hashlib.sha256(file.read_bytes()).hexdigest()
+    (bundle_path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def flip_table_bit(a):  # entry 13 of LUT 5: byte 1, bit 5
+    a[5, 1] ^= 1 << 5
+
+
+def raise_last_threshold(a):
+    a[3, -1] = min(a[3, -1] + 1, 127) if a[3, -1] < 127 else a[3, -1] - 1
+
+
+@pytest.mark.parametrize("block,stem,edit,expected", [
+    (1, "layer0_table", flip_table_bit, r"block 1 \('blocks\.1\.mlp'\) layer0_table differs at \[5, 13\] \(bundle [01], checkpoint [01]\)"),
+    (0, "thresholds", raise_last_threshold, r"block 0 \('blocks\.0\.mlp'\) thresholds differs at \[3, 5\]"),
+    (0, "affine_a", lambda a: a.__setitem__(2, a[2] * 2 + 1), r"block 0 \('blocks\.0\.mlp'\) affine_a differs at \[2\]"),
+])
+def test_eval_checks_a_given_bundle_against_its_checkpoint(tmp_path, capsys, block, stem, edit, expected):
+    ckpt = save(tiny_vit(), tmp_path / "m.pt")
+    path = export_checkpoint(ckpt, tmp_path / "bundle")
+    rewrite_array(path, block, stem, edit)
+    changed = bundle_files.load_bundle(path)  # the format holds: only the comparison with the checkpoint can tell
+    assert changed.manifest["source_checkpoint"]["sha256"] == file_sha256(ckpt)  # and the manifest still claims it
+    assert cli.main(["eval", str(ckpt), "--mlp-backend", "golden", "--bundle", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"was not exported from {str(ckpt)!r}: " in err
+    assert re.search(expected, err), err
+
+
+def test_eval_trusts_content_not_the_manifest_claim(tmp_path):
+    model = tiny_vit()
+    ckpt = save(model, tmp_path / "m.pt")
+    path = export_checkpoint(ckpt, tmp_path / "bundle")
+    # the same model saved again with other metrics: another file hash, the same blocks
+    again = tmp_path / "again.pt"
+    save_checkpoint(again, {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "task": "fashion-mnist",
+                            "arch": "vit", "config": dataclasses.asdict(model.config),
+                            "state_dict": model.state_dict(), "metrics": [{"epoch": 2, "test_accuracy": 0.6}]})
+    assert file_sha256(again) != file_sha256(ckpt)
+    assert evaluation.bundle_for(again, path, tmp_path / "work").path == path
+    with pytest.raises(UserError, match=r"was not exported from .*: block 0 \('blocks\.0\.mlp'\) thresholds differs"):
+        evaluation.bundle_for(save(tiny_vit(seed=3), tmp_path / "other.pt"), path, tmp_path / "work")

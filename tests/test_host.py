@@ -121,3 +121,104 @@ def test_infer_gives_up_after_retries():
     link = BoardLink(serial_port=ScriptedPort(fake_board(errors=errors)), timeout=0.5, retries=2)
     with pytest.raises(LinkError, match=r"error 5 \(frame timed out"):
         link.infer(0, np.zeros((1, 2), int))
+
+
+# --- a board built with the defaults, and eval with the defaults (issue 13, item 3) ---------------
+
+import dataclasses
+import os
+import pty
+import select
+import threading
+import tty
+
+from quweit_hw.contract import golden
+from quweit_hw.contract.bundle import board_id, bundle_id
+from quweit_hw.contract.bundle_files import load_bundle
+from quweit_hw.host import BoardBackend
+from quweit_hw.resources import REFERENCE, REFERENCE_CHECKPOINT
+
+
+@pytest.fixture(scope="module")
+def default_exports(tmp_path_factory):
+    """Two default exports of the reference checkpoint: to different folders, the checkpoint's path typed two ways."""
+    from quweit_hw.model.export import export_checkpoint
+    root = tmp_path_factory.mktemp("exports")
+    a = load_bundle(export_checkpoint(REFERENCE_CHECKPOINT, root / "a"))
+    b = load_bundle(export_checkpoint(os.path.relpath(REFERENCE_CHECKPOINT), root / "elsewhere" / "b"))
+    return a, b
+
+
+def test_the_bundle_id_depends_on_content_not_on_paths(default_exports):
+    a, b = default_exports
+    assert a.manifest["source_checkpoint"]["path"] != b.manifest["source_checkpoint"]["path"]
+    assert a.path != b.path
+    assert bundle_id(a) == bundle_id(b) == bundle_id(load_bundle(REFERENCE))
+    assert board_id(a) == int.from_bytes(bytes.fromhex(bundle_id(b))[:4], "little")
+
+
+def test_board_backend_accepts_a_bundle_exported_elsewhere(default_exports):
+    a, b = default_exports
+    info = BoardInfo(1, 64, 8, 5, 16, board_id(a), (0, 1), (8, 8))
+
+    def link(info):
+        return BoardLink(serial_port=ScriptedPort(lambda f: reply(protocol.REPLY_INFO, 0, info.encode())), timeout=0.5)
+    backend = BoardBackend(b, "/dev/fake", link=link(info))  # the board carries a, eval loaded b
+    assert backend.link.info().bundle_id == board_id(b)
+    with pytest.raises(UserError, match=r"carries another bundle \(id [0-9a-f]{8}, expected [0-9a-f]{8} for "):
+        BoardBackend(b, "/dev/fake", link=link(dataclasses.replace(info, bundle_id=board_id(a) ^ 1)))
+
+
+class PtyBoard:
+    """A board on a pseudo-terminal: answers INFO with `info` and INFER with the golden counts of `bundle`."""
+
+    def __init__(self, bundle, info):
+        self.bundle, self.info = bundle, info
+        self.master, self.slave = pty.openpty()
+        tty.setraw(self.slave)
+        self.port = os.ttyname(self.slave)
+        self.frames, self.stop = 0, threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+
+    def serve(self):
+        parser = FrameParser(sof=protocol.SOF_REQUEST)
+        while not self.stop.is_set():
+            if not select.select([self.master], [], [], 0.05)[0]:
+                continue
+            for frame in parser.feed(os.read(self.master, 4096)):
+                self.frames += 1
+                if frame.kind == protocol.CMD_INFO:
+                    out = reply(protocol.REPLY_INFO, 0, self.info.encode())
+                else:
+                    q = np.frombuffer(frame.payload, np.int8).reshape(-1, self.info.d)
+                    c = golden.counts(self.bundle.blocks[frame.block], q)
+                    out = reply(protocol.REPLY_RESULT, frame.block, c.astype(np.uint8).tobytes())
+                os.write(self.master, out)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        os.close(self.master)
+        os.close(self.slave)
+
+
+def test_eval_with_defaults_accepts_a_board_top_built_with_defaults():
+    pytest.importorskip("serial")
+    from quweit_hw.contract.boards import load_board
+    from quweit_hw.evaluation import evaluate_with_backend
+    from quweit_hw.gateware.synth import make_top
+
+    reference = load_bundle(REFERENCE)  # what `synth` and `build` put on the board by default
+    _, core = make_top(reference, load_board("ulx3s"))
+    assert core.info.bundle_id == board_id(reference) and core.info.blocks == (0, 1)
+    with PtyBoard(reference, core.info) as board:
+        # eval's defaults: no --bundle, so a fresh export of the checkpoint into a temporary folder
+        r = evaluate_with_backend(REFERENCE_CHECKPOINT, "board", port=board.port, limit=4, compare=True,
+                                  progress=False)
+    tokens = 4 * 17
+    assert r["agreement"].tokens == [tokens, tokens] and r["agreement"].exact, str(r["agreement"])
+    assert r["same_predictions"] and board.frames > 2

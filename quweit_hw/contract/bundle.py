@@ -125,6 +125,11 @@ class Bundle:
         return self.blocks[index]
 
 
+def table_bytes(n):
+    """Bytes per row of a packed table of n-input LUTs: ceil(2**n / 8)."""
+    return (2**n + 7) // 8
+
+
 def pack_table(table):
     # bit k of a LUT's table is byte k // 8, bit k % 8 (little-endian bit order)
     return np.packbits(table.astype(np.uint8), axis=1, bitorder="little")
@@ -145,8 +150,6 @@ def block_arrays(block):
     return arrays
 
 
-
-
 def bundle_id(bundle):
     """The bundle's identity: sha256 (hex) of what the hardware computes, and nothing else.
 
@@ -165,6 +168,50 @@ def bundle_id(bundle):
             h.update(np.ascontiguousarray(layer.mapping, "<i8").tobytes())
             h.update(np.ascontiguousarray(layer.table, "u1").tobytes())
     return h.hexdigest()
+
+
+def first_difference(blocks, others, labels=("first", "second")):
+    """None when two block sequences are equal in every field and array a bundle stores (but the
+    names), else where the first difference is, one line: e.g. "block 0 ('blocks.0.mlp') layer1_table
+    differs at [5, 17] (bundle 1, checkpoint 0)". `labels` name the two sides.
+
+    What the hardware computes (what `bundle_id` hashes) is compared first, in every block; then
+    what it does not: the input scale the model quantizes with and the affine step.
+    """
+    one, two = labels
+    if len(blocks) != len(others):
+        return f"{len(blocks)} block(s) ({one}) against {len(others)} ({two})"
+
+    def arrays_differ(at, name, x, y):
+        x, y = np.asarray(x), np.asarray(y)
+        if x.shape != y.shape:
+            return f"{at} {name} has shape {x.shape} ({one}) against {y.shape} ({two})"
+        differ = np.argwhere(~((x == y) | (np.isnan(x) & np.isnan(y))) if x.dtype.kind == "f" else x != y)
+        if differ.size:
+            where = tuple(int(v) for v in differ[0])
+            return f"{at} {name} differs at {list(where)} ({one} {x[where]}, {two} {y[where]})"
+        return None
+
+    pairs = [(f"block {i} ({a.name!r})", a, b) for i, (a, b) in enumerate(zip(blocks, others))]
+    for at, a, b in pairs:
+        for name in ("d", "bits", "T", "group_size"):
+            if getattr(a, name) != getattr(b, name):
+                return f"{at} {name} differs ({one} {getattr(a, name)}, {two} {getattr(b, name)})"
+        if len(a.layers) != len(b.layers):
+            return f"{at} has {len(a.layers)} layer(s) ({one}) against {len(b.layers)} ({two})"
+        arrays = [("thresholds", a.thresholds, b.thresholds)]
+        for li, (la, lb) in enumerate(zip(a.layers, b.layers)):
+            arrays += [(f"layer{li}_mapping", la.mapping, lb.mapping), (f"layer{li}_table", la.table, lb.table)]
+        for name, x, y in arrays:
+            if (difference := arrays_differ(at, name, x, y)) is not None:
+                return difference
+    for at, a, b in pairs:
+        if a.input_scale != b.input_scale:
+            return f"{at} input_scale differs ({one} {a.input_scale!r}, {two} {b.input_scale!r})"
+        for name in ("affine_a", "affine_b"):
+            if (difference := arrays_differ(at, name, getattr(a, name), getattr(b, name))) is not None:
+                return difference
+    return None
 
 
 def board_id(bundle):
