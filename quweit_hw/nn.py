@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from quweit_hw.model import kernels  # compiled CPU kernels; the code here is their reference
+
 THERMOMETER_KINDS = ("uniform", "gaussian", "distributive")
 MAPPINGS = ("random", "learnable", "local", "arange")
 DEEP_MAPPINGS = ("local", "random")
@@ -63,12 +65,16 @@ class _ThermometerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, thresholds, width):
+        if kernels.use_compiled(x, thresholds, width):  # compiled-kernel dispatch
+            return kernels.thermometer_forward(ctx, x, thresholds, width)
         ctx.save_for_backward(x, thresholds, width)
         bits = x.t().unsqueeze(1) > thresholds.unsqueeze(2)  # (F, T, N)
         return bits.to(x.dtype).view(-1, x.shape[0])
 
     @staticmethod
     def backward(ctx, g):
+        if getattr(ctx, "compiled", False):  # compiled-kernel dispatch
+            return kernels.thermometer_backward(ctx, g)
         x, thresholds, width = ctx.saved_tensors
         dist = x.t().unsqueeze(1) - thresholds.unsqueeze(2)  # (F, T, N)
         # in place: this is the thermometer's only big temporary
@@ -308,6 +314,8 @@ class _LUTFunction(torch.autograd.Function):
         out, n = luts.shape[0], kernel.n
         if weights is not None:
             mapping_flat = (learn[1] + weights.argmax(0)) % x.shape[0]
+        if kernels.use_compiled(x, luts):  # compiled-kernel dispatch
+            return kernels.lut_forward(ctx, x, luts, weights, mapping_flat, kernel, learn)
         # addr[j] = sum_l x[mapping[j, l]] << l as one sparse (out, in) @ (in, B) product with
         # entries 2**l: exact in float (< 2**n <= 2**16) and no (out, n, B) temporary
         if sparse is None:
@@ -319,6 +327,8 @@ class _LUTFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
+        if getattr(ctx, "compiled", False):  # compiled-kernel dispatch
+            return kernels.lut_backward(ctx, g)
         luts, addr, x, weights = ctx.saved_tensors
         (out, batch), n = addr.shape, ctx.kernel.n
         g = g.contiguous()
