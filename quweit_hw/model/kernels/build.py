@@ -27,7 +27,11 @@ import torch
 
 SOURCE = Path(__file__).with_name("lut_kernels.cpp")
 LIBRARY = "quweit_lut"  # the TORCH_LIBRARY namespace of the source: torch.ops.quweit_lut
-CFLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-std=c++17"]
+# -fopenmp: at::parallel_for is an OpenMP loop inlined from ATen's headers (without the flag
+# it runs on one thread); the library then links libgomp.so.1, the very runtime torch has
+# already loaded, so both share one thread pool.
+CFLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-std=c++17"]
+LDFLAGS = ["-fopenmp"]
 
 
 class KernelBuildError(RuntimeError):
@@ -57,7 +61,7 @@ def _cpu_flags() -> str:
 def build_name(source: Path = SOURCE, cflags=CFLAGS) -> str:
     """The extension's name: the library name and a digest of everything the binary depends on."""
     h = hashlib.sha256()
-    for part in (source.read_bytes(), " ".join(cflags).encode(), torch.__version__.encode(), _cpu_flags().encode()):
+    for part in (source.read_bytes(), " ".join(list(cflags) + LDFLAGS).encode(), torch.__version__.encode(), _cpu_flags().encode()):
         h.update(part)
         h.update(b"\0")
     return f"{LIBRARY}_{h.hexdigest()[:16]}"
@@ -79,7 +83,7 @@ def build_and_load(source: Path = SOURCE, cflags=CFLAGS, quiet: bool = False) ->
     try:
         directory.mkdir(parents=True, exist_ok=True)
         cpp_extension.load(
-            name, [str(source)], extra_cflags=list(cflags), build_directory=str(directory),
+            name, [str(source)], extra_cflags=list(cflags), extra_ldflags=LDFLAGS, build_directory=str(directory),
             is_python_module=False, verbose=False,
         )
     except Exception as exc:  # compiler missing, ninja missing, compile error, load error

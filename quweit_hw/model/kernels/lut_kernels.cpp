@@ -21,19 +21,25 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <vector>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 namespace {
 
-// A batch tile is sized so the rows it touches (features x tile values) stay within about
-// this many bytes, i.e. in the L2 cache, while a task walks over all LUTs.
-constexpr int64_t kTileBytes = 192 * 1024;
-constexpr int64_t kMaxTile = 512;
-
-int64_t batch_tile(int64_t rows, int64_t elem_size, int64_t batch) {
-  int64_t tile = kTileBytes / std::max<int64_t>(1, rows * elem_size);
-  tile = std::max<int64_t>(16, std::min(kMaxTile, tile)) & ~int64_t(15);
+// The input gradient is parallel over batch tiles (each task owns dx[:, tile], no atomics).
+// Measured on Zen 3: the longer a tile the faster (prefetching along rows beats keeping a
+// tile's rows in L2), so a tile is the batch split evenly over the threads, in multiples of
+// 8 samples. The result does not depend on the tile: each dx element sums its terms in the
+// same order whatever the split.
+int64_t batch_tile(int64_t batch, int64_t forced) {
+  if (forced > 0) return std::max<int64_t>(1, std::min(forced, batch));
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t tile = ((batch + threads - 1) / threads + 7) / 8 * 8;
   return std::max<int64_t>(1, std::min(tile, batch));
 }
 
@@ -43,34 +49,202 @@ inline int32_t compact_index(int32_t a, int32_t l) {
   return (a & ((1 << l) - 1)) | ((a >> (l + 1)) << l);
 }
 
+// ------------------------------------------------------------------------- spans
+//
+// A span is one LUT j over the samples [b0, b0 + len) of a batch tile. The generic spans
+// are plain loops for any scalar and address type; on AVX2 the float32 / uint8 spans (the
+// training case, n <= 8) are written with intrinsics, since the compiler vectorises the
+// generic ones poorly (64-bit gather indices, the address accumulator kept in memory).
+
+constexpr int kMaxFanIn = 16;
+
+// aj[b] = sum_l [rows[l][b] != 0] << l;  yj[b] = [table[aj[b]] > 0].
+template <typename scalar_t, typename addr_t>
+void forward_span(const scalar_t* const* rows, int n, const scalar_t* table, scalar_t* yj, addr_t* aj,
+                  int64_t len) {
+  for (int64_t b = 0; b < len; ++b) {
+    int32_t a = 0;
+    for (int l = 0; l < n; ++l) a |= int32_t(rows[l][b] != scalar_t(0)) << l;
+    aj[b] = static_cast<addr_t>(a);
+    yj[b] = table[a] > scalar_t(0) ? scalar_t(1) : scalar_t(0);
+  }
+}
+
+// drows[l][b] += e_j[l * half + c(aj[b], l)] * gj[b], l in increasing order for each b.
+template <typename scalar_t, typename addr_t>
+void dx_span(const scalar_t* e_j, int64_t half, const addr_t* aj, const scalar_t* gj, scalar_t* const* drows,
+             int n, int64_t len) {
+  for (int l = 0; l < n; ++l) {
+    const scalar_t* ejl = e_j + l * half;
+    scalar_t* d = drows[l];
+    for (int64_t b = 0; b < len; ++b) d[b] += ejl[compact_index(aj[b], l)] * gj[b];
+  }
+}
+
+// orows[l][b] = e_j[l * half + c(aj[b], l)] * gj[b].
+template <typename scalar_t, typename addr_t>
+void gsel_span(const scalar_t* e_j, int64_t half, const addr_t* aj, const scalar_t* gj, scalar_t* const* orows,
+               int n, int64_t len) {
+  for (int l = 0; l < n; ++l) {
+    const scalar_t* ejl = e_j + l * half;
+    scalar_t* o = orows[l];
+    for (int64_t b = 0; b < len; ++b) o[b] = ejl[compact_index(aj[b], l)] * gj[b];
+  }
+}
+
+#if defined(__AVX2__)
+// The table's signs as bit words: bit k of word k / 32 is [table[k] > 0] (n <= 8: 8 words).
+inline int table_words(const float* table, int n, uint32_t* words) {
+  const int size = 1 << n, count = std::max(1, size / 32);
+  for (int w = 0; w < count; ++w) words[w] = 0;
+  for (int k = 0; k < size; ++k) words[k >> 5] |= uint32_t(table[k] > 0.0f) << (k & 31);
+  return count;
+}
+
+inline void store_addresses(uint8_t* dst, __m256i a) {  // 8 int32 in 0..255 -> 8 bytes
+  const __m256i p8 = _mm256_packus_epi16(_mm256_packus_epi32(a, a), _mm256_setzero_si256());
+  const uint32_t lo = uint32_t(_mm256_extract_epi32(p8, 0)), hi = uint32_t(_mm256_extract_epi32(p8, 4));
+  std::memcpy(dst, &lo, 4);
+  std::memcpy(dst + 4, &hi, 4);
+}
+
+template <>
+void forward_span<float, uint8_t>(const float* const* rows, int n, const float* table, float* yj, uint8_t* aj,
+                                  int64_t len) {
+  uint32_t words[8];
+  const int count = table_words(table, n, words);
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256i one = _mm256_set1_epi32(1);
+  int64_t b = 0;
+  for (; b + 8 <= len; b += 8) {
+    __m256i a = _mm256_setzero_si256();
+    for (int l = 0; l < n; ++l) {  // != 0 unordered, as the scalar (x != 0) is true for NaN
+      const __m256 ne = _mm256_cmp_ps(_mm256_loadu_ps(rows[l] + b), zero, _CMP_NEQ_UQ);
+      a = _mm256_or_si256(a, _mm256_and_si256(_mm256_castps_si256(ne), _mm256_set1_epi32(1 << l)));
+    }
+    // bit a of the table: word k shifted by a - 32k; srlv gives 0 for counts outside 0..31
+    __m256i bit = _mm256_setzero_si256();
+    for (int k = 0; k < count; ++k)
+      bit = _mm256_or_si256(bit, _mm256_srlv_epi32(_mm256_set1_epi32(int(words[k])),
+                                                   _mm256_sub_epi32(a, _mm256_set1_epi32(32 * k))));
+    _mm256_storeu_ps(yj + b, _mm256_cvtepi32_ps(_mm256_and_si256(bit, one)));
+    store_addresses(aj + b, a);
+  }
+  for (; b < len; ++b) {
+    int32_t a = 0;
+    for (int l = 0; l < n; ++l) a |= int32_t(rows[l][b] != 0.0f) << l;
+    aj[b] = static_cast<uint8_t>(a);
+    yj[b] = table[a] > 0.0f ? 1.0f : 0.0f;
+  }
+}
+
+inline __m256i load_addresses(const uint8_t* src) {  // 8 bytes -> 8 int32
+  return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src)));
+}
+
+inline __m256i compact_index8(__m256i a, int l) {
+  const __m256i low = _mm256_and_si256(a, _mm256_set1_epi32((1 << l) - 1));
+  const __m256i high = _mm256_sll_epi32(_mm256_srl_epi32(a, _mm_cvtsi32_si128(l + 1)), _mm_cvtsi32_si128(l));
+  return _mm256_or_si256(low, high);
+}
+
+// v[k] = T[c[k]] for a table of 8*R floats held in R registers: one in-register permute per
+// register, then a tree of blends on the index bits 3, 4, ... (a gather is several times
+// slower on the CPUs we train on).
+template <int R>
+inline __m256 lookup8(const __m256* T, __m256i c) {
+  __m256 v[R];
+  for (int r = 0; r < R; ++r) v[r] = _mm256_permutevar8x32_ps(T[r], c);
+  int width = R;
+  for (int bit = 3; width > 1; ++bit, width /= 2) {
+    const __m256 pick = _mm256_castsi256_ps(_mm256_sll_epi32(c, _mm_cvtsi32_si128(31 - bit)));
+    for (int r = 0; r < width / 2; ++r) v[r] = _mm256_blendv_ps(v[2 * r], v[2 * r + 1], pick);
+  }
+  return v[0];
+}
+
+// For each input bit l: the compact EFD row e_j[l*half ...] in R registers, then over the
+// span's samples out[l][b] (+)= row[c(aj[b], l)] * gj[b]; ACC selects += (dx) or = (gsel).
+template <int R, bool ACC>
+void efd_rows_permute(const float* e_j, int64_t half, const uint8_t* aj, const float* gj, float* const* out,
+                      int n, int64_t len) {
+  for (int l = 0; l < n; ++l) {
+    alignas(32) float buf[8 * R] = {};
+    std::memcpy(buf, e_j + l * half, size_t(half) * sizeof(float));
+    __m256 T[R];
+    for (int r = 0; r < R; ++r) T[r] = _mm256_load_ps(buf + 8 * r);
+    float* o = out[l];
+    int64_t b = 0;
+    for (; b + 8 <= len; b += 8) {
+      const __m256 ev = lookup8<R>(T, compact_index8(load_addresses(aj + b), l));
+      const __m256 term = _mm256_mul_ps(ev, _mm256_loadu_ps(gj + b));
+      _mm256_storeu_ps(o + b, ACC ? _mm256_add_ps(_mm256_loadu_ps(o + b), term) : term);
+    }
+    for (; b < len; ++b) {
+      const float term = buf[compact_index(aj[b], l)] * gj[b];
+      o[b] = ACC ? o[b] + term : term;
+    }
+  }
+}
+
+// The same with a gather from memory, for n = 8 (16 registers would not stay in registers).
+template <bool ACC>
+void efd_rows_gather(const float* e_j, int64_t half, const uint8_t* aj, const float* gj, float* const* out,
+                     int n, int64_t len) {
+  for (int l = 0; l < n; ++l) {
+    const float* row = e_j + l * half;
+    float* o = out[l];
+    int64_t b = 0;
+    for (; b + 8 <= len; b += 8) {
+      const __m256 ev = _mm256_i32gather_ps(row, compact_index8(load_addresses(aj + b), l), 4);
+      const __m256 term = _mm256_mul_ps(ev, _mm256_loadu_ps(gj + b));
+      _mm256_storeu_ps(o + b, ACC ? _mm256_add_ps(_mm256_loadu_ps(o + b), term) : term);
+    }
+    for (; b < len; ++b) {
+      const float term = row[compact_index(aj[b], l)] * gj[b];
+      o[b] = ACC ? o[b] + term : term;
+    }
+  }
+}
+
+template <bool ACC>
+void efd_rows(const float* e_j, int64_t half, const uint8_t* aj, const float* gj, float* const* out, int n,
+              int64_t len) {
+  switch (n) {
+    case 1: case 2: case 3: case 4: return efd_rows_permute<1, ACC>(e_j, half, aj, gj, out, n, len);
+    case 5: return efd_rows_permute<2, ACC>(e_j, half, aj, gj, out, n, len);
+    case 6: return efd_rows_permute<4, ACC>(e_j, half, aj, gj, out, n, len);
+    case 7: return efd_rows_permute<8, ACC>(e_j, half, aj, gj, out, n, len);
+    default: return efd_rows_gather<ACC>(e_j, half, aj, gj, out, n, len);
+  }
+}
+
+template <>
+void dx_span<float, uint8_t>(const float* e_j, int64_t half, const uint8_t* aj, const float* gj, float* const* drows,
+                             int n, int64_t len) {
+  efd_rows<true>(e_j, half, aj, gj, drows, n, len);
+}
+
+template <>
+void gsel_span<float, uint8_t>(const float* e_j, int64_t half, const uint8_t* aj, const float* gj,
+                               float* const* orows, int n, int64_t len) {
+  efd_rows<false>(e_j, half, aj, gj, orows, n, len);
+}
+#endif
+
 // ------------------------------------------------------------------------- LUT forward
 
 // addr[j, b] = sum_l [x[map[j, l], b] != 0] << l;  y[j, b] = [luts[j, addr[j, b]] > 0].
-// Parallel over batch tiles: a tile's input rows stay in L2 while all LUTs read them.
+// Parallel over LUTs, each over the whole batch (long rows prefetch best).
 template <typename scalar_t, typename addr_t>
 void lut_forward_impl(const scalar_t* x, const int64_t* map, const scalar_t* luts, scalar_t* y,
-                      addr_t* addr, int64_t in, int64_t out, int64_t n, int64_t batch) {
-  const int64_t tile = batch_tile(in, sizeof(scalar_t), batch);
-  const int64_t ntiles = (batch + tile - 1) / tile;
+                      addr_t* addr, int64_t out, int64_t n, int64_t batch) {
   const int64_t size = int64_t(1) << n;
-  at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
-    int32_t acc[kMaxTile];
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b0 = t * tile, len = std::min(tile, batch - b0);
-      for (int64_t j = 0; j < out; ++j) {
-        std::fill(acc, acc + len, 0);
-        for (int64_t l = 0; l < n; ++l) {
-          const scalar_t* xl = x + map[j * n + l] * batch + b0;
-          for (int64_t b = 0; b < len; ++b) acc[b] |= int32_t(xl[b] != scalar_t(0)) << l;
-        }
-        const scalar_t* table = luts + j * size;
-        addr_t* aj = addr + j * batch + b0;
-        scalar_t* yj = y + j * batch + b0;
-        for (int64_t b = 0; b < len; ++b) {
-          aj[b] = static_cast<addr_t>(acc[b]);
-          yj[b] = table[acc[b]] > scalar_t(0) ? scalar_t(1) : scalar_t(0);
-        }
-      }
+  at::parallel_for(0, out, 16, [&](int64_t j0, int64_t j1) {
+    const scalar_t* rows[kMaxFanIn];
+    for (int64_t j = j0; j < j1; ++j) {
+      for (int64_t l = 0; l < n; ++l) rows[l] = x + map[j * n + l] * batch;
+      forward_span<scalar_t, addr_t>(rows, int(n), luts + j * size, y + j * batch, addr + j * batch, batch);
     }
   });
 }
@@ -82,23 +256,18 @@ void lut_forward_impl(const scalar_t* x, const int64_t* map, const scalar_t* lut
 // batch tiles: each task owns dx[:, tile] and needs no atomics.
 template <typename scalar_t, typename addr_t>
 void lut_dx_impl(const scalar_t* e, const addr_t* addr, const scalar_t* g, const int64_t* map,
-                 scalar_t* dx, int64_t in, int64_t out, int64_t n, int64_t batch) {
-  const int64_t tile = batch_tile(in, sizeof(scalar_t), batch);
+                 scalar_t* dx, int64_t in, int64_t out, int64_t n, int64_t batch, int64_t forced) {
+  const int64_t tile = batch_tile(batch, forced);
   const int64_t ntiles = (batch + tile - 1) / tile;
   const int64_t half = int64_t(1) << (n - 1);
   at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
+    scalar_t* drows[kMaxFanIn];
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b0 = t * tile, len = std::min(tile, batch - b0);
       for (int64_t i = 0; i < in; ++i) std::fill(dx + i * batch + b0, dx + i * batch + b0 + len, scalar_t(0));
       for (int64_t j = 0; j < out; ++j) {
-        const addr_t* aj = addr + j * batch + b0;
-        const scalar_t* gj = g + j * batch + b0;
-        for (int64_t l = 0; l < n; ++l) {
-          const scalar_t* ejl = e + (j * n + l) * half;
-          scalar_t* d = dx + map[j * n + l] * batch + b0;
-          const int32_t li = static_cast<int32_t>(l);
-          for (int64_t b = 0; b < len; ++b) d[b] += ejl[compact_index(aj[b], li)] * gj[b];
-        }
+        for (int64_t l = 0; l < n; ++l) drows[l] = dx + map[j * n + l] * batch + b0;
+        dx_span<scalar_t, addr_t>(e + j * n * half, half, addr + j * batch + b0, g + j * batch + b0, drows, int(n), len);
       }
     }
   });
@@ -111,15 +280,10 @@ void lut_gsel_impl(const scalar_t* e, const addr_t* addr, const scalar_t* g, sca
                    int64_t out, int64_t n, int64_t batch) {
   const int64_t half = int64_t(1) << (n - 1);
   at::parallel_for(0, out, 16, [&](int64_t j0, int64_t j1) {
+    scalar_t* orows[kMaxFanIn];
     for (int64_t j = j0; j < j1; ++j) {
-      const addr_t* aj = addr + j * batch;
-      const scalar_t* gj = g + j * batch;
-      for (int64_t l = 0; l < n; ++l) {
-        const scalar_t* ejl = e + (j * n + l) * half;
-        scalar_t* o = gsel + (j * n + l) * batch;
-        const int32_t li = static_cast<int32_t>(l);
-        for (int64_t b = 0; b < batch; ++b) o[b] = ejl[compact_index(aj[b], li)] * gj[b];
-      }
+      for (int64_t l = 0; l < n; ++l) orows[l] = gsel + (j * n + l) * batch;
+      gsel_span<scalar_t, addr_t>(e + j * n * half, half, addr + j * batch, g + j * batch, orows, int(n), batch);
     }
   });
 }
@@ -230,19 +394,19 @@ void lut_forward(const at::Tensor& x, const at::Tensor& mapping, const at::Tenso
     using addr_t = decltype(a);
     lut_forward_impl<scalar_t, addr_t>(x.data_ptr<scalar_t>(), mapping.data_ptr<int64_t>(),
                                        luts.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
-                                       static_cast<addr_t*>(addr.data_ptr()), x.size(0), out, n, x.size(1));
+                                       static_cast<addr_t*>(addr.data_ptr()), out, n, x.size(1));
   });
 }
 
 void lut_dx(const at::Tensor& e, const at::Tensor& addr, const at::Tensor& g, const at::Tensor& mapping,
-            at::Tensor& dx) {
+            at::Tensor& dx, int64_t tile) {
   check_cpu_contiguous({&e, &addr, &g, &mapping, &dx}, "lut_dx");
   dispatch_types(g, addr, [&](auto s, auto a) {
     using scalar_t = decltype(s);
     using addr_t = decltype(a);
     lut_dx_impl<scalar_t, addr_t>(e.data_ptr<scalar_t>(), static_cast<const addr_t*>(addr.data_ptr()),
                                   g.data_ptr<scalar_t>(), mapping.data_ptr<int64_t>(), dx.data_ptr<scalar_t>(),
-                                  dx.size(0), e.size(0), e.size(1), g.size(1));
+                                  dx.size(0), e.size(0), e.size(1), g.size(1), tile);
   });
 }
 
@@ -293,7 +457,7 @@ void thermometer_backward(const at::Tensor& x, const at::Tensor& theta, const at
 
 TORCH_LIBRARY(quweit_lut, m) {
   m.def("lut_forward(Tensor x, Tensor mapping, Tensor luts, Tensor(a!) y, Tensor(b!) addr) -> ()", &lut_forward);
-  m.def("lut_dx(Tensor e, Tensor addr, Tensor g, Tensor mapping, Tensor(a!) dx) -> ()", &lut_dx);
+  m.def("lut_dx(Tensor e, Tensor addr, Tensor g, Tensor mapping, Tensor(a!) dx, int tile=0) -> ()", &lut_dx);
   m.def("lut_gsel(Tensor e, Tensor addr, Tensor g, Tensor(a!) gsel) -> ()", &lut_gsel);
   m.def("lut_dluts(Tensor addr, Tensor g, Tensor(a!) dluts) -> ()", &lut_dluts);
   m.def("thermometer_forward(Tensor x, Tensor theta, Tensor(a!) bits) -> ()", &thermometer_forward);
