@@ -515,7 +515,10 @@ class GroupSum(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] % self.k:
             raise ValueError(f"last dimension must be a multiple of k = {self.k}, got shape {tuple(x.shape)!r}")
-        s = x.reshape(*x.shape[:-1], x.shape[-1] // self.k, self.k).sum(-1)
+        if x.dim() == 2 and x.t().is_contiguous():  # rows layout of the LUT path: sum along the rows,
+            s = x.t().reshape(-1, self.k, x.shape[0]).sum(1).t()  # not after a transposing copy (issue 15)
+        else:
+            s = x.reshape(*x.shape[:-1], x.shape[-1] // self.k, self.k).sum(-1)
         return s if self.tau == 1.0 else s / self.tau
 
 

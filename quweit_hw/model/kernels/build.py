@@ -30,12 +30,24 @@ LIBRARY = "quweit_lut"  # the TORCH_LIBRARY namespace of the source: torch.ops.q
 # -fopenmp: at::parallel_for is an OpenMP loop inlined from ATen's headers (without the flag
 # it runs on one thread); the library then links libgomp.so.1, the very runtime torch has
 # already loaded, so both share one thread pool.
-CFLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-std=c++17"]
-LDFLAGS = ["-fopenmp"]
+CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-std=c++17")
+LDFLAGS = ("-fopenmp",)  # tuples: cpp_extension appends to the lists it is given
 
 
 class KernelBuildError(RuntimeError):
     """The compiled kernels could not be built or loaded."""
+
+
+_loaded: set = set()  # build names loaded into this process (a library loads at most once)
+
+
+def _namespace_taken() -> bool:
+    """True if some build of the library already registered its ops in this process."""
+    try:
+        getattr(torch.ops, LIBRARY).lut_forward
+        return True
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def cache_root() -> Path:
@@ -61,7 +73,7 @@ def _cpu_flags() -> str:
 def build_name(source: Path = SOURCE, cflags=CFLAGS) -> str:
     """The extension's name: the library name and a digest of everything the binary depends on."""
     h = hashlib.sha256()
-    for part in (source.read_bytes(), " ".join(list(cflags) + LDFLAGS).encode(), torch.__version__.encode(), _cpu_flags().encode()):
+    for part in (source.read_bytes(), " ".join(tuple(cflags) + LDFLAGS).encode(), torch.__version__.encode(), _cpu_flags().encode()):
         h.update(part)
         h.update(b"\0")
     return f"{LIBRARY}_{h.hexdigest()[:16]}"
@@ -77,17 +89,22 @@ def build_and_load(source: Path = SOURCE, cflags=CFLAGS, quiet: bool = False) ->
     from torch.utils import cpp_extension
 
     name = build_name(source, cflags)
+    if name in _loaded:
+        return None
+    if _namespace_taken():  # TORCH_LIBRARY aborts the process on a second registration
+        raise KernelBuildError(f"another build of torch.ops.{LIBRARY} is already loaded in this process")
     directory = cache_root() / name
     built = (directory / f"{name}.so").exists()
     start = time.perf_counter()
     try:
         directory.mkdir(parents=True, exist_ok=True)
         cpp_extension.load(
-            name, [str(source)], extra_cflags=list(cflags), extra_ldflags=LDFLAGS, build_directory=str(directory),
+            name, [str(source)], extra_cflags=list(cflags), extra_ldflags=list(LDFLAGS), build_directory=str(directory),
             is_python_module=False, verbose=False,
         )
     except Exception as exc:  # compiler missing, ninja missing, compile error, load error
         raise KernelBuildError(_summary(exc)) from exc
+    _loaded.add(name)
     if built:
         return None
     seconds = time.perf_counter() - start
