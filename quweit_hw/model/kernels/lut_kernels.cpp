@@ -219,10 +219,52 @@ void efd_rows(const float* e_j, int64_t half, const uint8_t* aj, const float* gj
   }
 }
 
+// c[l][s] = r[s][l]: the 8x8 transpose of eight rows of eight floats.
+inline void transpose8(const __m256* r, __m256* c) {
+  __m256 t[8], u[8];
+  for (int k = 0; k < 4; ++k) {
+    t[2 * k] = _mm256_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+    t[2 * k + 1] = _mm256_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+  }
+  for (int k = 0; k < 2; ++k) {
+    u[4 * k] = _mm256_shuffle_ps(t[4 * k], t[4 * k + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * k + 1] = _mm256_shuffle_ps(t[4 * k], t[4 * k + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[4 * k + 2] = _mm256_shuffle_ps(t[4 * k + 1], t[4 * k + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * k + 3] = _mm256_shuffle_ps(t[4 * k + 1], t[4 * k + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int k = 0; k < 4; ++k) {
+    c[k] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x20);
+    c[k + 4] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x31);
+  }
+}
+
+// The input gradient of one LUT over a span, address-major: the LUT's EFD gradients are first
+// laid out as ea[a*8 + l] = E[j, l, a] (one 8-float row per address, lanes >= n zero), so
+// each sample needs one aligned load for all its inputs; eight samples' rows are transposed
+// into one vector per input bit and added to that input's row. Fewer operations per term
+// than a table lookup per input bit (index arithmetic, permutes and blends, or a gather).
 template <>
 void dx_span<float, uint8_t>(const float* e_j, int64_t half, const uint8_t* aj, const float* gj, float* const* drows,
                              int n, int64_t len) {
-  efd_rows<true>(e_j, half, aj, gj, drows, n, len);
+  alignas(32) float ea[256 * 8];
+  const int size = 1 << n;
+  for (int a = 0; a < size; ++a) {
+    for (int l = 0; l < n; ++l) ea[a * 8 + l] = e_j[l * half + compact_index(a, l)];
+    for (int l = n; l < 8; ++l) ea[a * 8 + l] = 0.0f;
+  }
+  int64_t b = 0;
+  __m256 r[8], c[8];
+  for (; b + 8 <= len; b += 8) {
+    for (int s = 0; s < 8; ++s) r[s] = _mm256_load_ps(ea + 8 * aj[b + s]);
+    transpose8(r, c);
+    const __m256 gv = _mm256_loadu_ps(gj + b);
+    for (int l = 0; l < n; ++l) {
+      float* d = drows[l] + b;
+      _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), _mm256_mul_ps(c[l], gv)));
+    }
+  }
+  for (; b < len; ++b)
+    for (int l = 0; l < n; ++l) drows[l][b] += ea[8 * aj[b] + l] * gj[b];
 }
 
 template <>
