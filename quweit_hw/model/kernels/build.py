@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -70,6 +71,21 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
+def _put_ninja_on_path() -> None:
+    """Make the ninja of the PyPI wheel (pyproject.toml) findable: cpp_extension runs `ninja` from
+    PATH, and a venv's bin folder is not on PATH when its python is run by path (the Makefile)."""
+    if shutil.which("ninja"):
+        return
+    dirs = [os.path.dirname(sys.executable)]
+    try:
+        import ninja
+
+        dirs.insert(0, ninja.BIN_DIR)
+    except (ImportError, AttributeError):
+        pass
+    os.environ["PATH"] = os.pathsep.join(dirs + [os.environ.get("PATH", "")])
+
+
 def build_name(source: Path = SOURCE, cflags=CFLAGS) -> str:
     """The extension's name: the library name and a digest of everything the binary depends on."""
     h = hashlib.sha256()
@@ -98,6 +114,7 @@ def build_and_load(source: Path = SOURCE, cflags=CFLAGS, quiet: bool = False) ->
     start = time.perf_counter()
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        _put_ninja_on_path()
         cpp_extension.load(
             name, [str(source)], extra_cflags=list(cflags), extra_ldflags=list(LDFLAGS), build_directory=str(directory),
             is_python_module=False, verbose=False,
