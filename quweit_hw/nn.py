@@ -515,8 +515,8 @@ class GroupSum(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] % self.k:
             raise ValueError(f"last dimension must be a multiple of k = {self.k}, got shape {tuple(x.shape)!r}")
-        if x.dim() == 2 and x.t().is_contiguous():  # rows layout of the LUT path: sum along the rows,
-            s = x.t().reshape(-1, self.k, x.shape[0]).sum(1).t()  # not after a transposing copy (issue 15)
+        if x.dim() == 2 and x.t().is_contiguous() and kernels.use_compiled(x):  # compiled-kernel dispatch
+            s = kernels.group_sum_rows(x.t(), self.k)  # (the LUT path's rows layout, seen transposed)
         else:
             s = x.reshape(*x.shape[:-1], x.shape[-1] // self.k, self.k).sum(-1)
         return s if self.tau == 1.0 else s / self.tau

@@ -3,12 +3,14 @@
 The plain-torch implementation in the autograd functions of the LUT layer and the
 thermometer stays the reference and the fallback; those functions ask `use_compiled` and,
 when it says yes, hand the call to `lut_forward`/`lut_backward` or
-`thermometer_forward`/`thermometer_backward` here. See dispatch.py for QUWEIT_KERNELS
+`thermometer_forward`/`thermometer_backward` here; GroupSum hands rows-layout input to
+`group_sum_rows`. See dispatch.py for QUWEIT_KERNELS
 (auto / compiled / torch) and the fallback messages, build.py for the build and its cache.
 """
 
 from .build import KernelBuildError, build_and_load, cache_root
 from .dispatch import KernelFallbackWarning, mode, ops, use_compiled
+from .group_sum import group_sum_rows
 from .lut import compact_table, lut_backward, lut_forward
 from .thermometer import thermometer_backward, thermometer_forward
 
@@ -18,6 +20,7 @@ __all__ = [
     "build_and_load",
     "cache_root",
     "compact_table",
+    "group_sum_rows",
     "lut_backward",
     "lut_forward",
     "mode",

@@ -399,6 +399,37 @@ void thermometer_backward_impl(const scalar_t* x, const scalar_t* theta, const s
   });
 }
 
+// ------------------------------------------------------------------------- group sum
+
+// counts[b, c] = sum_{m < k} rows[c*k + m, b], summed in increasing m: the group popcount
+// of the LUT path's rows, written straight into the (batch, C) layout the block uses.
+template <typename scalar_t>
+void group_sum_forward_impl(const scalar_t* rows, scalar_t* counts, int64_t groups, int64_t k, int64_t batch) {
+  at::parallel_for(0, groups, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<scalar_t> acc(batch);
+    for (int64_t c = c0; c < c1; ++c) {
+      std::fill(acc.begin(), acc.end(), scalar_t(0));
+      for (int64_t m = 0; m < k; ++m) {
+        const scalar_t* r = rows + (c * k + m) * batch;
+        for (int64_t b = 0; b < batch; ++b) acc[b] += r[b];
+      }
+      for (int64_t b = 0; b < batch; ++b) counts[b * groups + c] = acc[b];
+    }
+  });
+}
+
+// drows[c*k + m, b] = g[b, c]: the sum's gradient, broadcast back into the rows layout.
+template <typename scalar_t>
+void group_sum_backward_impl(const scalar_t* g, scalar_t* drows, int64_t groups, int64_t k, int64_t batch) {
+  at::parallel_for(0, groups, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<scalar_t> col(batch);
+    for (int64_t c = c0; c < c1; ++c) {
+      for (int64_t b = 0; b < batch; ++b) col[b] = g[b * groups + c];
+      for (int64_t m = 0; m < k; ++m) std::copy(col.begin(), col.end(), drows + (c * k + m) * batch);
+    }
+  });
+}
+
 // ------------------------------------------------------------------------- op wrappers
 
 // Calls f(scalar_t{}) with the scalar type of `values`, float32 or float64.
@@ -495,6 +526,26 @@ void thermometer_backward(const at::Tensor& x, const at::Tensor& theta, const at
   });
 }
 
+void group_sum_forward(const at::Tensor& rows, at::Tensor& counts) {
+  check_cpu_contiguous({&rows, &counts}, "group_sum_forward");
+  dispatch_scalar(rows, [&](auto s) {
+    using scalar_t = decltype(s);
+    const int64_t groups = counts.size(1);
+    group_sum_forward_impl<scalar_t>(rows.data_ptr<scalar_t>(), counts.data_ptr<scalar_t>(), groups,
+                                     rows.size(0) / groups, rows.size(1));
+  });
+}
+
+void group_sum_backward(const at::Tensor& g, at::Tensor& drows) {
+  check_cpu_contiguous({&g, &drows}, "group_sum_backward");
+  dispatch_scalar(g, [&](auto s) {
+    using scalar_t = decltype(s);
+    const int64_t groups = g.size(1);
+    group_sum_backward_impl<scalar_t>(g.data_ptr<scalar_t>(), drows.data_ptr<scalar_t>(), groups,
+                                      drows.size(0) / groups, drows.size(1));
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY(quweit_lut, m) {
@@ -505,4 +556,6 @@ TORCH_LIBRARY(quweit_lut, m) {
   m.def("thermometer_forward(Tensor x, Tensor theta, Tensor(a!) bits) -> ()", &thermometer_forward);
   m.def("thermometer_backward(Tensor x, Tensor theta, Tensor width, Tensor g, Tensor(a!) dx) -> ()",
         &thermometer_backward);
+  m.def("group_sum_forward(Tensor rows, Tensor(a!) counts) -> ()", &group_sum_forward);
+  m.def("group_sum_backward(Tensor g, Tensor(a!) drows) -> ()", &group_sum_backward);
 }
