@@ -238,6 +238,38 @@ inline void transpose8(const __m256* r, __m256* c) {
   }
 }
 
+// ea[a*8 + l] = e_j[l*half + c(a, l)] for every address a (lanes l >= n zero). Eight
+// addresses a0..a0+7 at a time: for l >= 3 their compact indices are 8 consecutive ones, for
+// l < 3 they are 4 consecutive ones, each twice (bit l removed); then one 8x8 transpose.
+inline void address_major(const float* e_j, int64_t half, int n, float* ea) {
+  const int size = 1 << n;
+  if (n < 3) {
+    for (int a = 0; a < size; ++a)
+      for (int l = 0; l < 8; ++l) ea[a * 8 + l] = l < n ? e_j[l * half + compact_index(a, l)] : 0.0f;
+    return;
+  }
+  const __m256i first4 = _mm256_setr_epi32(-1, -1, -1, -1, 0, 0, 0, 0);
+  __m256i dup[3];
+  for (int l = 0; l < 3; ++l)
+    dup[l] = _mm256_setr_epi32(compact_index(0, l), compact_index(1, l), compact_index(2, l), compact_index(3, l),
+                               compact_index(4, l), compact_index(5, l), compact_index(6, l), compact_index(7, l));
+  __m256 v[8], c[8];
+  for (int a0 = 0; a0 < size; a0 += 8) {
+    for (int l = 0; l < 8; ++l) {
+      if (l >= n) {
+        v[l] = _mm256_setzero_ps();
+      } else if (l >= 3) {
+        v[l] = _mm256_loadu_ps(e_j + l * half + compact_index(a0, l));
+      } else {
+        const __m256 four = _mm256_maskload_ps(e_j + l * half + compact_index(a0, l), first4);
+        v[l] = _mm256_permutevar8x32_ps(four, dup[l]);
+      }
+    }
+    transpose8(v, c);
+    for (int s = 0; s < 8; ++s) _mm256_store_ps(ea + (a0 + s) * 8, c[s]);
+  }
+}
+
 // The input gradient of one LUT over a span, address-major: the LUT's EFD gradients are first
 // laid out as ea[a*8 + l] = E[j, l, a] (one 8-float row per address, lanes >= n zero), so
 // each sample needs one aligned load for all its inputs; eight samples' rows are transposed
@@ -247,11 +279,7 @@ template <>
 void dx_span<float, uint8_t>(const float* e_j, int64_t half, const uint8_t* aj, const float* gj, float* const* drows,
                              int n, int64_t len) {
   alignas(32) float ea[256 * 8];
-  const int size = 1 << n;
-  for (int a = 0; a < size; ++a) {
-    for (int l = 0; l < n; ++l) ea[a * 8 + l] = e_j[l * half + compact_index(a, l)];
-    for (int l = n; l < 8; ++l) ea[a * 8 + l] = 0.0f;
-  }
+  address_major(e_j, half, n, ea);
   int64_t b = 0;
   __m256 r[8], c[8];
   for (; b + 8 <= len; b += 8) {
