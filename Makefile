@@ -61,6 +61,7 @@ program: setup
 
 bench: setup
 	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/train_epoch.py
 	$(BIN)/python bench/rtl_flow.py
 
 clean:

@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from . import kernels  # compiled CPU kernels; the code here is their reference
 from .options import DENSE_EFD_MAX_N, EFD_VARIANTS, MAPPINGS, MAX_FAN_IN, check_choice, check_int
 
 
@@ -132,6 +133,8 @@ class _LUTFunction(torch.autograd.Function):
         out, n = luts.shape[0], kernel.n
         if weights is not None:
             mapping_flat = (learn[1] + weights.argmax(0)) % x.shape[0]
+        if kernels.use_compiled(x, luts):  # compiled-kernel dispatch
+            return kernels.lut_forward(ctx, x, luts, weights, mapping_flat, kernel, learn)
         # addr[j] = sum_l x[mapping[j, l]] << l as one sparse (out, in) @ (in, B) product with
         # entries 2**l: exact in float (< 2**n <= 2**16) and no (out, n, B) temporary
         if sparse is None:
@@ -143,6 +146,8 @@ class _LUTFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
+        if getattr(ctx, "compiled", False):  # compiled-kernel dispatch
+            return kernels.lut_backward(ctx, g)
         luts, addr, x, weights = ctx.saved_tensors
         (out, batch), n = addr.shape, ctx.kernel.n
         g = g.contiguous()

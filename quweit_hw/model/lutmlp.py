@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..contract.bundle import signed_range
+from . import kernels
 from .lut import LUTLayer
 from .options import (AFFINE_A_INIT, BIT_ORDERS, CALIBRATION_QUANTILE, DEEP_MAPPINGS, EFD_VARIANTS, MAPPINGS,
                       MAX_FAN_IN, THERMOMETER_KINDS, check_choice, check_int)
@@ -31,7 +32,10 @@ class GroupSum(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] % self.k:
             raise ValueError(f"last dimension must be a multiple of k = {self.k}, got shape {tuple(x.shape)!r}")
-        s = x.reshape(*x.shape[:-1], x.shape[-1] // self.k, self.k).sum(-1)
+        if x.dim() == 2 and x.t().is_contiguous() and kernels.use_compiled(x):
+            s = kernels.group_sum_rows(x.t(), self.k)  # the LUT path's rows layout, without a transposing copy
+        else:
+            s = x.reshape(*x.shape[:-1], x.shape[-1] // self.k, self.k).sum(-1)
         return s if self.tau == 1.0 else s / self.tau
 
 

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..contract.bundle import signed_range
+from . import kernels  # compiled CPU kernels; the code here is their reference
 from .options import THERMOMETER_KINDS, check_choice, check_int
 
 
@@ -17,12 +18,16 @@ class _ThermometerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, thresholds, width):
+        if kernels.use_compiled(x, thresholds, width):  # compiled-kernel dispatch
+            return kernels.thermometer_forward(ctx, x, thresholds, width)
         ctx.save_for_backward(x, thresholds, width)
         bits = x.t().unsqueeze(1) > thresholds.unsqueeze(2)  # (F, T, N)
         return bits.to(x.dtype).view(-1, x.shape[0])
 
     @staticmethod
     def backward(ctx, g):
+        if getattr(ctx, "compiled", False):  # compiled-kernel dispatch
+            return kernels.thermometer_backward(ctx, g)
         x, thresholds, width = ctx.saved_tensors
         dist = x.t().unsqueeze(1) - thresholds.unsqueeze(2)  # (F, T, N)
         # in place: this is the thermometer's only big temporary

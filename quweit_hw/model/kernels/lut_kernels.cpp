@@ -1,0 +1,589 @@
+// Compiled CPU kernels of the DWN LUT layer and the thermometer (quweit_hw.model.kernels).
+//
+// Every kernel reproduces one step of the plain-torch reference in quweit_hw/nn.py; the
+// Python side allocates the outputs, checks shapes and dtypes, and calls these through
+// torch.ops.quweit_lut.*. Layout as in the reference: activations are *rows*, (features,
+// batch) contiguous, so one feature's values over the batch are one contiguous vector.
+//
+// Parallelism: at::parallel_for, torch's own intra-op thread pool, so torch.set_num_threads
+// governs these kernels too and no second OpenMP pool spins beside torch's. Every output
+// element is written by exactly one task and accumulated in a fixed order (no atomics), so
+// results do not depend on the thread count at all.
+//
+// Built with -ffp-contract=off: a*b+c stays a rounded product and a rounded sum, as in the
+// reference, so the input gradient sums the same rounded terms in the same order.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <initializer_list>
+#include <vector>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+// The input gradient is parallel over batch tiles (each task owns dx[:, tile], no atomics).
+// Measured on Zen 3: the longer a tile the faster (prefetching along rows beats keeping a
+// tile's rows in L2), so a tile is the batch split evenly over the threads, in multiples of
+// 8 samples. The result does not depend on the tile: each dx element sums its terms in the
+// same order whatever the split.
+int64_t batch_tile(int64_t batch, int64_t forced) {
+  if (forced > 0) return std::max<int64_t>(1, std::min(forced, batch));
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t tile = ((batch + threads - 1) / threads + 7) / 8 * 8;
+  return std::max<int64_t>(1, std::min(tile, batch));
+}
+
+// Position of address a in the compact EFD table of input bit l: bit l removed (the EFD
+// gradient w.r.t. bit l does not depend on bit l itself, so only 2**(n-1) values exist).
+inline int32_t compact_index(int32_t a, int32_t l) {
+  return (a & ((1 << l) - 1)) | ((a >> (l + 1)) << l);
+}
+
+// ------------------------------------------------------------------------- spans
+//
+// A span is one LUT j over the samples [b0, b0 + len) of a batch tile. The generic spans
+// are plain loops for any scalar and address type; on AVX2 the float32 / uint8 spans (the
+// training case, n <= 8) are written with intrinsics, since the compiler vectorises the
+// generic ones poorly (64-bit gather indices, the address accumulator kept in memory).
+
+constexpr int kMaxFanIn = 16;
+
+// aj[b] = sum_l [rows[l][b] != 0] << l;  yj[b] = [table[aj[b]] > 0].
+template <typename scalar_t, typename addr_t>
+void forward_span(const scalar_t* const* rows, int n, const scalar_t* table, scalar_t* yj, addr_t* aj,
+                  int64_t len) {
+  for (int64_t b = 0; b < len; ++b) {
+    int32_t a = 0;
+    for (int l = 0; l < n; ++l) a |= int32_t(rows[l][b] != scalar_t(0)) << l;
+    aj[b] = static_cast<addr_t>(a);
+    yj[b] = table[a] > scalar_t(0) ? scalar_t(1) : scalar_t(0);
+  }
+}
+
+// drows[l][b] += e_j[l * half + c(aj[b], l)] * gj[b], l in increasing order for each b.
+template <typename scalar_t, typename addr_t>
+void dx_span(const scalar_t* e_j, int64_t half, const addr_t* aj, const scalar_t* gj, scalar_t* const* drows,
+             int n, int64_t len) {
+  for (int l = 0; l < n; ++l) {
+    const scalar_t* ejl = e_j + l * half;
+    scalar_t* d = drows[l];
+    for (int64_t b = 0; b < len; ++b) d[b] += ejl[compact_index(aj[b], l)] * gj[b];
+  }
+}
+
+// orows[l][b] = e_j[l * half + c(aj[b], l)] * gj[b].
+template <typename scalar_t, typename addr_t>
+void gsel_span(const scalar_t* e_j, int64_t half, const addr_t* aj, const scalar_t* gj, scalar_t* const* orows,
+               int n, int64_t len) {
+  for (int l = 0; l < n; ++l) {
+    const scalar_t* ejl = e_j + l * half;
+    scalar_t* o = orows[l];
+    for (int64_t b = 0; b < len; ++b) o[b] = ejl[compact_index(aj[b], l)] * gj[b];
+  }
+}
+
+#if defined(__AVX2__)
+// The table's signs as bit words: bit k of word k / 32 is [table[k] > 0] (n <= 8: 8 words).
+inline int table_words(const float* table, int n, uint32_t* words) {
+  const int size = 1 << n, count = std::max(1, size / 32);
+  for (int w = 0; w < count; ++w) words[w] = 0;
+  for (int k = 0; k < size; ++k) words[k >> 5] |= uint32_t(table[k] > 0.0f) << (k & 31);
+  return count;
+}
+
+inline void store_addresses(uint8_t* dst, __m256i a) {  // 8 int32 in 0..255 -> 8 bytes
+  const __m256i p8 = _mm256_packus_epi16(_mm256_packus_epi32(a, a), _mm256_setzero_si256());
+  const uint32_t lo = uint32_t(_mm256_extract_epi32(p8, 0)), hi = uint32_t(_mm256_extract_epi32(p8, 4));
+  std::memcpy(dst, &lo, 4);
+  std::memcpy(dst + 4, &hi, 4);
+}
+
+template <>
+void forward_span<float, uint8_t>(const float* const* rows, int n, const float* table, float* yj, uint8_t* aj,
+                                  int64_t len) {
+  uint32_t words[8];
+  const int count = table_words(table, n, words);
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256i one = _mm256_set1_epi32(1);
+  int64_t b = 0;
+  for (; b + 8 <= len; b += 8) {
+    __m256i a = _mm256_setzero_si256();
+    for (int l = 0; l < n; ++l) {  // != 0 unordered, as the scalar (x != 0) is true for NaN
+      const __m256 ne = _mm256_cmp_ps(_mm256_loadu_ps(rows[l] + b), zero, _CMP_NEQ_UQ);
+      a = _mm256_or_si256(a, _mm256_and_si256(_mm256_castps_si256(ne), _mm256_set1_epi32(1 << l)));
+    }
+    // bit a of the table: word k shifted by a - 32k; srlv gives 0 for counts outside 0..31
+    __m256i bit = _mm256_setzero_si256();
+    for (int k = 0; k < count; ++k)
+      bit = _mm256_or_si256(bit, _mm256_srlv_epi32(_mm256_set1_epi32(int(words[k])),
+                                                   _mm256_sub_epi32(a, _mm256_set1_epi32(32 * k))));
+    _mm256_storeu_ps(yj + b, _mm256_cvtepi32_ps(_mm256_and_si256(bit, one)));
+    store_addresses(aj + b, a);
+  }
+  for (; b < len; ++b) {
+    int32_t a = 0;
+    for (int l = 0; l < n; ++l) a |= int32_t(rows[l][b] != 0.0f) << l;
+    aj[b] = static_cast<uint8_t>(a);
+    yj[b] = table[a] > 0.0f ? 1.0f : 0.0f;
+  }
+}
+
+inline __m256i load_addresses(const uint8_t* src) {  // 8 bytes -> 8 int32
+  return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(src)));
+}
+
+inline __m256i compact_index8(__m256i a, int l) {
+  const __m256i low = _mm256_and_si256(a, _mm256_set1_epi32((1 << l) - 1));
+  const __m256i high = _mm256_sll_epi32(_mm256_srl_epi32(a, _mm_cvtsi32_si128(l + 1)), _mm_cvtsi32_si128(l));
+  return _mm256_or_si256(low, high);
+}
+
+// v[k] = T[c[k]] for a table of 8*R floats held in R registers: one in-register permute per
+// register, then a tree of blends on the index bits 3, 4, ... (a gather is several times
+// slower on the CPUs we train on).
+template <int R>
+inline __m256 lookup8(const __m256* T, __m256i c) {
+  __m256 v[R];
+  for (int r = 0; r < R; ++r) v[r] = _mm256_permutevar8x32_ps(T[r], c);
+  int width = R;
+  for (int bit = 3; width > 1; ++bit, width /= 2) {
+    const __m256 pick = _mm256_castsi256_ps(_mm256_sll_epi32(c, _mm_cvtsi32_si128(31 - bit)));
+    for (int r = 0; r < width / 2; ++r) v[r] = _mm256_blendv_ps(v[2 * r], v[2 * r + 1], pick);
+  }
+  return v[0];
+}
+
+// For each input bit l: the compact EFD row e_j[l*half ...] in R registers, then over the
+// span's samples out[l][b] (+)= row[c(aj[b], l)] * gj[b]; ACC selects += (dx) or = (gsel).
+template <int R, bool ACC>
+void efd_rows_permute(const float* e_j, int64_t half, const uint8_t* aj, const float* gj, float* const* out,
+                      int n, int64_t len) {
+  for (int l = 0; l < n; ++l) {
+    alignas(32) float buf[8 * R] = {};
+    std::memcpy(buf, e_j + l * half, size_t(half) * sizeof(float));
+    __m256 T[R];
+    for (int r = 0; r < R; ++r) T[r] = _mm256_load_ps(buf + 8 * r);
+    float* o = out[l];
+    int64_t b = 0;
+    for (; b + 8 <= len; b += 8) {
+      const __m256 ev = lookup8<R>(T, compact_index8(load_addresses(aj + b), l));
+      const __m256 term = _mm256_mul_ps(ev, _mm256_loadu_ps(gj + b));
+      _mm256_storeu_ps(o + b, ACC ? _mm256_add_ps(_mm256_loadu_ps(o + b), term) : term);
+    }
+    for (; b < len; ++b) {
+      const float term = buf[compact_index(aj[b], l)] * gj[b];
+      o[b] = ACC ? o[b] + term : term;
+    }
+  }
+}
+
+// The same with a gather from memory, for n = 8 (16 registers would not stay in registers).
+template <bool ACC>
+void efd_rows_gather(const float* e_j, int64_t half, const uint8_t* aj, const float* gj, float* const* out,
+                     int n, int64_t len) {
+  for (int l = 0; l < n; ++l) {
+    const float* row = e_j + l * half;
+    float* o = out[l];
+    int64_t b = 0;
+    for (; b + 8 <= len; b += 8) {
+      const __m256 ev = _mm256_i32gather_ps(row, compact_index8(load_addresses(aj + b), l), 4);
+      const __m256 term = _mm256_mul_ps(ev, _mm256_loadu_ps(gj + b));
+      _mm256_storeu_ps(o + b, ACC ? _mm256_add_ps(_mm256_loadu_ps(o + b), term) : term);
+    }
+    for (; b < len; ++b) {
+      const float term = row[compact_index(aj[b], l)] * gj[b];
+      o[b] = ACC ? o[b] + term : term;
+    }
+  }
+}
+
+template <bool ACC>
+void efd_rows(const float* e_j, int64_t half, const uint8_t* aj, const float* gj, float* const* out, int n,
+              int64_t len) {
+  switch (n) {
+    case 1: case 2: case 3: case 4: return efd_rows_permute<1, ACC>(e_j, half, aj, gj, out, n, len);
+    case 5: return efd_rows_permute<2, ACC>(e_j, half, aj, gj, out, n, len);
+    case 6: return efd_rows_permute<4, ACC>(e_j, half, aj, gj, out, n, len);
+    case 7: return efd_rows_permute<8, ACC>(e_j, half, aj, gj, out, n, len);
+    default: return efd_rows_gather<ACC>(e_j, half, aj, gj, out, n, len);
+  }
+}
+
+// c[l][s] = r[s][l]: the 8x8 transpose of eight rows of eight floats.
+inline void transpose8(const __m256* r, __m256* c) {
+  __m256 t[8], u[8];
+  for (int k = 0; k < 4; ++k) {
+    t[2 * k] = _mm256_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+    t[2 * k + 1] = _mm256_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+  }
+  for (int k = 0; k < 2; ++k) {
+    u[4 * k] = _mm256_shuffle_ps(t[4 * k], t[4 * k + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * k + 1] = _mm256_shuffle_ps(t[4 * k], t[4 * k + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[4 * k + 2] = _mm256_shuffle_ps(t[4 * k + 1], t[4 * k + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * k + 3] = _mm256_shuffle_ps(t[4 * k + 1], t[4 * k + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int k = 0; k < 4; ++k) {
+    c[k] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x20);
+    c[k + 4] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x31);
+  }
+}
+
+// ea[a*8 + l] = e_j[l*half + c(a, l)] for every address a (lanes l >= n zero). Eight
+// addresses a0..a0+7 at a time: for l >= 3 their compact indices are 8 consecutive ones, for
+// l < 3 they are 4 consecutive ones, each twice (bit l removed); then one 8x8 transpose.
+inline void address_major(const float* e_j, int64_t half, int n, float* ea) {
+  const int size = 1 << n;
+  if (n < 3) {
+    for (int a = 0; a < size; ++a)
+      for (int l = 0; l < 8; ++l) ea[a * 8 + l] = l < n ? e_j[l * half + compact_index(a, l)] : 0.0f;
+    return;
+  }
+  const __m256i first4 = _mm256_setr_epi32(-1, -1, -1, -1, 0, 0, 0, 0);
+  __m256i dup[3];
+  for (int l = 0; l < 3; ++l)
+    dup[l] = _mm256_setr_epi32(compact_index(0, l), compact_index(1, l), compact_index(2, l), compact_index(3, l),
+                               compact_index(4, l), compact_index(5, l), compact_index(6, l), compact_index(7, l));
+  __m256 v[8], c[8];
+  for (int a0 = 0; a0 < size; a0 += 8) {
+    for (int l = 0; l < 8; ++l) {
+      if (l >= n) {
+        v[l] = _mm256_setzero_ps();
+      } else if (l >= 3) {
+        v[l] = _mm256_loadu_ps(e_j + l * half + compact_index(a0, l));
+      } else {
+        const __m256 four = _mm256_maskload_ps(e_j + l * half + compact_index(a0, l), first4);
+        v[l] = _mm256_permutevar8x32_ps(four, dup[l]);
+      }
+    }
+    transpose8(v, c);
+    for (int s = 0; s < 8; ++s) _mm256_store_ps(ea + (a0 + s) * 8, c[s]);
+  }
+}
+
+// The input gradient of one LUT over a span, address-major: the LUT's EFD gradients are first
+// laid out as ea[a*8 + l] = E[j, l, a] (one 8-float row per address, lanes >= n zero), so
+// each sample needs one aligned load for all its inputs; eight samples' rows are transposed
+// into one vector per input bit and added to that input's row. Fewer operations per term
+// than a table lookup per input bit (index arithmetic, permutes and blends, or a gather).
+template <>
+void dx_span<float, uint8_t>(const float* e_j, int64_t half, const uint8_t* aj, const float* gj, float* const* drows,
+                             int n, int64_t len) {
+  alignas(32) float ea[256 * 8];
+  address_major(e_j, half, n, ea);
+  int64_t b = 0;
+  __m256 r[8], c[8];
+  for (; b + 8 <= len; b += 8) {
+    for (int s = 0; s < 8; ++s) r[s] = _mm256_load_ps(ea + 8 * aj[b + s]);
+    transpose8(r, c);
+    const __m256 gv = _mm256_loadu_ps(gj + b);
+    for (int l = 0; l < n; ++l) {
+      float* d = drows[l] + b;
+      _mm256_storeu_ps(d, _mm256_add_ps(_mm256_loadu_ps(d), _mm256_mul_ps(c[l], gv)));
+    }
+  }
+  for (; b < len; ++b)
+    for (int l = 0; l < n; ++l) drows[l][b] += ea[8 * aj[b] + l] * gj[b];
+}
+
+template <>
+void gsel_span<float, uint8_t>(const float* e_j, int64_t half, const uint8_t* aj, const float* gj,
+                               float* const* orows, int n, int64_t len) {
+  efd_rows<false>(e_j, half, aj, gj, orows, n, len);
+}
+#endif
+
+// ------------------------------------------------------------------------- LUT forward
+
+// addr[j, b] = sum_l [x[map[j, l], b] != 0] << l;  y[j, b] = [luts[j, addr[j, b]] > 0].
+// Parallel over LUTs, each over the whole batch (long rows prefetch best).
+template <typename scalar_t, typename addr_t>
+void lut_forward_impl(const scalar_t* x, const int64_t* map, const scalar_t* luts, scalar_t* y,
+                      addr_t* addr, int64_t out, int64_t n, int64_t batch) {
+  const int64_t size = int64_t(1) << n;
+  at::parallel_for(0, out, 16, [&](int64_t j0, int64_t j1) {
+    const scalar_t* rows[kMaxFanIn];
+    for (int64_t j = j0; j < j1; ++j) {
+      for (int64_t l = 0; l < n; ++l) rows[l] = x + map[j * n + l] * batch;
+      forward_span<scalar_t, addr_t>(rows, int(n), luts + j * size, y + j * batch, addr + j * batch, batch);
+    }
+  });
+}
+
+// ------------------------------------------------------------------------- LUT backward
+
+// dx[map[j, l], b] = sum over (j, l) reading that row, in increasing j*n + l (the order of
+// the reference's CSR product), of E[j, l, c(addr[j, b], l)] * g[j, b].  Parallel over
+// batch tiles: each task owns dx[:, tile] and needs no atomics.
+template <typename scalar_t, typename addr_t>
+void lut_dx_impl(const scalar_t* e, const addr_t* addr, const scalar_t* g, const int64_t* map,
+                 scalar_t* dx, int64_t in, int64_t out, int64_t n, int64_t batch, int64_t forced) {
+  const int64_t tile = batch_tile(batch, forced);
+  const int64_t ntiles = (batch + tile - 1) / tile;
+  const int64_t half = int64_t(1) << (n - 1);
+  at::parallel_for(0, ntiles, 1, [&](int64_t t0, int64_t t1) {
+    scalar_t* drows[kMaxFanIn];
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b0 = t * tile, len = std::min(tile, batch - b0);
+      for (int64_t i = 0; i < in; ++i) std::fill(dx + i * batch + b0, dx + i * batch + b0 + len, scalar_t(0));
+      for (int64_t j = 0; j < out; ++j) {
+        for (int64_t l = 0; l < n; ++l) drows[l] = dx + map[j * n + l] * batch + b0;
+        dx_span<scalar_t, addr_t>(e + j * n * half, half, addr + j * batch + b0, g + j * batch + b0, drows, int(n), len);
+      }
+    }
+  });
+}
+
+// gsel[j*n + l, b] = E[j, l, c(addr[j, b], l)] * g[j, b]: the EFD gradient of every selected
+// input, which the learnable mapping's products consume. Parallel over LUTs.
+template <typename scalar_t, typename addr_t>
+void lut_gsel_impl(const scalar_t* e, const addr_t* addr, const scalar_t* g, scalar_t* gsel,
+                   int64_t out, int64_t n, int64_t batch) {
+  const int64_t half = int64_t(1) << (n - 1);
+  at::parallel_for(0, out, 16, [&](int64_t j0, int64_t j1) {
+    scalar_t* orows[kMaxFanIn];
+    for (int64_t j = j0; j < j1; ++j) {
+      for (int64_t l = 0; l < n; ++l) orows[l] = gsel + (j * n + l) * batch;
+      gsel_span<scalar_t, addr_t>(e + j * n * half, half, addr + j * batch, g + j * batch, orows, int(n), batch);
+    }
+  });
+}
+
+// dluts[j, a] = sum of g[j, b] over the samples b with addr[j, b] = a (straight-through).
+// Four interleaved partial histograms break the store-to-load chains of a skewed address
+// distribution; they are combined in a fixed order, so the result is deterministic.
+template <typename scalar_t, typename addr_t>
+void lut_dluts_impl(const addr_t* addr, const scalar_t* g, scalar_t* dluts, int64_t out, int64_t n,
+                    int64_t batch) {
+  const int64_t size = int64_t(1) << n;
+  at::parallel_for(0, out, 16, [&](int64_t j0, int64_t j1) {
+    std::vector<scalar_t> part(4 * size);
+    for (int64_t j = j0; j < j1; ++j) {
+      std::fill(part.begin(), part.end(), scalar_t(0));
+      const addr_t* aj = addr + j * batch;
+      const scalar_t* gj = g + j * batch;
+      int64_t b = 0;
+      for (; b + 4 <= batch; b += 4)
+        for (int64_t k = 0; k < 4; ++k) part[k * size + aj[b + k]] += gj[b + k];
+      for (; b < batch; ++b) part[aj[b]] += gj[b];
+      scalar_t* dj = dluts + j * size;
+      for (int64_t a = 0; a < size; ++a)
+        dj[a] = (part[a] + part[size + a]) + (part[2 * size + a] + part[3 * size + a]);
+    }
+  });
+}
+
+// ------------------------------------------------------------------------- thermometer
+
+// bits[f*T + t, b] = [x[b, f] > theta[f, t]]. Parallel over features.
+template <typename scalar_t>
+void thermometer_forward_impl(const scalar_t* x, const scalar_t* theta, scalar_t* bits, int64_t batch,
+                              int64_t features, int64_t nthr) {
+  at::parallel_for(0, features, 1, [&](int64_t f0, int64_t f1) {
+    std::vector<scalar_t> col(batch);
+    for (int64_t f = f0; f < f1; ++f) {
+      for (int64_t b = 0; b < batch; ++b) col[b] = x[b * features + f];
+      for (int64_t t = 0; t < nthr; ++t) {
+        const scalar_t th = theta[f * nthr + t];
+        scalar_t* o = bits + (f * nthr + t) * batch;
+        for (int64_t b = 0; b < batch; ++b) o[b] = col[b] > th ? scalar_t(1) : scalar_t(0);
+      }
+    }
+  });
+}
+
+// dx[b, f] = (sum_t max(0, 1 - |x[b, f] - theta[f, t]| / w[f]) * g[f*T + t, b]) / w[f], each
+// step rounded as the reference's in-place chain rounds it, summed in increasing t.
+template <typename scalar_t>
+void thermometer_backward_impl(const scalar_t* x, const scalar_t* theta, const scalar_t* width,
+                               const scalar_t* g, scalar_t* dx, int64_t batch, int64_t features,
+                               int64_t nthr) {
+  at::parallel_for(0, features, 1, [&](int64_t f0, int64_t f1) {
+    std::vector<scalar_t> col(batch), acc(batch);
+    for (int64_t f = f0; f < f1; ++f) {
+      const scalar_t w = width[f];
+      for (int64_t b = 0; b < batch; ++b) col[b] = x[b * features + f];
+      std::fill(acc.begin(), acc.end(), scalar_t(0));
+      for (int64_t t = 0; t < nthr; ++t) {
+        const scalar_t th = theta[f * nthr + t];
+        const scalar_t* gt = g + (f * nthr + t) * batch;
+        for (int64_t b = 0; b < batch; ++b) {
+          scalar_t tri = scalar_t(1) - std::fabs(col[b] - th) / w;
+          tri = tri < scalar_t(0) ? scalar_t(0) : tri;  // NaN stays NaN, as clamp_ keeps it
+          acc[b] += tri * gt[b];
+        }
+      }
+      for (int64_t b = 0; b < batch; ++b) dx[b * features + f] = acc[b] / w;
+    }
+  });
+}
+
+// ------------------------------------------------------------------------- group sum
+
+// counts[b, c] = sum_{m < k} rows[c*k + m, b], summed in increasing m: the group popcount
+// of the LUT path's rows, written straight into the (batch, C) layout the block uses.
+template <typename scalar_t>
+void group_sum_forward_impl(const scalar_t* rows, scalar_t* counts, int64_t groups, int64_t k, int64_t batch) {
+  at::parallel_for(0, groups, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<scalar_t> acc(batch);
+    for (int64_t c = c0; c < c1; ++c) {
+      std::fill(acc.begin(), acc.end(), scalar_t(0));
+      for (int64_t m = 0; m < k; ++m) {
+        const scalar_t* r = rows + (c * k + m) * batch;
+        for (int64_t b = 0; b < batch; ++b) acc[b] += r[b];
+      }
+      for (int64_t b = 0; b < batch; ++b) counts[b * groups + c] = acc[b];
+    }
+  });
+}
+
+// drows[c*k + m, b] = g[b, c]: the sum's gradient, broadcast back into the rows layout.
+template <typename scalar_t>
+void group_sum_backward_impl(const scalar_t* g, scalar_t* drows, int64_t groups, int64_t k, int64_t batch) {
+  at::parallel_for(0, groups, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<scalar_t> col(batch);
+    for (int64_t c = c0; c < c1; ++c) {
+      for (int64_t b = 0; b < batch; ++b) col[b] = g[b * groups + c];
+      for (int64_t m = 0; m < k; ++m) std::copy(col.begin(), col.end(), drows + (c * k + m) * batch);
+    }
+  });
+}
+
+// ------------------------------------------------------------------------- op wrappers
+
+// Calls f(scalar_t{}) with the scalar type of `values`, float32 or float64.
+template <typename F>
+void dispatch_scalar(const at::Tensor& values, F&& f) {
+  if (values.scalar_type() == at::kFloat) {
+    f(float{});
+  } else {
+    TORCH_CHECK(values.scalar_type() == at::kDouble, "quweit_lut: values must be float32 or float64");
+    f(double{});
+  }
+}
+
+void check_cpu_contiguous(std::initializer_list<const at::Tensor*> tensors, const char* op) {
+  for (const at::Tensor* t : tensors) {
+    TORCH_CHECK(t->device().is_cpu(), "quweit_lut.", op, ": every tensor must be on the CPU");
+    TORCH_CHECK(t->is_contiguous(), "quweit_lut.", op, ": every tensor must be contiguous");
+  }
+}
+
+// Calls f(scalar_t{}, addr_t{}) with the scalar type of `values` and the address type of `addr`.
+template <typename F>
+void dispatch_types(const at::Tensor& values, const at::Tensor& addr, F&& f) {
+  const bool small = addr.scalar_type() == at::kByte;
+  TORCH_CHECK(small || addr.scalar_type() == at::kInt, "quweit_lut: addresses must be uint8 or int32");
+  dispatch_scalar(values, [&](auto s) { small ? f(s, uint8_t{}) : f(s, int32_t{}); });
+}
+
+void lut_forward(const at::Tensor& x, const at::Tensor& mapping, const at::Tensor& luts, at::Tensor& y,
+                 at::Tensor& addr) {
+  check_cpu_contiguous({&x, &mapping, &luts, &y, &addr}, "lut_forward");
+  const int64_t out = luts.size(0), n = mapping.numel() / out;
+  dispatch_types(x, addr, [&](auto s, auto a) {
+    using scalar_t = decltype(s);
+    using addr_t = decltype(a);
+    lut_forward_impl<scalar_t, addr_t>(x.data_ptr<scalar_t>(), mapping.data_ptr<int64_t>(),
+                                       luts.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
+                                       static_cast<addr_t*>(addr.data_ptr()), out, n, x.size(1));
+  });
+}
+
+void lut_dx(const at::Tensor& e, const at::Tensor& addr, const at::Tensor& g, const at::Tensor& mapping,
+            at::Tensor& dx, int64_t tile) {
+  check_cpu_contiguous({&e, &addr, &g, &mapping, &dx}, "lut_dx");
+  dispatch_types(g, addr, [&](auto s, auto a) {
+    using scalar_t = decltype(s);
+    using addr_t = decltype(a);
+    lut_dx_impl<scalar_t, addr_t>(e.data_ptr<scalar_t>(), static_cast<const addr_t*>(addr.data_ptr()),
+                                  g.data_ptr<scalar_t>(), mapping.data_ptr<int64_t>(), dx.data_ptr<scalar_t>(),
+                                  dx.size(0), e.size(0), e.size(1), g.size(1), tile);
+  });
+}
+
+void lut_gsel(const at::Tensor& e, const at::Tensor& addr, const at::Tensor& g, at::Tensor& gsel) {
+  check_cpu_contiguous({&e, &addr, &g, &gsel}, "lut_gsel");
+  dispatch_types(g, addr, [&](auto s, auto a) {
+    using scalar_t = decltype(s);
+    using addr_t = decltype(a);
+    lut_gsel_impl<scalar_t, addr_t>(e.data_ptr<scalar_t>(), static_cast<const addr_t*>(addr.data_ptr()),
+                                    g.data_ptr<scalar_t>(), gsel.data_ptr<scalar_t>(), e.size(0), e.size(1),
+                                    g.size(1));
+  });
+}
+
+void lut_dluts(const at::Tensor& addr, const at::Tensor& g, at::Tensor& dluts) {
+  check_cpu_contiguous({&addr, &g, &dluts}, "lut_dluts");
+  int64_t n = 0;
+  while ((int64_t(1) << n) < dluts.size(1)) ++n;
+  dispatch_types(g, addr, [&](auto s, auto a) {
+    using scalar_t = decltype(s);
+    using addr_t = decltype(a);
+    lut_dluts_impl<scalar_t, addr_t>(static_cast<const addr_t*>(addr.data_ptr()), g.data_ptr<scalar_t>(),
+                                     dluts.data_ptr<scalar_t>(), dluts.size(0), n, g.size(1));
+  });
+}
+
+void thermometer_forward(const at::Tensor& x, const at::Tensor& theta, at::Tensor& bits) {
+  check_cpu_contiguous({&x, &theta, &bits}, "thermometer_forward");
+  dispatch_scalar(x, [&](auto s) {
+    using scalar_t = decltype(s);
+    thermometer_forward_impl<scalar_t>(x.data_ptr<scalar_t>(), theta.data_ptr<scalar_t>(),
+                                       bits.data_ptr<scalar_t>(), x.size(0), x.size(1), theta.size(1));
+  });
+}
+
+void thermometer_backward(const at::Tensor& x, const at::Tensor& theta, const at::Tensor& width,
+                          const at::Tensor& g, at::Tensor& dx) {
+  check_cpu_contiguous({&x, &theta, &width, &g, &dx}, "thermometer_backward");
+  dispatch_scalar(x, [&](auto s) {
+    using scalar_t = decltype(s);
+    thermometer_backward_impl<scalar_t>(x.data_ptr<scalar_t>(), theta.data_ptr<scalar_t>(),
+                                        width.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
+                                        dx.data_ptr<scalar_t>(), x.size(0), x.size(1), theta.size(1));
+  });
+}
+
+void group_sum_forward(const at::Tensor& rows, at::Tensor& counts) {
+  check_cpu_contiguous({&rows, &counts}, "group_sum_forward");
+  dispatch_scalar(rows, [&](auto s) {
+    using scalar_t = decltype(s);
+    const int64_t groups = counts.size(1);
+    group_sum_forward_impl<scalar_t>(rows.data_ptr<scalar_t>(), counts.data_ptr<scalar_t>(), groups,
+                                     rows.size(0) / groups, rows.size(1));
+  });
+}
+
+void group_sum_backward(const at::Tensor& g, at::Tensor& drows) {
+  check_cpu_contiguous({&g, &drows}, "group_sum_backward");
+  dispatch_scalar(g, [&](auto s) {
+    using scalar_t = decltype(s);
+    const int64_t groups = g.size(1);
+    group_sum_backward_impl<scalar_t>(g.data_ptr<scalar_t>(), drows.data_ptr<scalar_t>(), groups,
+                                      drows.size(0) / groups, drows.size(1));
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY(quweit_lut, m) {
+  m.def("lut_forward(Tensor x, Tensor mapping, Tensor luts, Tensor(a!) y, Tensor(b!) addr) -> ()", &lut_forward);
+  m.def("lut_dx(Tensor e, Tensor addr, Tensor g, Tensor mapping, Tensor(a!) dx, int tile=0) -> ()", &lut_dx);
+  m.def("lut_gsel(Tensor e, Tensor addr, Tensor g, Tensor(a!) gsel) -> ()", &lut_gsel);
+  m.def("lut_dluts(Tensor addr, Tensor g, Tensor(a!) dluts) -> ()", &lut_dluts);
+  m.def("thermometer_forward(Tensor x, Tensor theta, Tensor(a!) bits) -> ()", &thermometer_forward);
+  m.def("thermometer_backward(Tensor x, Tensor theta, Tensor width, Tensor g, Tensor(a!) dx) -> ()",
+        &thermometer_backward);
+  m.def("group_sum_forward(Tensor rows, Tensor(a!) counts) -> ()", &group_sum_forward);
+  m.def("group_sum_backward(Tensor g, Tensor(a!) drows) -> ()", &group_sum_backward);
+}
