@@ -3,12 +3,13 @@
 from pathlib import Path
 
 from ..resources import REFERENCE
+from .options import input_folder
 
 
 def configure(parser):
     parser.add_argument("--board", default="ulx3s", help="board variant from boards/ (default ulx3s = 85F)")
-    parser.add_argument("--bundle", default=None, help="bundle folder (default: the shipped reference bundle)")
-    parser.add_argument("-o", "--out", default=None, help="build folder (default hw/<bundle>/<board>/)")
+    parser.add_argument("--bundle", type=input_folder, default=None, help="bundle folder (default: the shipped reference bundle)")
+    parser.add_argument("-o", "--out", type=input_folder, default=None, help="build folder (default hw/<bundle>/<board>/)")
 
 
 def run(args):
