@@ -6,6 +6,7 @@ import dataclasses
 import os
 import stat
 import time
+from pathlib import Path
 
 import pytest
 
@@ -30,9 +31,11 @@ def place(tmp_path, monkeypatch):
     return tmp_path
 
 
-def tree(root):
-    """Every path under `root` with its size and mtime, to see that nothing was written."""
-    return sorted((str(p.relative_to(root)), p.lstat().st_size, p.lstat().st_mtime_ns) for p in root.rglob("*"))
+def tree(root, folders=True):
+    """Every path under `root` with its size and mtime, to see that nothing was written (with
+    folders=False, folders' own mtimes, which temporary siblings change, are left out)."""
+    return sorted((str(p.relative_to(root)), p.lstat().st_size,
+                   p.lstat().st_mtime_ns if folders or not p.is_dir() else 0) for p in root.rglob("*"))
 
 
 def one_line_error(argv, needles, capsys, root):
@@ -383,3 +386,68 @@ def test_eval_draws_no_progress_bar_when_stderr_is_not_a_terminal(capsys):
     assert cli.main(["eval", "--mlp-backend", "golden", "--limit", "16", "--batch-size", "8"]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("golden: accuracy") and captured.err == ""
+
+
+@pytest.fixture
+def tiny_run(place):
+    """A tiny LUT ViT checkpoint in runs/tiny/, and a previous `build` of it in hw/tiny/."""
+    import torch
+
+    from quweit_hw.model.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
+    from quweit_hw.model.data import calibrate_lut_mlps
+    from quweit_hw.model.lutmlp import LUTMLPConfig
+    from quweit_hw.model.vit import ViT, ViTConfig
+
+    torch.manual_seed(0)
+    lut = LUTMLPConfig(d=8, thresholds=4, n=3, hidden=(), group_size=4, window=16)
+    model = ViT(ViTConfig(image_size=8, patch=4, classes=3, d=8, depth=1, heads=2, mlp="lut", lut=lut))
+    calibrate_lut_mlps(model, [torch.randn(16, 1, 8, 8)])
+    ckpt = place / "runs" / "tiny" / "checkpoint.pt"
+    save_checkpoint(ckpt, {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "task": "fashion-mnist",
+                           "arch": "vit", "config": dataclasses.asdict(model.config),
+                           "state_dict": model.state_dict(), "metrics": []})
+    for folder, name, text in (("bundle", "manifest.json", "previous manifest"), ("bundle", "README", "mine"),
+                               ("ulx3s-12f", "top.bit", "previous bitstream")):
+        (place / "hw" / "tiny" / folder).mkdir(parents=True, exist_ok=True)
+        (place / "hw" / "tiny" / folder / name).write_text(text)
+    return ckpt
+
+
+@pytest.mark.parametrize("failure", [UserError("the tools failed"), KeyboardInterrupt()])
+def test_a_failed_or_interrupted_build_leaves_the_previous_bundle_and_bitstream(failure, tiny_run, place, capsys,
+                                                                                 monkeypatch):
+    import quweit_hw.gateware.synth as synth
+
+    def fails(top, board, out, **kw):
+        (out / "top.bit").write_text("half")
+        raise failure
+
+    monkeypatch.setattr(synth, "build_top", fails)
+    before = tree(place / "hw", folders=False)
+    rc = cli.main(["build", str(tiny_run), "--board", "ulx3s-12f", "--check-tokens", "8"])
+    assert rc == (2 if isinstance(failure, UserError) else 130), capsys.readouterr().err
+    assert tree(place / "hw", folders=False) == before  # bundle, bitstream and no hidden leftovers
+
+
+def test_a_build_that_succeeds_replaces_both_and_keeps_foreign_files(tiny_run, place, capsys, monkeypatch):
+    import json
+
+    import quweit_hw.gateware.synth as synth
+
+    def tools(top, board, out, **kw):  # what Yosys, nextpnr and ecppack leave, in miniature
+        (out / "top.bit").write_text("new bitstream")
+        (out / "top.json").write_text(json.dumps({"modules": {"top": {"attributes": {"top": 1}, "cells": {}}}}))
+        (out / "nextpnr-report.json").write_text(json.dumps({"utilization": {}, "fmax": {
+            "clk": {"achieved": 80.0, "constraint": 75.0}, "engine_clk": {"achieved": 160.0, "constraint": 150.0}}}))
+
+    monkeypatch.setattr(synth, "build_top", tools)
+    assert cli.main(["build", str(tiny_run), "--board", "ulx3s-12f", "--check-tokens", "8"]) == 0
+    work = place / "hw" / "tiny"
+    assert (work / "bundle" / "README").read_text() == "mine"
+    assert json.loads((work / "bundle" / "manifest.json").read_text())["format"] == "quweit-bundle"
+    build = work / "ulx3s-12f"
+    assert (build / "top.bit").read_text() == "new bitstream" and (build / "rtl" / "block0" / "mlp_engine.v").is_file()
+    report = json.loads((build / "report.json").read_text())
+    assert report["bitstream"] == str(Path("hw") / "tiny" / "ulx3s-12f" / "top.bit")
+    assert report["bundle"] == str(Path("hw") / "tiny" / "bundle") and "steps_seconds" in report
+    assert sorted(p.name for p in work.iterdir()) == ["bundle", "ulx3s-12f"]

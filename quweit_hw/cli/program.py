@@ -18,12 +18,13 @@ def run(args):
 
     from ..contract.boards import load_board
     from ..errors import UserError
-    from ..gateware.toolchain import TOP, tool_environment
+    from ..gateware.toolchain import TOP, check_tools, tool_environment
 
     board = load_board(args.board)
     out = Path(args.out) if args.out else Path("hw") / Path(args.bundle or REFERENCE).name / board.name
     if not (out / f"{TOP}.bit").exists():
         raise UserError(f"no bitstream at {str(out / (TOP + '.bit'))!r}: run `quweit-hw synth --board {board.name}` first")
+    check_tools(("OPENFPGALOADER",))
     with tool_environment():
         board.platform_class()().toolchain_program(LocalBuildProducts(str(out)), TOP)
     return 0

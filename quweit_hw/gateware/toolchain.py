@@ -60,7 +60,8 @@ def check_tools(variables=BUILD_TOOLS, timeout=120):
         except subprocess.TimeoutExpired:
             raise UserError(f"{name} {which} did not answer `{VERSION_ARGS[var]}` in {timeout} s; {fix}") from None
         if done.returncode:
-            tail = ((done.stderr or done.stdout).strip().splitlines() or [""])[-1]
+            # the last line of its complaint, else the first line it printed
+            tail = (done.stderr.strip().splitlines()[-1:] or done.stdout.strip().splitlines()[:1] or [""])[0]
             raise UserError(f"{name} {which} fails `{VERSION_ARGS[var]}` (exit {done.returncode}"
                             f"{': ' + tail if tail else ''}); {fix}")
         _working.add((var, command))
