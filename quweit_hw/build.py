@@ -2,16 +2,21 @@
 
 Checkpoint -> bundle (torch side) -> RTL and an Amaranth-simulation check against the
 golden model -> Yosys, nextpnr-ecp5, ecppack and the report (gateware side).
+
+Nothing half-finishes: the bundle and the build folder are filled in temporary folders and
+moved into place only when every step has succeeded, so a failure or Ctrl-C leaves the
+previous build (and its bundle) as it was.
 """
 
-import json
+import dataclasses
 import time
 from pathlib import Path
 
-from .contract.bundle_files import load_bundle
-from .gateware.report import report_markdown
+from .contract.bundle_files import _not_bundle_file, load_bundle
+from .contract.folders import atomic_folder, check_output_folder
 from .gateware.simulation import check_engine
-from .gateware.synth import choose_engines, synth
+from .gateware.synth import build_folder, choose_engines, make_top, run_build, write_report
+from .gateware.toolchain import check_tools
 from .gateware.verilog import write_rtl
 from .model.export import export_checkpoint
 
@@ -31,31 +36,44 @@ class StepTimer:
         return round(time.perf_counter() - self.start, 1)
 
 
+def work_dir(checkpoint):
+    """The default work folder of a checkpoint: hw/<run>/, <run> being the checkpoint's folder name."""
+    return Path("hw") / Path(checkpoint).resolve().parent.name
+
+
 def build(checkpoint, board, *, bundle_out=None, force=False, out=None, blocks=None, check_tokens=256, seed=None):
     """Checkpoint -> bitstream on `board` (a BoardConfig); returns the report (also written to
-    OUT/report.json and report.md). The default work folder is hw/<run>/ (<run>: the
-    checkpoint's folder name); its bundle (hw/<run>/bundle) is build output, replaced each build."""
+    OUT/report.json and report.md). The default work folder is hw/<run>/ (see `work_dir`); its
+    bundle (hw/<run>/bundle) is build output, replaced each build; the build folder is
+    OUT (default hw/<run>/<board>/), with the RTL of each block in OUT/rtl/block<I>."""
+    check_tools()
     timer = StepTimer()
-    work = Path("hw") / Path(checkpoint).resolve().parent.name
-    t = time.perf_counter()
+    work = work_dir(checkpoint)
     bundle_out = Path(bundle_out) if bundle_out else work / "bundle"
-    bundle = load_bundle(export_checkpoint(checkpoint, bundle_out, force=force or bundle_out == work / "bundle"))
-    timer.done("export", t)
+    replace_bundle = force or bundle_out == work / "bundle"
     out = Path(out) if out else work / board.name
-    engines = choose_engines(bundle, board, blocks)  # the fit error comes first
+    check_output_folder(bundle_out, replace_bundle)
+    check_output_folder(out, True)
     t = time.perf_counter()
-    for i, _ in engines:
-        write_rtl(bundle, out / "rtl" / f"block{i}", block_index=i, registers=board.registers, force=True)
-    timer.done("rtl", t)
-    t = time.perf_counter()
-    for i, _ in engines:
-        check_engine(bundle.block(i), check_tokens, registers=board.registers)
-    timer.done(f"simulation check ({check_tokens} tokens per block vs golden)", t)
-    t = time.perf_counter()
-    report = synth(bundle, board, blocks=blocks, out=out, seed=seed)
-    timer.done("synthesis, place and route, bitstream", t)
-    report["steps_seconds"] = timer.steps
-    report["checkpoint_to_bitstream_seconds"] = timer.total
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(report_markdown(report))
+    with atomic_folder(bundle_out, force=replace_bundle, keep=_not_bundle_file) as staged_bundle, \
+            build_folder(out) as tmp:
+        export_checkpoint(checkpoint, staged_bundle, force=True)
+        bundle = dataclasses.replace(load_bundle(staged_bundle), path=bundle_out)
+        timer.done("export", t)
+        engines = choose_engines(bundle, board, blocks)  # the fit error comes first
+        t = time.perf_counter()
+        for i, _ in engines:
+            write_rtl(bundle, tmp / "rtl" / f"block{i}", block_index=i, registers=board.registers)
+        timer.done("rtl", t)
+        t = time.perf_counter()
+        for i, _ in engines:
+            check_engine(bundle.block(i), check_tokens, registers=board.registers)
+        timer.done(f"simulation check ({check_tokens} tokens per block vs golden)", t)
+        t = time.perf_counter()
+        top, core = make_top(bundle, board, blocks)
+        report = run_build(top, core, bundle, board, tmp, out, seed=seed)
+        timer.done("synthesis, place and route, bitstream", t)
+        report["steps_seconds"] = timer.steps
+        report["checkpoint_to_bitstream_seconds"] = timer.total
+        write_report(tmp, report)
     return report

@@ -137,6 +137,9 @@ def test_bad_arguments_give_one_line_errors(corpus, dense_ckpt, tmp_path, capsys
     one_line_error(["train"], "--task is required")
     one_line_error(["train", "--task", "text", "--mlp", "sparse"], "'sparse'")
     one_line_error(["train", "--task", "text", "--text", str(tmp_path / "none"), "--out", str(tmp_path / "e")],
+                   "--text", "no such file or folder")
+    (tmp_path / "empty").mkdir()
+    one_line_error(["train", "--task", "text", "--text", str(tmp_path / "empty"), "--out", str(tmp_path / "e")],
                    "no text found")
     monkeypatch.setattr(data, "FASHION_MNIST_DIR", tmp_path / "no-fashion")
     one_line_error(["train", "--task", "fashion-mnist", "--out", str(tmp_path / "f")], "dataset-fashion-mnist")
@@ -157,3 +160,20 @@ def test_bad_arguments_give_one_line_errors(corpus, dense_ckpt, tmp_path, capsys
                    "pass --resume")
     with pytest.raises(UserError, match="not a torch checkpoint"):
         checkpoint.load_checkpoint(tmp_path / "junk.pt")
+    one_line_error(["train", "--task", "text", "--lr", "nan"], "--lr", "'nan'", "finite")
+    one_line_error(["train", "--task", "text", "--train-limit", "0"], "--train-limit", "'0'")
+
+
+def test_resume_refuses_options_that_differ_from_the_run(dense_ckpt, capsys):
+    run_dir = str(dense_ckpt.parent)
+    for option, value, stored in (("--lr", "0.5", "0.003"), ("--task", "fashion-mnist", "'text'"),
+                                  ("--weight-decay", "0", "0.05"), ("--d", "32", "16")):
+        rc, err = run(["train", "--out", run_dir, "--resume", option, value], capsys)
+        assert rc == 2 and err.count("\n") == 1, err
+        assert f"{option} " in err and f"differs from the run's {stored}" in err, err
+    before = dense_ckpt.stat().st_mtime_ns
+    # options equal to the run's, and those --resume takes (epochs, threads, progress), are accepted
+    rc, err = run(["train", "--out", run_dir, "--resume", "--lr", "3e-3", "--task", "text", "--epochs", "2",
+                   "--threads", "1", "--no-progress"], capsys)
+    assert rc == 0, err
+    assert dense_ckpt.stat().st_mtime_ns == before  # already 2 epochs: nothing to do

@@ -3,33 +3,41 @@
 from pathlib import Path
 
 from ..errors import UserError
+from .options import nonnegative_int, output_folder, positive_float, positive_int
 
 
-def add_board_options(parser):
-    parser.add_argument("--board", default="ulx3s", help="board variant from boards/ (default ulx3s = 85F)")
-    parser.add_argument("--block", type=int, action="append", default=None, metavar="I",
+def add_board_options(parser, out_default="hw/<bundle>/<board>/"):
+    parser.add_argument("--board", default="ulx3s", help="board variant from boards/ (ulx3s = 85F)")
+    parser.add_argument("--block", type=nonnegative_int, action="append", default=None, metavar="I",
                         help="build only bundle block I (repeatable; default: all blocks when they fit)")
-    parser.add_argument("--clock-mhz", type=float, default=None,
+    parser.add_argument("--clock-mhz", type=positive_float, default=None,
                         help="system clock: link and UART, and the engines unless --engine-clock-mhz "
                              "(default: the board's clock_hz)")
-    parser.add_argument("--engine-clock-mhz", type=float, default=None,
+    parser.add_argument("--engine-clock-mhz", type=positive_float, default=None,
                         help="run the engines on a clock of their own, at least --clock-mhz, from the PLL's "
-                             "second output (default: the board's engine_clock_hz, or one clock)")
-    parser.add_argument("--baud", type=int, default=None, help="UART baud rate (default: the board's baud)")
-    parser.add_argument("-o", "--out", default=None, help="build folder (default hw/<bundle>/<board>/)")
-    parser.add_argument("--seed", type=int, default=None, help="nextpnr placer seed")
+                             "second output; equal to --clock-mhz: one clock (default: the board's "
+                             "engine_clock_hz, or one clock)")
+    parser.add_argument("--baud", type=positive_int, default=None, help="UART baud rate (default: the board's baud)")
+    parser.add_argument("-o", "--out", type=output_folder, default=None,
+                        help=f"build folder, replaced only when a build succeeds (default {out_default})")
+    parser.add_argument("--seed", type=nonnegative_int, default=None,
+                        help="nextpnr placer seed (default: nextpnr's)")
 
 
 def board_from(args):
-    """The BoardConfig the options ask for."""
-    from ..contract.boards import load_board
+    """The BoardConfig the options ask for, its clocks and baud rate checked (PLL, UART divisor)."""
+    from ..contract.boards import check_clocks, load_board
 
-    clock = int(args.clock_mhz * 1e6) if args.clock_mhz else None
-    engine_clock = int(args.engine_clock_mhz * 1e6) if args.engine_clock_mhz else None
+    clock = round(args.clock_mhz * 1e6) if args.clock_mhz else None
+    engine_clock = round(args.engine_clock_mhz * 1e6) if args.engine_clock_mhz else None
+    given = " ".join(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}" for flag, value in (("--clock-mhz", args.clock_mhz),
+                     ("--engine-clock-mhz", args.engine_clock_mhz), ("--baud", args.baud)) if value is not None)
     try:
-        return load_board(args.board, clock_hz=clock, baud=args.baud, engine_clock_hz=engine_clock)
+        board = load_board(args.board, clock_hz=clock, baud=args.baud, engine_clock_hz=engine_clock)
+        check_clocks(board, board.platform_class()().default_clk_frequency)
     except ValueError as e:
-        raise UserError(str(e)) from None
+        raise UserError(f"{given + ': ' if given else ''}{e}") from None
+    return board
 
 
 def print_report(report):

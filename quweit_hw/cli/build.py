@@ -1,20 +1,24 @@
 """`quweit-hw build`."""
 
 from .board_options import add_board_options, board_from, print_report
+from .options import input_file, output_folder, positive_int
 
 
 def configure(parser):
-    parser.add_argument("checkpoint", help="training checkpoint (.pt)")
-    parser.add_argument("--bundle-out", default=None,
-                        help="bundle folder to export to (default hw/<run>/bundle, replaced each build)")
+    parser.add_argument("checkpoint", type=input_file, help="training checkpoint (.pt)")
+    parser.add_argument("--bundle-out", type=output_folder, default=None,
+                        help="bundle folder to export to (default hw/<run>/bundle, replaced by each build)")
     parser.add_argument("--force", action="store_true", help="replace an existing --bundle-out folder")
-    parser.add_argument("--check-tokens", type=int, default=256, help="tokens per block in the simulation check")
-    add_board_options(parser)
+    parser.add_argument("--check-tokens", type=positive_int, default=256,
+                        help="tokens per block in the simulation check")
+    add_board_options(parser, out_default="hw/<run>/<board>/, <run> being the checkpoint's folder name")
 
 
 def run(args):
     from ..build import build
+    from ..gateware.toolchain import check_tools
 
+    check_tools()  # before the checkpoint is exported or an engine elaborated
     report = build(args.checkpoint, board_from(args), bundle_out=args.bundle_out, force=args.force, out=args.out,
                    blocks=args.block, check_tokens=args.check_tokens, seed=args.seed)
     print(f"checkpoint -> bitstream in {report['checkpoint_to_bitstream_seconds']} s")

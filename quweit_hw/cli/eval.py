@@ -1,33 +1,37 @@
 """`quweit-hw eval`."""
 
+import sys
+
 from ..backends import BACKENDS
-from ..errors import UserError
 from ..resources import REFERENCE_CHECKPOINT
+from .options import input_file, input_folder, positive_int
 
 
 def configure(parser):
-    parser.add_argument("checkpoint", nargs="?", default=str(REFERENCE_CHECKPOINT),
+    parser.add_argument("checkpoint", nargs="?", type=input_file, default=str(REFERENCE_CHECKPOINT),
                         help="checkpoint (default: the shipped reference model)")
     parser.add_argument("--mlp-backend", choices=BACKENDS, default="torch",
                         help="where the LUT-MLP blocks run: torch eval, the golden model, the simulated Verilog, or the board")
-    parser.add_argument("--bundle", help="bundle exported from the checkpoint (default: export it to a temporary folder)")
-    parser.add_argument("--split", default="test", help="data split (fashion-mnist: train|test; text: train|val)")
-    parser.add_argument("--limit", type=int, help="evaluate only the first LIMIT inputs")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--bundle", type=input_folder,
+                        help="bundle exported from the checkpoint (default: export it to a temporary folder)")
+    parser.add_argument("--split", choices=("train", "test", "val"), default="test",
+                        help="data split (fashion-mnist: train|test; text: train|val, test meaning val)")
+    parser.add_argument("--limit", type=positive_int, help="evaluate only the first LIMIT inputs (default: all)")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="inputs per batch")
     parser.add_argument("--compare", action="store_true",
                         help="also run torch: check every token's counts and every prediction; exit 1 on any difference")
-    parser.add_argument("--port", help="serial port of the board (--mlp-backend board)")
+    parser.add_argument("--port", help="serial port of the board (--mlp-backend board; default: none, required there)")
     parser.add_argument("--sim", choices=("verilator", "icarus"), help="simulator for --mlp-backend rtl (default verilator)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (there is none anyway when stderr is not a terminal)")
 
 
 def run(args):
     from ..evaluation import evaluate_with_backend, summary_line
 
-    if args.limit is not None and args.limit < 1:
-        raise UserError(f"--limit must be positive, got {args.limit}")
     result = evaluate_with_backend(args.checkpoint, args.mlp_backend, bundle_path=args.bundle, split=args.split,
                                    limit=args.limit, compare=args.compare, port=args.port, sim=args.sim,
-                                   batch_size=args.batch_size)
+                                   batch_size=args.batch_size, progress=not args.no_progress and sys.stderr.isatty())
     print(f"{args.mlp_backend}: {summary_line(result['metrics'])}")
     if not args.compare or args.mlp_backend == "torch":
         return 0

@@ -1,13 +1,16 @@
 """`quweit-hw export`."""
 
 from ..resources import REFERENCE_CHECKPOINT
+from .options import input_file, output_folder
 
 
 def configure(parser):
-    parser.add_argument("checkpoint", nargs="?", default=str(REFERENCE_CHECKPOINT),
+    parser.add_argument("checkpoint", nargs="?", type=input_file, default=str(REFERENCE_CHECKPOINT),
                         help="checkpoint of a LUT model (default: the shipped reference model)")
-    parser.add_argument("-o", "--out", help="bundle folder to write (default: export/<checkpoint folder name>)")
-    parser.add_argument("--force", action="store_true", help="replace an existing bundle folder")
+    parser.add_argument("-o", "--out", type=output_folder,
+                        help="bundle folder to write (default: export/<checkpoint folder name>)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing bundle folder (its files that are not the bundle's are kept)")
 
 
 def run(args):

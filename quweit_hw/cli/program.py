@@ -3,12 +3,13 @@
 from pathlib import Path
 
 from ..resources import REFERENCE
+from .options import input_folder
 
 
 def configure(parser):
     parser.add_argument("--board", default="ulx3s", help="board variant from boards/ (default ulx3s = 85F)")
-    parser.add_argument("--bundle", default=None, help="bundle folder (default: the shipped reference bundle)")
-    parser.add_argument("-o", "--out", default=None, help="build folder (default hw/<bundle>/<board>/)")
+    parser.add_argument("--bundle", type=input_folder, default=None, help="bundle folder (default: the shipped reference bundle)")
+    parser.add_argument("-o", "--out", type=input_folder, default=None, help="build folder (default hw/<bundle>/<board>/)")
 
 
 def run(args):
@@ -17,12 +18,13 @@ def run(args):
 
     from ..contract.boards import load_board
     from ..errors import UserError
-    from ..gateware.toolchain import TOP, tool_environment
+    from ..gateware.toolchain import TOP, check_tools, tool_environment
 
     board = load_board(args.board)
     out = Path(args.out) if args.out else Path("hw") / Path(args.bundle or REFERENCE).name / board.name
     if not (out / f"{TOP}.bit").exists():
         raise UserError(f"no bitstream at {str(out / (TOP + '.bit'))!r}: run `quweit-hw synth --board {board.name}` first")
+    check_tools(("OPENFPGALOADER",))
     with tool_environment():
         board.platform_class()().toolchain_program(LocalBuildProducts(str(out)), TOP)
     return 0

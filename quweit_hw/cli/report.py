@@ -1,10 +1,11 @@
 """`quweit-hw report`."""
 
 from ..resources import REFERENCE_CHECKPOINT
+from .options import input_file
 
 
 def configure(parser):
-    parser.add_argument("checkpoint", nargs="?", default=str(REFERENCE_CHECKPOINT),
+    parser.add_argument("checkpoint", nargs="?", type=input_file, default=str(REFERENCE_CHECKPOINT),
                         help="checkpoint (default: the shipped reference model)")
 
 

@@ -1,13 +1,13 @@
 """`quweit-hw synth`."""
 
-from pathlib import Path
-
 from ..resources import REFERENCE
 from .board_options import add_board_options, board_from, print_report
+from .options import input_folder
 
 
 def configure(parser):
-    parser.add_argument("--bundle", default=None, help="bundle folder (default: the shipped reference bundle)")
+    parser.add_argument("--bundle", type=input_folder, default=None,
+                        help="bundle folder (default: the shipped reference bundle)")
     parser.add_argument("--no-build", action="store_true",
                         help="elaborate the board top and write its build files (RTLIL, constraints, the tool "
                              "script) to the build folder without running Yosys or nextpnr")
@@ -16,14 +16,17 @@ def configure(parser):
 
 def run(args):
     from ..contract.bundle_files import load_bundle
-    from ..gateware.synth import build_dir, synth
+    from ..gateware.synth import build_dir, build_folder, synth
+    from ..gateware.toolchain import BUILD_TOOLS, check_tools
 
+    check_tools(("YOSYS",) if args.no_build else BUILD_TOOLS)  # before the bundle is read or a top elaborated
     board = board_from(args)
-    bundle = load_bundle(Path(args.bundle) if args.bundle else REFERENCE)
+    bundle = load_bundle(args.bundle or REFERENCE)
     if args.no_build:
-        out = Path(args.out) if args.out else build_dir(bundle, board)
+        out = args.out or build_dir(bundle, board)
         plan = synth(bundle, board, blocks=args.block, out=out, do_build=False)
-        plan.extract(str(out))
+        with build_folder(out) as tmp:
+            plan.extract(str(tmp))
         print(f"build files for {board.name} in {out} (not built: run build_top.sh there, or drop --no-build)")
         return 0
     print_report(synth(bundle, board, blocks=args.block, out=args.out, seed=args.seed))

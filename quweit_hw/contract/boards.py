@@ -84,8 +84,18 @@ def uart_divisor(clock_hz, baud):
     divisor = round(clock_hz / baud)
     if divisor < 4 or abs(clock_hz / divisor - baud) / baud > 0.02:
         raise ValueError(f"baud rate {baud!r} is not reachable from a {clock_hz / 1e6:g} MHz clock "
-                         f"(divisor {clock_hz / baud:.2f})")
+                         f"(divisor {clock_hz / baud:.2f}; the UART needs a whole divisor of at least 4 "
+                         f"within 2 % of it)")
     return divisor
+
+
+def check_clocks(board, clock_in_hz):
+    """ValueError unless `board`'s clocks and baud rate can be made: the UART divisor from
+    clock_hz, and (as the board top does) the PLL outputs from the board's `clock_in_hz`."""
+    uart_divisor(board.clock_hz, board.baud)
+    two = board.engine_hz != board.clock_hz
+    if two or board.clock_hz != clock_in_hz:
+        pll_params(clock_in_hz, board.clock_hz, board.engine_hz if two else None)
 
 
 def pll_params(clock_in_hz, clock_hz, second_hz=None):

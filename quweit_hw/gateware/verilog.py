@@ -9,7 +9,7 @@ import numpy as np
 from .. import __version__
 from ..contract.bundle import Block, Bundle, bundle_id
 from ..contract.bundle_files import load_bundle
-from ..contract.folders import atomic_folder
+from ..contract.folders import atomic_folder, check_output_folder
 from ..errors import UserError
 from .engine import TOP, MLPEngine, engine_options
 from .lut import LUTLayer, table_int
@@ -124,12 +124,16 @@ def _fast_verilog(engine, verilog_text):
     return verilog_text
 
 
+RTL_FILES = (f"{TOP}.v", f"{TOP}.il", "summary.json")  # what write_rtl writes
+
+
 def write_rtl(bundle_or_block, out_dir, *, block_index=0, registers="all", rom=None, force=False):
     """Generate one block's engine into `out_dir`: TOP.v, TOP.il and summary.json.
 
     `bundle_or_block`: a Bundle, a Block, or a bundle folder path. Atomic: everything is
     written to a temporary folder that is renamed to `out_dir` at the end; an existing
-    `out_dir` is an error unless force=True. Returns the summary.
+    `out_dir` is an error unless force=True, and then only the files named in RTL_FILES
+    are replaced (other files in it are kept). Returns the summary.
     """
     start = time.perf_counter()
     source = identity = None
@@ -142,8 +146,7 @@ def write_rtl(bundle_or_block, out_dir, *, block_index=0, registers="all", rom=N
         block = bundle.block(block_index)
         source, identity = str(bundle.path), bundle_id(bundle)
     out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise UserError(f"output folder {str(out_dir)!r} exists (use --force to replace it)")
+    check_output_folder(out_dir, force)  # before the slow part
     engine_options(block, registers, rom)  # bad options fail before an engine exists
     engine = MLPEngine(block, registers=registers, rom=rom)
     options = {"registers": engine.registers.as_dict(), "rom": {str(k): v for k, v in engine.rom.items()}}
@@ -156,7 +159,8 @@ def write_rtl(bundle_or_block, out_dir, *, block_index=0, registers="all", rom=N
     summary["verilog_bytes"] = len(verilog_text.encode())
     summary["generation_seconds"] = round(time.perf_counter() - start, 3)
 
-    with atomic_folder(out_dir, force=force) as tmp:
+    # --force replaces what write_rtl wrote and keeps every other file of the folder
+    with atomic_folder(out_dir, force=force, keep=lambda name: name not in RTL_FILES) as tmp:
         (tmp / f"{TOP}.v").write_text(verilog_text)
         (tmp / f"{TOP}.il").write_text(rtlil_text)
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -9,6 +9,7 @@ from .. import __version__
 from ..errors import UserError
 from ..contract.bundle import Block, Layer
 from ..contract.bundle_files import write_bundle
+from ..contract.folders import check_output_folder
 from ..resources import REFERENCE_CHECKPOINT
 from .checkpoint import load_checkpoint
 
@@ -43,9 +44,8 @@ def model_blocks(model):
 def export_checkpoint(ckpt_path=REFERENCE_CHECKPOINT, out_dir=None, *, force=False):
     """Write the bundle of checkpoint `ckpt_path` to `out_dir` (atomically); returns its path."""
     ckpt_path = Path(ckpt_path)
-    out_dir = Path(out_dir) if out_dir is not None else Path("export") / ckpt_path.parent.name
-    if out_dir.exists() and not force:  # fail before the slow part, and write nothing
-        raise UserError(f"output folder {str(out_dir)!r} exists (use --force to replace it)")
+    out_dir = Path(out_dir) if out_dir is not None else Path("export") / ckpt_path.resolve().parent.name
+    check_output_folder(out_dir, force)  # fail before the slow part, and write nothing
     model, ckpt = load_checkpoint(ckpt_path)
     blocks = model_blocks(model)
     if not blocks:

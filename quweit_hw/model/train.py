@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -208,64 +209,142 @@ class _Task:
                 for _ in range(n_batches)]
 
 
-def run_train(args) -> int:
-    resume_ckpt = None
-    if args.out is None and args.resume:
+def _resume_args(args):
+    """(args, checkpoint) of the run in --out that --resume continues: the stored options, with
+    those --resume takes from the command line (RESUME_KEEPS); any other option given
+    (args.given, from the CLI) must equal the run's own, else UserError."""
+    if args.out is None:
         raise UserError("--resume needs --out (the run folder to continue)")
+    ckpt = read_checkpoint(args.out / "checkpoint.pt")
+    stored = ckpt["args"]
+    for name, value in sorted(getattr(args, "given", {}).items()):
+        if name in stored and _plain(value) != stored[name]:
+            raise UserError(f"--resume continues {str(args.out)!r} with the options it was started with: "
+                            f"--{name.replace('_', '-')} {_plain(value)!r} differs from the run's "
+                            f"{stored[name]!r} (drop it, or start a new run with another --out)")
+    keep = {"epochs": args.epochs or stored["epochs"], "device": args.device, "threads": args.threads,
+            "out": args.out, "resume": True, "no_progress": args.no_progress}
+    args = argparse.Namespace(**{**stored, **keep})
+    args.hidden = tuple(args.hidden) if args.hidden is not None else None
+    args.init_from = Path(args.init_from) if args.init_from else None
+    return args, ckpt
+
+
+def _prepare_args(args):
+    """(args, resume checkpoint or None): the options checked and their run-dependent defaults set."""
+    resume_ckpt = None
     if args.resume:
-        resume_ckpt = read_checkpoint(args.out / "checkpoint.pt")
-        stored = resume_ckpt["args"]
-        keep = {"epochs": args.epochs or stored["epochs"], "device": args.device, "threads": args.threads,
-                "out": args.out, "resume": True, "no_progress": args.no_progress}
-        args = argparse.Namespace(**{**stored, **keep})
-        args.hidden = tuple(args.hidden) if args.hidden is not None else None
-        args.init_from = Path(args.init_from) if args.init_from else None
+        args, resume_ckpt = _resume_args(args)
     if args.epochs is None:
         args.epochs = 5
     _check_args(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    arch = TASKS[args.task]
     if args.batch_size is None:
-        args.batch_size = 128 if arch == "vit" else 64
+        args.batch_size = 128 if TASKS[args.task] == "vit" else 64
     if args.out is None:
         args.out = Path("runs") / f"{args.task}-{args.mlp}"
-    ckpt_path = args.out / "checkpoint.pt"
-    if not args.resume and ckpt_path.exists():
-        raise UserError(f"{str(ckpt_path)!r} exists; pass --resume to continue it or choose another --out")
+    if not args.resume and (args.out / "checkpoint.pt").exists():
+        raise UserError(f"{str(args.out / 'checkpoint.pt')!r} exists; pass --resume to continue it or choose another --out")
+    return args, resume_ckpt
 
-    source = None
-    if args.init_from is not None and resume_ckpt is None:
-        source = read_checkpoint(args.init_from)
-        if source["task"] != args.task:
-            raise UserError(
-                f"--init-from {str(args.init_from)!r} was trained on task {source['task']!r}, not {args.task!r}"
-            )
-    vocab = resume_ckpt.get("vocab") if resume_ckpt else source.get("vocab") if source else None
-    task = _Task(args, vocab)
 
+def _init_source(args, resume_ckpt):
+    """The --init-from checkpoint (None without it, or when resuming), checked to be of the task."""
+    if args.init_from is None or resume_ckpt is not None:
+        return None
+    source = read_checkpoint(args.init_from)
+    if source["task"] != args.task:
+        raise UserError(f"--init-from {str(args.init_from)!r} was trained on task {source['task']!r}, not {args.task!r}")
+    return source
+
+
+def _start_model(args, arch, task, resume_ckpt, source, progress):
+    """(model, metrics so far, first epoch): the resumed model, or a new one (weights copied
+    from --init-from, LUT-MLP quantizers calibrated)."""
     torch.manual_seed(args.seed)
     if resume_ckpt is not None:
         model = build_model(arch, resume_ckpt["config"])
     else:
         vocab_size = len(task.vocab) if task.vocab is not None else None
-        config = model_config(args, arch, source["config"] if source else None, vocab_size)
-        model = build_model(arch, config)
-    config = model.config
-    task.configure(getattr(config, "block_size", None))
-    device = torch.device(args.device)
-
+        model = build_model(arch, model_config(args, arch, source["config"] if source else None, vocab_size))
+    task.configure(getattr(model.config, "block_size", None))
     if resume_ckpt is not None:
         model.load_state_dict(resume_ckpt["state_dict"])
-        metrics, start_epoch = list(resume_ckpt["metrics"]), resume_ckpt["epoch"]
-    else:
-        metrics, start_epoch = [], 0
-        if source is not None:
-            n = copy_non_mlp_weights(model, source["state_dict"], args.init_from)
-            print(f"copied {n} tensors outside the MLPs from {args.init_from}")
-        if model.lut_mlps():
-            calibrate_lut_mlps(model, task.calibration_inputs(args.calib_batches, args.seed),
-                               progress=not args.no_progress)
+        return model, list(resume_ckpt["metrics"]), resume_ckpt["epoch"]
+    if source is not None:
+        n = copy_non_mlp_weights(model, source["state_dict"], args.init_from)
+        print(f"copied {n} tensors outside the MLPs from {args.init_from}")
+    if model.lut_mlps():
+        calibrate_lut_mlps(model, task.calibration_inputs(args.calib_batches, args.seed), progress=progress)
+    return model, [], 0
+
+
+def _train_epoch(model, optimizer, task, args, epoch, device, progress):
+    """One epoch of training: {"loss_sum", "correct", "count", "seen", "seconds"}."""
+    arch, config = TASKS[args.task], model.config
+    total_steps = args.epochs * task.steps_per_epoch
+    tokens_per_example = getattr(config, "tokens", None) or config.block_size
+    torch.manual_seed(args.seed * 100_003 + epoch)  # dropout and LUT training noise, per epoch
+    model.train()
+    t0 = time.perf_counter()
+    seen, loss_sum, correct, count = 0, 0.0, 0, 0
+    bar = tqdm(task.batches(epoch, args.seed), total=task.steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}",
+               disable=not progress, mininterval=1.0)
+    for i, (xb, yb) in enumerate(bar):
+        step = epoch * task.steps_per_epoch + i
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(step, total_steps, args.lr, args.warmup) * g.get("lr_scale", 1.0)
+        xb, yb = xb.to(device), yb.to(device)
+        logits = model(xb)
+        loss = F.cross_entropy(logits.flatten(0, -2), yb.flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for _, mlp in model.lut_mlps():
+            if hasattr(mlp, "clamp_"):
+                mlp.clamp_()
+        n = yb.numel()
+        loss_sum += loss.item() * n
+        correct += (logits.argmax(-1) == yb).sum().item()
+        count += n
+        seen += len(xb) * tokens_per_example
+        if i % 10 == 0 or i == task.steps_per_epoch - 1:
+            avg = loss_sum / count
+            post = {"loss": f"{avg:.4f}"}
+            if arch == "vit":
+                post["acc"] = f"{correct / count:.4f}"
+            else:
+                post["ppl"] = f"{math.exp(avg):.2f}"
+            post["tok/s"] = f"{seen / (time.perf_counter() - t0):.0f}"
+            bar.set_postfix(post, refresh=False)
+    bar.close()
+    return {"loss_sum": loss_sum, "correct": correct, "count": count, "seen": seen,
+            "seconds": time.perf_counter() - t0}
+
+
+def _epoch_row(epoch, stats, ev, eval_split, arch):
+    """The metrics.json row of one epoch, from its training `stats` and evaluation `ev`."""
+    count, seconds = stats["count"], stats["seconds"]
+    row = {"epoch": epoch + 1, "train_loss": stats["loss_sum"] / count, "train_accuracy": stats["correct"] / count,
+           f"{eval_split}_loss": ev["loss"], f"{eval_split}_accuracy": ev["accuracy"],
+           "train_seconds": round(seconds, 1), "tokens_per_second": round(stats["seen"] / seconds)}
+    if arch == "gpt":
+        row["val_bits_per_char"] = ev["bits_per_char"]
+    return row
+
+
+def run_train(args) -> int:
+    """The `train` command: a new run in --out (default runs/TASK-MLP), or --resume of one."""
+    args, resume_ckpt = _prepare_args(args)
+    progress = not args.no_progress and sys.stderr.isatty()
+    arch = TASKS[args.task]
+    ckpt_path = args.out / "checkpoint.pt"
+    source = _init_source(args, resume_ckpt)
+    vocab = resume_ckpt.get("vocab") if resume_ckpt else source.get("vocab") if source else None
+    task = _Task(args, vocab)
+    model, metrics, start_epoch = _start_model(args, arch, task, resume_ckpt, source, progress)
+    device = torch.device(args.device)
     model.to(device)
     optimizer = make_optimizer(model, args)
     if resume_ckpt is not None and resume_ckpt.get("optimizer") is not None:  # shipped checkpoints drop it
@@ -274,58 +353,19 @@ def run_train(args) -> int:
         print(f"{str(ckpt_path)!r} already holds {start_epoch} epochs (--epochs {args.epochs}); nothing to do")
         return 0
 
-    total_steps = args.epochs * task.steps_per_epoch
-    tokens_per_example = getattr(config, "tokens", None) or config.block_size
-    plain_args = {k: _plain(v) for k, v in vars(args).items()}
+    plain_args = {k: _plain(v) for k, v in vars(args).items() if k != "given"}
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{arch} {args.mlp}: {n_params} parameters, {task.steps_per_epoch} steps per epoch, out {args.out}")
     for epoch in range(start_epoch, args.epochs):
-        torch.manual_seed(args.seed * 100_003 + epoch)  # dropout and LUT training noise, per epoch
-        model.train()
-        t0 = time.perf_counter()
-        seen, loss_sum, correct, count = 0, 0.0, 0, 0
-        bar = tqdm(task.batches(epoch, args.seed), total=task.steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}",
-                   disable=args.no_progress, mininterval=1.0)
-        for i, (xb, yb) in enumerate(bar):
-            step = epoch * task.steps_per_epoch + i
-            for g in optimizer.param_groups:
-                g["lr"] = lr_at(step, total_steps, args.lr, args.warmup) * g.get("lr_scale", 1.0)
-            xb, yb = xb.to(device), yb.to(device)
-            logits = model(xb)
-            loss = F.cross_entropy(logits.flatten(0, -2), yb.flatten())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for _, mlp in model.lut_mlps():
-                if hasattr(mlp, "clamp_"):
-                    mlp.clamp_()
-            n = yb.numel()
-            loss_sum += loss.item() * n
-            correct += (logits.argmax(-1) == yb).sum().item()
-            count += n
-            seen += len(xb) * tokens_per_example
-            if i % 10 == 0 or i == task.steps_per_epoch - 1:
-                avg = loss_sum / count
-                post = {"loss": f"{avg:.4f}"}
-                if arch == "vit":
-                    post["acc"] = f"{correct / count:.4f}"
-                else:
-                    post["ppl"] = f"{math.exp(avg):.2f}"
-                post["tok/s"] = f"{seen / (time.perf_counter() - t0):.0f}"
-                bar.set_postfix(post, refresh=False)
-        bar.close()
-        train_seconds = time.perf_counter() - t0
-        ev = evaluate_arrays(model, task.eval_x, task.eval_y, batch_size=256, progress=not args.no_progress,
+        stats = _train_epoch(model, optimizer, task, args, epoch, device, progress)
+        ev = evaluate_arrays(model, task.eval_x, task.eval_y, batch_size=256, progress=progress,
                              desc=f"eval {task.eval_split}")
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / count, "train_accuracy": correct / count,
-               f"{task.eval_split}_loss": ev["loss"], f"{task.eval_split}_accuracy": ev["accuracy"],
-               "train_seconds": round(train_seconds, 1), "tokens_per_second": round(seen / train_seconds)}
-        if arch == "gpt":
-            row["val_bits_per_char"] = ev["bits_per_char"]
+        row = _epoch_row(epoch, stats, ev, task.eval_split, arch)
         metrics.append(row)
         ckpt = {
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "task": args.task, "arch": arch,
-            "config": dataclasses.asdict(config), "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+            "config": dataclasses.asdict(model.config),
+            "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
             "vocab": task.vocab, "metrics": metrics, "args": plain_args, "optimizer": optimizer.state_dict(),
             "epoch": epoch + 1,
         }
