@@ -12,7 +12,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from .contract.bundle_files import _not_bundle_file, load_bundle
+from .contract.bundle_files import not_bundle_file, load_bundle
 from .contract.folders import atomic_folder, check_output_folder
 from .gateware.simulation import check_engine
 from .gateware.synth import build_folder, choose_engines, make_top, run_build, write_report
@@ -55,7 +55,7 @@ def build(checkpoint, board, *, bundle_out=None, force=False, out=None, blocks=N
     check_output_folder(bundle_out, replace_bundle)
     check_output_folder(out, True)
     t = time.perf_counter()
-    with atomic_folder(bundle_out, force=replace_bundle, keep=_not_bundle_file) as staged_bundle, \
+    with atomic_folder(bundle_out, force=replace_bundle, keep=not_bundle_file) as staged_bundle, \
             build_folder(out) as tmp:
         export_checkpoint(checkpoint, staged_bundle, force=True)
         bundle = dataclasses.replace(load_bundle(staged_bundle), path=bundle_out)

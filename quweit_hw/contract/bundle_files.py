@@ -18,7 +18,8 @@ def _sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _not_bundle_file(name):
+def not_bundle_file(name):
+    """True for a name a bundle folder may hold besides the bundle (its checkpoint, a README)."""
     # what a bundle folder may hold besides the bundle: its checkpoint, a README
     return name != "manifest.json" and not (name.startswith("block") and name[5:].isdigit())
 
@@ -31,7 +32,7 @@ def write_bundle(path, blocks, manifest=None, *, force=False):
     """
     if not blocks:
         raise UserError("nothing to export: no LUT-MLP blocks")
-    with atomic_folder(path, force=force, keep=_not_bundle_file) as tmp:
+    with atomic_folder(path, force=force, keep=not_bundle_file) as tmp:
         entries = []
         for bi, block in enumerate(blocks):
             files = {}
