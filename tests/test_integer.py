@@ -138,9 +138,11 @@ def test_softmax_edges_equal_rows_one_huge_score_and_saturated_differences():
     huge = np.zeros((1, 9), np.int64)
     huge[0, 4] = 10**6
     assert both(I.softmax, Q.softmax, huge, m, s).tolist() == [[0, 0, 0, 0, 255, 0, 0, 0, 0]]
-    # row max minus score beyond 2**31 saturates the difference: still exp = 0 there
-    wide = np.array([[2**31 - 1, -2**31]], np.int64)
-    assert both(I.softmax, Q.softmax, wide, 1, 0).tolist() == [[255, 0]]
+    # row max minus score saturates at 2**31 - 1 before the multiply, so no product overflows
+    # int64 even for scores far outside int32 and the largest multiplier: still exp = 0 there
+    # (unsaturated, 2**34 * 2**30 would wrap to 0 and pass for a tie with the max)
+    wide = np.array([[2**34, 0, -2**40]], np.int64)
+    assert both(I.softmax, Q.softmax, wide, 2**30, 30).tolist() == [[255, 0, 0]]
 
 
 def test_add_aligned_saturates_the_residual_stream():

@@ -48,6 +48,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--patch", type=int, help="ViT patch size (7)")
     m.add_argument("--pool", help="ViT pooling: cls or mean (cls)")
     m.add_argument("--block-size", type=int, help="GPT context in characters (64)")
+    m.add_argument("--integer", action="store_true", default=None,
+                   help="ViT: integer-only (I-ViT style): fake quantization in training, integers in eval")
     lut = parser.add_argument_group("LUT-MLP (--mlp lut; default: LUTMLPConfig's)")
     lut.add_argument("--bits", type=int, help="signed quantizer bits b")
     lut.add_argument("--thresholds", type=int, help="thermometer thresholds T per feature")
