@@ -142,3 +142,79 @@ def test_a_float_checkpoint_initialises_the_integer_model():
     assert not int_model.calibrated()
     with pytest.raises(ValueError, match="not calibrated"):
         integer_program(int_model)
+
+
+def write_ckpt(model, path):
+    import dataclasses
+
+    from quweit_hw.model.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
+
+    save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "task": "fashion-mnist",
+                           "arch": "vit", "config": dataclasses.asdict(model.config), "state_dict": model.state_dict(),
+                           "metrics": [], "args": {}})
+    return path
+
+
+def test_version_2_bundle_round_trip_and_bad_bundles(tmp_path):
+    import json
+
+    from quweit_hw.contract.bundle_files import load_bundle
+    from quweit_hw.contract.model_bundle import load_model_bundle, write_model_bundle
+    from quweit_hw.errors import UserError
+    from quweit_hw.model.export import export_checkpoint
+
+    model = trained("lut", "mean")
+    path = export_checkpoint(write_ckpt(model, tmp_path / "int.pt"), tmp_path / "v2")
+    program, manifest, blocks = load_model_bundle(path)
+    pix = pixels(10)
+    assert np.array_equal(golden_model.logits(program, pix.numpy()), model(pix).numpy())
+    # the MLP-only flow reads the same LUT blocks from a version 2 bundle
+    lut = load_bundle(path).blocks
+    assert [b.name for b in lut] == ["blocks.0.mlp", "blocks.1.mlp"]
+    q = np.random.default_rng(0).integers(-128, 128, (50, 16))
+    from quweit_hw.contract import golden
+
+    ref = integer_program(model)["blocks"][1]["mlp"]["block"]
+    assert np.array_equal(golden.counts(lut[1], q), golden.counts(ref, q))
+    # a version 1 bundle, an unknown version, other rules, out-of-range multipliers and shifts
+    float_model = build_model("vit", tiny_config("lut", integer=False))
+    data.calibrate_lut_mlps(float_model, [torch.randn(8, 1, 8, 8)])
+    v1 = export_checkpoint(write_ckpt(float_model, tmp_path / "float.pt"), tmp_path / "v1")
+    with pytest.raises(UserError, match="version 1 .*needs version 2"):
+        load_model_bundle(v1)
+    doc = json.loads((path / "manifest.json").read_text())
+    for change, message in ((lambda d: d.update(format_version=3), "format version 3"),
+                            (lambda d: d["rules"].update(exp_frac_bits=5), "other integer semantics")):
+        bad = dict(json.loads(json.dumps(doc)))
+        change(bad)
+        (path / "manifest.json").write_text(json.dumps(bad))
+        with pytest.raises(UserError, match=message):
+            load_model_bundle(path)
+    for leaf, value, message in (("m", -1, "multiplier"), ("s", 63, "shift")):
+        bad = integer_program(model)
+        bad["head"][leaf] = np.full_like(bad["head"][leaf], value)
+        out = write_model_bundle(tmp_path / f"bad-{leaf}", bad)
+        with pytest.raises(UserError, match=message):
+            load_model_bundle(out)
+
+
+def test_eval_command_on_a_version_2_bundle(tmp_path, capsys):
+    from quweit_hw.cli import main
+    from quweit_hw.model.export import export_checkpoint
+
+    if not data.FASHION_MNIST_DIR.is_dir():
+        pytest.skip("Fashion-MNIST is not installed")
+    torch.manual_seed(0)
+    config = ViTConfig(patch=7, d=16, depth=1, heads=2, integer=True)
+    model = build_model("vit", config)
+    x, _ = data.load_fashion_mnist("train")
+    model.train()
+    model(x[:64])
+    bundle = export_checkpoint(write_ckpt(model.eval(), tmp_path / "int.pt"), tmp_path / "v2")
+    assert main(["eval", str(bundle), "--backend", "golden", "--compare", "--limit", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "logits differing from torch: 0 of 400; predictions differing: 0 of 40" in out
+    from quweit_hw.resources import REFERENCE
+
+    assert main(["eval", str(REFERENCE), "--backend", "golden"]) == 2
+    assert "version 1" in capsys.readouterr().err

@@ -78,6 +78,11 @@ def load_bundle(path=REFERENCE):
         raise UserError(f"bundle {root}: manifest.json is not valid JSON ({e})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise UserError(f"{str(root)!r} is not a quweit bundle (format {manifest.get('format') if isinstance(manifest, dict) else None!r})")
+    if manifest.get("format_version") == 2:  # the whole integer model; its LUT blocks as in version 1
+        from .model_bundle import load_model_bundle
+
+        _, manifest, blocks = load_model_bundle(root)
+        return Bundle(root, manifest, tuple(blocks))
     if manifest.get("format_version") != FORMAT_VERSION:
         raise UserError(f"bundle {root} has format version {manifest.get('format_version')!r}; this quweit-hw reads version {FORMAT_VERSION}")
     blocks = []

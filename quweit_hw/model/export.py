@@ -47,6 +47,10 @@ def export_checkpoint(ckpt_path=REFERENCE_CHECKPOINT, out_dir=None, *, force=Fal
     if out_dir.exists() and not force:  # fail before the slow part, and write nothing
         raise UserError(f"output folder {str(out_dir)!r} exists (use --force to replace it)")
     model, ckpt = load_checkpoint(ckpt_path)
+    if getattr(model.config, "integer", False):  # the whole integer model: bundle format version 2
+        from .export_integer import write_integer_bundle
+
+        return write_integer_bundle(model, ckpt, ckpt_path, out_dir, force=force)
     blocks = model_blocks(model)
     if not blocks:
         raise UserError(f"{str(ckpt_path)!r} is a dense-only checkpoint: no LUT-MLP block to export")
