@@ -9,7 +9,8 @@ from .contract.bundle_files import load_bundle
 from .errors import UserError
 from .model.checkpoint import load_checkpoint
 from .model.evaluate import evaluate
-from .model.export import export_checkpoint, model_blocks
+from .model.blocks import model_blocks
+from .model.export import export_checkpoint
 
 
 def bundle_for(ckpt_path, bundle_path, workdir, model=None):

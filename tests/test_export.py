@@ -11,7 +11,9 @@ from quweit_hw import backends, cli, evaluation
 from quweit_hw.contract import bundle_files, golden
 from quweit_hw.errors import UserError
 from quweit_hw.resources import REFERENCE
-from quweit_hw.model.export import export_checkpoint, file_sha256, model_blocks
+from quweit_hw.contract.bundle_files import file_sha256
+from quweit_hw.model.blocks import model_blocks
+from quweit_hw.model.export import export_checkpoint
 from quweit_hw.model.lutmlp import LUTMLPConfig
 from quweit_hw.model.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
 from quweit_hw.model.vit import ViT, ViTConfig

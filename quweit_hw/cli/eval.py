@@ -20,6 +20,9 @@ def configure(parser):
     parser.add_argument("--batch-size", type=positive_int, default=256, help="inputs per batch")
     parser.add_argument("--compare", action="store_true",
                         help="also run torch: check every token's counts and every prediction; exit 1 on any difference")
+    parser.add_argument("--backend", choices=("golden",),
+                        help="whole integer model: the positional argument is a version 2 bundle, evaluated by "
+                             "the golden model (--compare: beside torch's integer eval of its source checkpoint)")
     parser.add_argument("--port", help="serial port of the board (--mlp-backend board; default: none, required there)")
     parser.add_argument("--sim", choices=("verilator", "icarus"), help="simulator for --mlp-backend rtl (default verilator)")
     parser.add_argument("--no-progress", action="store_true",
@@ -29,6 +32,8 @@ def configure(parser):
 def run(args):
     from ..evaluation import evaluate_with_backend, summary_line
 
+    if args.backend is not None:
+        return run_whole_model(args)
     result = evaluate_with_backend(args.checkpoint, args.mlp_backend, bundle_path=args.bundle, split=args.split,
                                    limit=args.limit, compare=args.compare, port=args.port, sim=args.sim,
                                    batch_size=args.batch_size, progress=not args.no_progress and sys.stderr.isatty())
@@ -41,3 +46,18 @@ def run(args):
     same = result["same_predictions"]
     print(f"predictions: {'identical' if same else 'DIFFERENT'} on all {len(result['metrics']['predictions'])} outputs")
     return 0 if same and agreement.exact else 1
+
+
+def run_whole_model(args):
+    """`eval BUNDLE --backend golden [--compare]`: the whole integer model of a version 2 bundle."""
+    from ..whole_model_eval import evaluate_model_bundle
+
+    r = evaluate_model_bundle(args.checkpoint, args.backend, split=args.split, limit=args.limit, compare=args.compare)
+    correct = round(r["accuracy"] * r["n"])
+    print(f"{args.backend} (whole integer model): accuracy {r['accuracy'] * 100:.2f} % ({correct}/{r['n']})")
+    if not args.compare:
+        return 0
+    print(f"torch integer eval: accuracy {r['torch_accuracy'] * 100:.2f} %")
+    print(f"logits differing from torch: {r['differing_logits']} of {r['logits'].size}; "
+          f"predictions differing: {r['differing_predictions']} of {r['n']}")
+    return 0 if r["differing_logits"] == 0 else 1

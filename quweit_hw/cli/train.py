@@ -74,6 +74,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--patch", type=positive_int, help="ViT patch size (default 7)")
     m.add_argument("--pool", help="ViT pooling: cls or mean (default cls)")
     m.add_argument("--block-size", type=positive_int, help="GPT context in characters (default 64)")
+    m.add_argument("--integer", action="store_true", default=None,
+                   help="ViT: integer-only (I-ViT style): fake quantization in training, integers in eval "
+                        "(default: --init-from's, else float)")
     lut = parser.add_argument_group("LUT-MLP (--mlp lut; defaults: LUTMLPConfig's)")
     lut.add_argument("--bits", type=positive_int, help=_lut("signed quantizer bits b", "bits"))
     lut.add_argument("--thresholds", type=positive_int, help=_lut("thermometer thresholds T per feature", "thresholds"))

@@ -14,6 +14,15 @@ from .bundle_check import check_bundle
 from .folders import atomic_folder
 
 
+def file_sha256(path):
+    """sha256 (hex) of a file, read in 1 MiB chunks (checkpoints may be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _sha256(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -56,6 +65,22 @@ def write_bundle(path, blocks, manifest=None, *, force=False):
 
 def load_bundle(path=REFERENCE):
     """Read a bundle, every manifest field and array checked against the format
-    (`bundle_check.check_bundle`, docs/bundle-format.md "What a reader checks"). UserError on any problem."""
+    (`bundle_check.check_bundle`, docs/bundle-format.md "What a reader checks"). A version 2
+    bundle (the whole integer model) is read by `model_bundle`, and its LUT blocks returned as
+    version 1's. UserError on any problem."""
+    if _format_version(path) == 2:
+        from .model_bundle import load_model_bundle
+
+        _, manifest, blocks = load_model_bundle(Path(path))
+        return Bundle(Path(path), manifest, tuple(blocks))
     manifest, blocks = check_bundle(path)
     return Bundle(Path(path), manifest, blocks)
+
+
+def _format_version(path):
+    """The manifest's format_version, or None when it cannot be read (check_bundle says why)."""
+    try:
+        manifest = json.loads((Path(path) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest.get("format_version") if isinstance(manifest, dict) else None

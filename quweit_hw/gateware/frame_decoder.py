@@ -94,7 +94,6 @@ class FrameDecoder(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        d, abits = self.d, self.abits
         byte, got = self.i.payload, self.i.valid
         got_d, step = Signal(), Signal()
         m.d.sync += [got_d.eq(got), step.eq(got_d)]

@@ -12,7 +12,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..contract.bundle import board_id
+from ..contract.bundle import board_id, bundle_id
 from ..contract.folders import atomic_folder
 from ..errors import UserError
 from .engine import MLPEngine
@@ -95,9 +95,15 @@ def synth(bundle, board, *, blocks=None, out=None, do_build=True, seed=None):
     top, core = make_top(bundle, board, blocks)
     out = Path(out) if out is not None else build_dir(bundle, board)
     if not do_build:
-        return build_top(top, board, out, do_build=False)
+        return build_top(top, board, out, do_build=False, provenance=_provenance(bundle, board, core))
     with build_folder(out) as tmp:
         return run_build(top, core, bundle, board, tmp, out, seed=seed)
+
+
+def _provenance(bundle, board, core):
+    return {"bundle_id": bundle_id(bundle), "board": board.name, "blocks": [i for i, _ in core.engines],
+            "clock_hz": board.clock_hz, "engine_clock_hz": board.engine_hz, "baud": board.baud,
+            "registers": board.registers}
 
 
 def run_build(top, core, bundle, board, tmp, out, *, seed=None):
@@ -105,7 +111,7 @@ def run_build(top, core, bundle, board, tmp, out, *, seed=None):
     write report.json and report.md there and return the report (paths as in `out`).
     A failed build's folder is moved to failed_dir(out) and the UserError names its logs."""
     start = time.perf_counter()
-    build_top(top, board, tmp, seed=seed, failed=failed_dir(out))
+    build_top(top, board, tmp, seed=seed, failed=failed_dir(out), provenance=_provenance(bundle, board, core))
     report = make_report(tmp, bundle, board, core, time.perf_counter() - start)
     report["bitstream"] = str(Path(out) / f"{TOP}.bit")
     write_report(tmp, report)

@@ -143,7 +143,7 @@ def account(arch, config, mlp=None, comparators=None):
 
 def model_report(ckpt_path):
     """Accounts of a checkpoint's model and of its dense twin, with the exact comparators kept."""
-    from .export import model_blocks
+    from .blocks import model_blocks
     from .checkpoint import load_checkpoint
 
     model, ckpt = load_checkpoint(ckpt_path)

@@ -23,6 +23,10 @@ def build_model(arch: str, config) -> torch.nn.Module:
     model_cls, config_cls = ARCHS[arch]
     if isinstance(config, dict):
         config = config_cls(**config)
+    if getattr(config, "integer", False):  # the integer-only ViT: same parameters, integer eval
+        from .integer_vit import IntegerViT
+
+        model_cls = IntegerViT
     return model_cls(config)
 
 

@@ -1,44 +1,15 @@
 """Export: a checkpoint's LUT-MLP blocks to a bundle (docs/bundle-format.md)."""
 
-import hashlib
 from pathlib import Path
-
-import numpy as np
 
 from .. import __version__
 from ..errors import UserError
-from ..contract.bundle import Block, Layer
-from ..contract.bundle_files import write_bundle
+from ..contract.bundle_files import file_sha256, write_bundle
 from ..contract.folders import check_output_folder
 from ..resources import REFERENCE_CHECKPOINT
+from .blocks import model_blocks
 from .checkpoint import load_checkpoint
-
-
-def file_sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def block_from_lut_mlp(name, mlp):
-    """The bundle Block of one trained LUTMLP, from its `export_arrays()`."""
-    arrays = mlp.export_arrays()
-    layers, width = [], int(np.asarray(arrays["thresholds"]).size)
-    for spec in arrays["layers"]:
-        layers.append(Layer(np.asarray(spec["mapping"], np.int32), np.asarray(spec["table"], np.uint8), width))
-        width = layers[-1].out_features
-    thresholds = np.asarray(arrays["thresholds"], np.int32)
-    return Block(name=name, d=thresholds.shape[0], bits=int(arrays["bits"]), thresholds=thresholds,
-                 layers=tuple(layers), group_size=int(arrays["group_size"]),
-                 input_scale=float(arrays["input_scale"]),
-                 affine_a=np.asarray(arrays["affine_a"], np.float32), affine_b=np.asarray(arrays["affine_b"], np.float32))
-
-
-def model_blocks(model):
-    """Every LUT-MLP block of a model as a bundle Block, in block order."""
-    return [block_from_lut_mlp(name, mlp) for name, mlp in model.lut_mlps()]
+from .export_integer import write_integer_bundle
 
 
 def export_checkpoint(ckpt_path=REFERENCE_CHECKPOINT, out_dir=None, *, force=False):
@@ -47,6 +18,8 @@ def export_checkpoint(ckpt_path=REFERENCE_CHECKPOINT, out_dir=None, *, force=Fal
     out_dir = Path(out_dir) if out_dir is not None else Path("export") / ckpt_path.resolve().parent.name
     check_output_folder(out_dir, force)  # fail before the slow part, and write nothing
     model, ckpt = load_checkpoint(ckpt_path)
+    if getattr(model.config, "integer", False):  # the whole integer model: bundle format version 2
+        return write_integer_bundle(model, ckpt, ckpt_path, out_dir, force=force)
     blocks = model_blocks(model)
     if not blocks:
         raise UserError(f"{str(ckpt_path)!r} is a dense-only checkpoint: no LUT-MLP block to export")

@@ -60,6 +60,7 @@ def _shape_config(args, arch: str, source: dict | None) -> dict:
 def model_config(args, arch: str, source: dict | None = None, vocab_size: int | None = None):
     """The model config a training command asks for (source: the --init-from checkpoint's config)."""
     fields = _shape_config(args, arch, source)
+    fields.update(integer_fields(args, arch))
     lut_given = {k: getattr(args, k) for k in LUT_OPTIONS if getattr(args, k, None) is not None}
     if args.mlp == "lut":
         from .lutmlp import LUTMLPConfig
@@ -84,7 +85,7 @@ def copy_non_mlp_weights(model, source_state: dict, source_path) -> int:
     copied = 0
     state = model.state_dict()
     for key, value in state.items():
-        if ".mlp." in key:
+        if ".mlp." in key or _fresh_quant_state(key, source_state):
             continue
         if key not in source_state:
             raise UserError(f"--init-from {str(source_path)!r} has no {key!r}")
@@ -95,6 +96,41 @@ def copy_non_mlp_weights(model, source_state: dict, source_path) -> int:
             )
         value.copy_(source_state[key])
         copied += 1
+    return copied
+
+
+# --- the integer-only ViT (--integer); kept apart from the rest of training ---------------------
+
+
+def integer_fields(args, arch: str) -> dict:
+    """--integer: the integer-only ViT (ViTConfig.integer); a float --init-from may seed it."""
+    if not getattr(args, "integer", None):
+        return {}
+    if arch != "vit":
+        raise UserError("--integer applies to the ViT (--task fashion-mnist) only")
+    return {"integer": True}
+
+
+def _fresh_quant_state(key: str, source_state: dict) -> bool:
+    """An integer model's activation scale that a float source lacks: left to training to set."""
+    from .integer_vit import is_quant_state
+
+    return is_quant_state(key) and key not in source_state
+
+
+def copy_integer_mlps(model, source: dict) -> int:
+    """An integer model seeded from a checkpoint with the same MLP (kind and LUT config) takes
+    its MLP weights too (the float twin of the same model); returns the tensors copied."""
+    config, theirs = model.config, source["config"]
+    if not getattr(config, "integer", False) or theirs.get("mlp") != config.mlp:
+        return 0
+    if config.mlp == "lut" and dataclasses.asdict(config)["lut"] != theirs.get("lut"):
+        return 0
+    state, copied = model.state_dict(), 0
+    for key, value in state.items():
+        if ".mlp." in key and key in source["state_dict"] and source["state_dict"][key].shape == value.shape:
+            value.copy_(source["state_dict"][key])
+            copied += 1
     return copied
 
 
@@ -273,7 +309,7 @@ def _start_model(args, arch, task, resume_ckpt, source, progress):
         model.load_state_dict(resume_ckpt["state_dict"])
         return model, list(resume_ckpt["metrics"]), resume_ckpt["epoch"]
     if source is not None:
-        n = copy_non_mlp_weights(model, source["state_dict"], args.init_from)
+        n = copy_non_mlp_weights(model, source["state_dict"], args.init_from) + copy_integer_mlps(model, source)
         print(f"copied {n} tensors outside the MLPs from {args.init_from}")
     if model.lut_mlps():
         calibrate_lut_mlps(model, task.calibration_inputs(args.calib_batches, args.seed), progress=progress)

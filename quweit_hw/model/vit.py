@@ -71,6 +71,7 @@ class ViTConfig:
     dropout: float = 0.0
     mlp: str = "dense"          # "dense": Linear(d, 4d), GELU, Linear(4d, d); "lut": LUTMLP(lut)
     lut: Optional["LUTMLPConfig"] = None   # mlp="lut": the LUT-MLP block (None: its defaults at width d)
+    integer: bool = False       # True: integer-only (I-ViT style), built as integer_vit.IntegerViT
 
     def __post_init__(self):
         check_transformer(self)
@@ -82,6 +83,8 @@ class ViTConfig:
             raise ValueError(f"patch={self.patch!r} must divide image_size={self.image_size}")
         if self.pool not in ("cls", "mean"):
             raise ValueError(f"pool must be 'cls' or 'mean', not {self.pool!r}")
+        if not isinstance(self.integer, bool):
+            raise ValueError(f"integer must be True or False, not {self.integer!r}")
 
     @property
     def tokens(self) -> int:
