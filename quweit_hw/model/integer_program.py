@@ -64,7 +64,6 @@ def embed_op(model, s_res: float) -> dict:
 
     x_norm = (p/255 - mean)/std = s_x * (p - 128) + c0, so conv(x_norm) = s_x * sw * (w_int . x0)
     + c0 * sw * sum(w_int) + bias; pos[t] joins that bias, one rounding for the whole sum."""
-    c = model.config
     s_x = 1.0 / (255.0 * FASHION_MNIST_STD)
     c0 = (128.0 / 255.0 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
     w, sw = _weights(model.patch_embed.weight)
