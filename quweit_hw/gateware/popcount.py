@@ -1,4 +1,9 @@
-"""The group popcount: one pipelined adder tree per output channel."""
+# amaranth: UnusedElaboratable=no
+"""The group popcount: one pipelined adder tree per output channel.
+
+(The first line is Amaranth's linter option: a `Popcount` builds its `AdderStage`s in
+`__init__`; when its engine is dropped unelaborated, only the engine should warn.)
+"""
 
 import math
 
