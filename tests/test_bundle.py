@@ -76,7 +76,7 @@ def test_corrupt_truncated_and_foreign_bundles(tmp_path, block):
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["format_version"] = 99
     (path / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(UserError, match="format version 99; this quweit-hw reads version 1"):
+    with pytest.raises(UserError, match="format version 99; this quweit-hw reads versions 1 and 2"):
         bundle_files.load_bundle(path)
     (path / "manifest.json").write_text("{not json")
     with pytest.raises(UserError, match="not valid JSON"):

@@ -1,15 +1,17 @@
 """`quweit-hw eval`."""
 
+import argparse
 import sys
 
 from ..backends import BACKENDS
+from ..errors import UserError
 from ..resources import REFERENCE_CHECKPOINT
-from .options import input_file, input_folder, positive_int
+from .options import input_file, input_folder, input_path, positive_int
 
 
 def configure(parser):
-    parser.add_argument("checkpoint", nargs="?", type=input_file, default=str(REFERENCE_CHECKPOINT),
-                        help="checkpoint (default: the shipped reference model)")
+    parser.add_argument("checkpoint", nargs="?", type=input_path, default=str(REFERENCE_CHECKPOINT),
+                        help="checkpoint, or with --backend a version 2 bundle (default: the shipped reference model)")
     parser.add_argument("--mlp-backend", choices=BACKENDS, default="torch",
                         help="where the LUT-MLP blocks run: torch eval, the golden model, the simulated Verilog, or the board")
     parser.add_argument("--bundle", type=input_folder,
@@ -22,7 +24,8 @@ def configure(parser):
                         help="also run torch: check every token's counts and every prediction; exit 1 on any difference")
     parser.add_argument("--backend", choices=("golden",),
                         help="whole integer model: the positional argument is a version 2 bundle, evaluated by "
-                             "the golden model (--compare: beside torch's integer eval of its source checkpoint)")
+                             "the golden model (--compare: beside torch's integer eval of its source checkpoint; "
+                             "default: none, the checkpoint's MLP blocks on --mlp-backend)")
     parser.add_argument("--port", help="serial port of the board (--mlp-backend board; default: none, required there)")
     parser.add_argument("--sim", choices=("verilator", "icarus"), help="simulator for --mlp-backend rtl (default verilator)")
     parser.add_argument("--no-progress", action="store_true",
@@ -33,7 +36,9 @@ def run(args):
     from ..evaluation import evaluate_with_backend, summary_line
 
     if args.backend is not None:
+        _positional(input_folder, args.checkpoint)  # a version 2 bundle
         return run_whole_model(args)
+    _positional(input_file, args.checkpoint)  # a checkpoint
     result = evaluate_with_backend(args.checkpoint, args.mlp_backend, bundle_path=args.bundle, split=args.split,
                                    limit=args.limit, compare=args.compare, port=args.port, sim=args.sim,
                                    batch_size=args.batch_size, progress=not args.no_progress and sys.stderr.isatty())
@@ -46,6 +51,14 @@ def run(args):
     same = result["same_predictions"]
     print(f"predictions: {'identical' if same else 'DIFFERENT'} on all {len(result['metrics']['predictions'])} outputs")
     return 0 if same and agreement.exact else 1
+
+
+def _positional(check, path):
+    """The positional argument checked as a file or a folder, once --backend says which."""
+    try:
+        check(str(path))
+    except argparse.ArgumentTypeError as e:
+        raise UserError(f"argument checkpoint: {e}") from None
 
 
 def run_whole_model(args):

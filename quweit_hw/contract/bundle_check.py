@@ -110,7 +110,7 @@ class _Checker:
             self.fail("format_version", f"expected the integer {FORMAT_VERSION}, got {_shown(version)}")
         if version != FORMAT_VERSION:
             raise UserError(f"bundle {self.root} has format version {version}; "
-                            f"this quweit-hw reads version {FORMAT_VERSION}")
+                            f"this quweit-hw reads versions 1 and 2")
         # informational fields: only their types are fixed; other top-level keys are allowed
         if "model" in manifest:
             self.obj("model", manifest["model"], (), extra=True)
