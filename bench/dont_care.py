@@ -65,7 +65,7 @@ def main():
     start = time.perf_counter()
     layers = dont_care.minimise_block(block)
     seconds = time.perf_counter() - start
-    figures = [dont_care.layer_figures(block, i, nodes) for i, nodes in enumerate(layers)]
+    figures = [dont_care.layer_figures(block, i, nodes, layers[i - 1] if i else None) for i, nodes in enumerate(layers)]
     out = {"bundle": args.bundle, "block": args.block, "minimise_seconds": round(seconds, 1), "layers": figures}
     for key, minimise in (("engine_before", False), ("engine_after", True)):  # the whole engine's estimate
         summary = MLPEngine(block, minimise=minimise).summary()

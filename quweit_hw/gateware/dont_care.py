@@ -280,14 +280,16 @@ def minimise_block(block, skip=()):
     return cached[key]
 
 
-def layer_figures(block, index, nodes):
+def layer_figures(block, index, nodes, previous=None):
     """Per-layer figures of a minimisation: nodes, reachable addresses per node (mean,
-    median), the effective fan-in histogram and LUT4 per node before and after (estimate)."""
+    median), the effective fan-in histogram and LUT4 per node before and after (estimate).
+    `previous`: the layer before's minimised Nodes (its constant nodes cut the reachable set)."""
     layer = block.layers[index]
     if index == 0:
         reach = [len(thermometer_reachable(block, row)) for row in layer.mapping]
     else:
-        reach = [2 ** layer.n] * layer.out_features  # upper bound; constants of layer 0 cut it
+        constants = {j: int(node.table[0]) for j, node in enumerate(previous or []) if not node.inputs}
+        reach = [len(deeper_reachable(row, constants)) for row in layer.mapping]
     fan_in = np.bincount([node.fan_in for node in nodes], minlength=layer.n + 1)
     forms = {"constant": sum(1 for x in nodes if not x.inputs),
              "two_level": sum(1 for x in nodes if x.inner is not None)}

@@ -58,14 +58,14 @@ class LUTLayer(wiring.Component):
         """The ECP5 LUT4 estimate of the layer's nodes (dont_care.Node.lut4)."""
         return sum(node.lut4 for node in self.nodes)
 
-    def _node_value(self, node, platform):
+    def _node_value(self, m, node, platform):
         inner = None
         if node.inner is not None:
             inner = Signal(name="g")
-            if platform is not None:
-                self._m.submodules += _lut4_instance(node.inner, [self.i[x] for x in node.inner.inputs], inner)
+            if platform is not None:  # an ECP5 cell: the engine is built for ECP5 boards only
+                m.submodules += _lut4_instance(node.inner, [self.i[x] for x in node.inner.inputs], inner)
             else:
-                self._m.d.comb += inner.eq(self._node_value(node.inner, platform))
+                m.d.comb += inner.eq(self._node_value(m, node.inner, platform))
         if not node.inputs:
             return Const(int(node.table[0]), 1)
         address = Cat(*(inner if x == INNER else self.i[x] for x in node.inputs))  # column 0 is the LSB
@@ -74,8 +74,8 @@ class LUTLayer(wiring.Component):
         return Const(table_int(node.table), len(node.table)).bit_select(address, 1)
 
     def elaborate(self, platform):
-        m = self._m = Module()
-        assign_chunked(m, self.o, [self._node_value(node, platform) for node in self.nodes])
+        m = Module()
+        assign_chunked(m, self.o, [self._node_value(m, node, platform) for node in self.nodes])
         return m
 
 
