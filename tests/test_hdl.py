@@ -196,10 +196,12 @@ def test_comparators_synthesis_form_equals_generic(tmp_path):
 
 def test_lut4_estimate():
     block = synthetic.random_block(d=2, thresholds=4, n=6, hidden=(10,), group_size=4, seed=1)
-    engine = MLPEngine(block)
+    engine = MLPEngine(block, minimise=False)  # the bundle's nodes as they are
     est = estimate_lut4(engine)
     kept = len(engine.comparator_bank.comparators) - engine.comparator_bank.constant
     assert est["lut_layers"] == (10 + 8) * 4  # six-input node: 4 LUT4
+    minimised = MLPEngine(block)  # per node: its tables (tests/test_dont_care.py)
+    assert estimate_lut4(minimised)["lut_layers"] == sum(u.lut4 for u in minimised.layer_units) < est["lut_layers"]
     assert est["comparators"] == math.ceil(kept * 0.8 * 8)
     assert est["popcount"] == 14  # 2 groups of 4 bits at 1.75 LUT4 per bit
     assert est["total"] == est["lut_layers"] + est["comparators"] + est["popcount"]

@@ -16,11 +16,12 @@ class ComparatorBank(wiring.Component):
     once (equal thresholds of a feature share one comparator). `bit_index[f*T + t]`
     is the output bit that carries thermometer bit (f, t), or -1 where no LUT reads it.
     A threshold below the input range is a constant 1, one at or above its top a
-    constant 0: neither costs a comparator.
+    constant 0: neither costs a comparator. `used`: the (d, T) bits to keep instead of
+    those the bundle's layer 0 reads (a minimised layer 0 may read fewer).
     """
 
-    def __init__(self, block):
-        used = block.used_thresholds()
+    def __init__(self, block, used=None):
+        used = block.used_thresholds() if used is None else np.asarray(used, bool)
         self.bits = block.bits
         self.comparators = []  # [(feature, theta)], in feature-major order
         self.bit_index = np.full(block.d * block.T, -1, np.int64)

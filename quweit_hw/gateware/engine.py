@@ -22,6 +22,7 @@ combinationally from the other port. Imports amaranth and numpy, no torch.
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
@@ -29,6 +30,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..errors import UserError
 from .comparators import ComparatorBank
+from .dont_care import minimise_block
 from .estimate import estimate_lut4
 from .lut import LUTLayer, ROMLUTLayer
 from .popcount import Popcount
@@ -179,24 +181,39 @@ class MLPEngine(wiring.Component):
 
     registers: a `Registers` or a preset name ('all', 'layers', 'ports').
     rom: {layer index: nodes per clock} for the layers whose tables live in ROM.
+    minimise: fabric LUT nodes with their don't-cares filled for fewer LUT4
+        (`dont_care.minimise_block`): the same counts for every token, the bundle unchanged.
     """
 
-    def __init__(self, block, *, registers="all", rom=None):
+    def __init__(self, block, *, registers="all", rom=None, minimise=True):
         self.block = block
         registers, self.rom = engine_options(block, registers, rom)
         self.registers = registers
-        self.comparator_bank = ComparatorBank(block)
+        self.minimise = bool(minimise)
+        minimised = minimise_block(block, skip=tuple(self.rom)) if minimise else [None] * len(block.layers)
+        used = None
+        if minimised[0] is not None:  # only the thermometer bits a minimised node still reads
+            used = np.zeros(block.d * block.T, bool)
+            used[sorted(set().union(*(node.sources() for node in minimised[0])))] = True
+            used = used.reshape(block.d, block.T)
+        self.comparator_bank = ComparatorBank(block, used)
         self.layer_units = []
         in_features = len(self.comparator_bank.comparators)
-        for index, layer in enumerate(block.layers):
+        for index, (layer, nodes) in enumerate(zip(block.layers, minimised)):
             mapping = layer.mapping
             if index == 0:  # thermometer bit f*T + t -> its comparator
                 mapping = self.comparator_bank.bit_index[mapping]
-                assert (mapping >= 0).all()
+                if nodes is None:
+                    assert (mapping >= 0).all()
+                else:
+                    nodes = [node.remap(self.comparator_bank.bit_index) for node in nodes]
+                    # a bit no minimised node reads has no comparator: the unit's full mapping
+                    # (not built, only checked) reads comparator 0 there instead
+                    mapping = np.maximum(mapping, 0)
             if index in self.rom:
                 unit = ROMLUTLayer(mapping, layer.table, in_features, self.rom[index])
             else:
-                unit = LUTLayer(mapping, layer.table, in_features)
+                unit = LUTLayer(mapping, layer.table, in_features, nodes=nodes)
             self.layer_units.append(unit)
             in_features = layer.out_features
         self.popcount = Popcount(block.d, block.group_size, registers.popcount_every)
@@ -311,7 +328,10 @@ class MLPEngine(wiring.Component):
                              rom_words=unit.nodes_per_cycle * unit.fold, rom_word_bits=2**layer.n,
                              rom_bits=unit.rom_bits, latency_cycles=unit.latency)
             else:
-                entry.update(form="fabric",
+                fan_in = np.bincount([node.fan_in for node in unit.nodes], minlength=layer.n + 1)
+                entry.update(form="fabric", minimised=self.minimise, lut4_estimate=unit.lut4,
+                             fan_in_histogram={str(k): int(c) for k, c in enumerate(fan_in)},
+                             two_level_nodes=sum(1 for node in unit.nodes if node.inner is not None),
                              register_after=self.registers.after_layer(index, len(block.layers)))
             layers.append(entry)
         fold = self.fold

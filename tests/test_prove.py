@@ -1,0 +1,84 @@
+# amaranth: UnusedElaboratable=no
+"""`quweit-hw prove` (gateware.prove): the synth_ecp5 netlist of a small block's comparators
+and LUT layers proven equal to a netlist written from the bundle, for every token; a
+netlist built from a bundle with one reachable table bit flipped or one mapping index
+changed fails, naming the node and a token that shows it."""
+
+import numpy as np
+import pytest
+
+from quweit_hw.cli import main
+from quweit_hw.contract import bundle, bundle_files, golden, synthetic
+from quweit_hw.errors import UserError
+from quweit_hw.gateware.dont_care import thermometer_reachable
+from quweit_hw.gateware.engine import MLPEngine
+from quweit_hw.gateware.prove import prove_block, reference_verilog
+
+pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+
+
+def small_block():
+    block = synthetic.random_block(d=3, thresholds=6, n=6, hidden=(12,), group_size=4, window=8, seed=11)
+    th = block.thresholds.copy()
+    th[0, 0], th[1, -1] = -129, 127  # constant thermometer bits
+    return bundle.Block(name="small", d=3, bits=8, thresholds=np.sort(th, axis=1), layers=block.layers,
+                        group_size=4)
+
+
+def with_layer(block, index, mapping=None, table=None):
+    layers = list(block.layers)
+    old = layers[index]
+    layers[index] = bundle.Layer(old.mapping if mapping is None else mapping,
+                                 old.table if table is None else table, old.in_features)
+    return bundle.Block(name=block.name, d=block.d, bits=block.bits, thresholds=block.thresholds,
+                        layers=tuple(layers), group_size=block.group_size)
+
+
+def token_of(message):
+    return np.array([int(x) for x in message.split("token [")[1].split("]")[0].split(",")])
+
+
+def test_prove_small_bundle(tmp_path, capsys):
+    path = bundle_files.write_bundle(tmp_path / "small", [small_block()])
+    assert main(["prove", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "block 0 ('small'): the synth_ecp5 netlist" in out and "LUT4" in out and "for every token" in out
+
+
+def test_reference_verilog_is_the_bundle():
+    text = reference_verilog(small_block())
+    assert "$signed(q[7:0]) > -129" in text and "6'd63:" in text and text.count("case (") == 12 + 12
+
+
+def test_prove_fails_on_a_flipped_table_bit():
+    block = small_block()
+    j = 5
+    address = int(thermometer_reachable(block, block.layers[0].mapping[j])[1])
+    table = block.layers[0].table.copy()
+    table[j, address] ^= 1
+    wrong = with_layer(block, 0, table=table)
+    with pytest.raises(UserError, match=rf"at layer 0 node {j} on token \[") as caught:
+        prove_block(block, engine=MLPEngine(wrong))
+    q = token_of(str(caught.value))[None, :]
+    assert golden.stages(block, q)[1][0, j] != golden.stages(wrong, q)[1][0, j]  # the token shows it
+
+
+def test_prove_fails_on_a_changed_mapping_index():
+    block = small_block()
+    mapping = block.layers[1].mapping.copy()
+    mapping[7, 2] = (mapping[7, 2] + 1) % block.layers[1].in_features
+    wrong = with_layer(block, 1, mapping=mapping)
+    with pytest.raises(UserError, match=r"at layer 1 node 7 on token \[") as caught:
+        prove_block(block, engine=MLPEngine(wrong))
+    q = token_of(str(caught.value))[None, :]
+    assert golden.stages(block, q)[2][0, 7] != golden.stages(wrong, q)[2][0, 7]
+
+
+def test_an_unreachable_table_bit_is_a_dont_care():
+    """A table bit no token reaches may differ: the proof is over real tokens."""
+    block = small_block()
+    j = 5
+    unreachable = sorted(set(range(64)) - set(thermometer_reachable(block, block.layers[0].mapping[j]).tolist()))
+    table = block.layers[0].table.copy()
+    table[j, unreachable[0]] ^= 1
+    assert prove_block(block, engine=MLPEngine(with_layer(block, 0, table=table), minimise=False))["proven"]
