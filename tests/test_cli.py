@@ -148,6 +148,13 @@ CASES = [
         (["bundle", "-o", "afile"], ["-o/--out", "'afile'"]),
         (["bundle", "--registers", "some"], ["--registers", "'some'"]),
     ]],
+    *[(["prove", *a], n) for a, n in [
+        (["nothing"], ["bundle", "no such folder", "'nothing'"]),
+        (["afile"], ["bundle", "'afile'"]),
+        (["bundle", "--block", "-1"], ["--block", "'-1'"]),
+        (["bundle", "--keep", "afile"], ["--keep", "'afile'"]),
+        (["bundle", "--keep", "."], ["--keep", "'.'"]),
+    ]],
     *[(["synth", "--bundle", "bundle", *a], n) for a, n in BOARD_CASES],
     (["synth", "--bundle", "nothing"], ["--bundle", "'nothing'"]),
     (["synth", "--bundle", "afile"], ["--bundle", "'afile'"]),

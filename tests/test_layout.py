@@ -101,9 +101,10 @@ def _run(installed, *args):
 
 def test_installed_package_carries_its_inputs(installed):
     env_dir, run_dir = installed
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run([str(env_dir / "bin" / "python"), "-c",
                            "import quweit_hw.resources as r; print(r.REFERENCE); print(r.BOARDS_DIR)"],
-                          cwd=run_dir, capture_output=True, text=True, check=True)
+                          cwd=run_dir, env=env, capture_output=True, text=True, check=True)
     reference, boards = map(Path, done.stdout.split())
     assert ROOT not in reference.parents and ROOT not in boards.parents  # from the wheel, not the checkout
     assert (reference / "manifest.json").is_file() and (reference / "checkpoint.pt").is_file()

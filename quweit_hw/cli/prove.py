@@ -3,16 +3,17 @@
 from pathlib import Path
 
 from ..resources import REFERENCE
+from .options import input_folder, nonnegative_int, output_folder
 
 
 def configure(parser):
-    parser.add_argument("bundle", nargs="?", default=None,
+    parser.add_argument("bundle", nargs="?", type=input_folder, default=None,
                         help="bundle folder (default: the shipped reference bundle)")
-    parser.add_argument("--block", type=int, action="append", default=None, metavar="I",
+    parser.add_argument("--block", type=nonnegative_int, action="append", default=None, metavar="I",
                         help="block index to prove (repeatable; default: every block)")
     parser.add_argument("--no-minimise", action="store_true",
                         help="prove the engine built without don't-care minimisation")
-    parser.add_argument("--keep", default=None, metavar="DIR",
+    parser.add_argument("--keep", type=output_folder, default=None, metavar="DIR",
                         help="keep the netlists and Yosys' files in DIR/block<I> (default: a temporary folder)")
 
 
