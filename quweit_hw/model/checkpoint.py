@@ -72,3 +72,18 @@ def load_checkpoint(path, map_location="cpu"):
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise UserError(f"{str(path)!r}: cannot rebuild the model: {msg}") from None
     return model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu").eval(), ckpt
+
+
+def source_manifest(ckpt: dict, ckpt_path) -> dict:
+    """The manifest fields every bundle records of its source: the model, the checkpoint's path
+    and sha256, its last metrics, and the exporter's version."""
+    from .. import __version__
+    from ..contract.bundle_files import file_sha256
+
+    metrics = ckpt.get("metrics") or []
+    return {
+        "model": {"arch": ckpt["arch"], "task": ckpt["task"], "config": ckpt["config"]},
+        "source_checkpoint": {"path": str(ckpt_path), "sha256": file_sha256(ckpt_path)},
+        "metrics": metrics[-1] if isinstance(metrics, list) and metrics else metrics,
+        "exporter": f"quweit-hw {__version__}",
+    }

@@ -2,13 +2,12 @@
 
 from pathlib import Path
 
-from .. import __version__
 from ..errors import UserError
-from ..contract.bundle_files import file_sha256, write_bundle
+from ..contract.bundle_files import write_bundle
 from ..contract.folders import check_output_folder
 from ..resources import REFERENCE_CHECKPOINT
 from .blocks import model_blocks
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, source_manifest
 from .export_integer import write_integer_bundle
 
 
@@ -23,11 +22,5 @@ def export_checkpoint(ckpt_path=REFERENCE_CHECKPOINT, out_dir=None, *, force=Fal
     blocks = model_blocks(model)
     if not blocks:
         raise UserError(f"{str(ckpt_path)!r} is a dense-only checkpoint: no LUT-MLP block to export")
-    metrics = ckpt.get("metrics") or []
-    manifest = {
-        "model": {"arch": ckpt["arch"], "task": ckpt["task"], "config": ckpt["config"]},
-        "source_checkpoint": {"path": str(ckpt_path), "sha256": file_sha256(ckpt_path)},
-        "metrics": metrics[-1] if isinstance(metrics, list) and metrics else metrics,
-        "exporter": f"quweit-hw {__version__}",
-    }
+    manifest = source_manifest(ckpt, ckpt_path)
     return write_bundle(out_dir, blocks, manifest, force=force)

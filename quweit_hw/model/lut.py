@@ -161,21 +161,8 @@ class _LUTFunction(torch.autograd.Function):
         gsel = gsel.view(out * n, batch)
         if weights is None:
             return ctx.spread @ gsel, dluts, None, None, None, None, None
-        tau, _, cols, index = ctx.learn
-        (nb, span), (w, used), mn = cols.shape, weights.shape, index.shape[2]
-        gb = gsel.new_zeros(nb * mn, batch)
-        gb[:used] = gsel
-        gb = gb.view(nb, mn, batch)
-        if ctx.needs_input_grad[2]:
-            xb = (2 * x - 1).index_select(0, cols.flatten()).view(nb, span, batch)
-            prod = torch.bmm(xb, gb.transpose(1, 2))  # (nb, span, m*n)
-            dw = prod.gather(1, index).permute(1, 0, 2).reshape(w, nb * mn)[:, :used]
-        if ctx.needs_input_grad[0]:
-            soft = torch.softmax(weights / tau, dim=0)
-            soft = torch.nn.functional.pad(soft, (0, nb * mn - used)).view(w, nb, mn).transpose(0, 1)
-            band = soft.new_zeros(nb, span, mn).scatter_(1, index, soft)
-            rows = torch.bmm(band, gb).view(nb * span, batch)
-            dx = rows.new_zeros(x.shape).index_add_(0, cols.flatten(), rows)
+        # plain torch (batched matmuls), the same code on both paths: kernels.lut.learnable_grads
+        dx, dw = kernels.lut.learnable_grads(ctx, gsel, x, weights)
         return dx, dluts, dw, None, None, None, None
 
 
