@@ -1,0 +1,339 @@
+# amaranth: UnusedElaboratable=no
+"""The whole integer model as one Amaranth component: image pixels in, logits and the class out.
+
+`ModelEngine(program, lanes=16)` builds, from a version-2 program (contract.golden_model), a
+sequencer that runs the instructions of `model_program.compile_program` one after the other:
+
+- a MAC array of `lanes` multipliers (`MACArray`: one output per lane, the operand A
+  broadcast, the operand B a word of `lanes` int8 from the weight ROM or the K/V memories)
+  for the patch embedding, Q/K/V, the attention scores and context, the projections, the
+  dense MLP and the head;
+- the `LayerNormUnit` and `SoftmaxUnit` (model_units), one `MLPEngine` per LUT-MLP block;
+- one `PostOp` behind all of them, writing every result into the memory the instruction names.
+
+Each instruction finishes (its post-op writes landed) before the next starts, so no hazard
+needs a check and the cycles per image are exact: `cycles_per_image` (the test measures them).
+Bit-exact with `contract.golden_model.logits`. Imports amaranth and numpy, no torch.
+"""
+
+import numpy as np
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from .engine import MLPEngine
+from .model_program import (A_CTX, A_G, A_H, A_P, A_PIX, A_Q, B_K, B_V, B_W, D_CTX, D_G, D_H, D_HT, D_K,
+                            D_LOG, D_Q, D_SC, D_V, D_X, FIELD_NAMES, FILL, LAYERNORM, LUT, MAC, SOFTMAX,
+                            compile_program)
+from .model_units import LayerNormUnit, PostOp, SoftmaxUnit
+
+TOP = "model_engine"
+
+
+def instruction_layout(instructions):
+    """A StructLayout with each field as wide as its largest value needs."""
+    widths = {name: max(max(getattr(i, name) for i in instructions).bit_length(), 1) for name in FIELD_NAMES}
+    return data.StructLayout({name: unsigned(w) for name, w in widths.items()})
+
+
+class MACArray(wiring.Component):
+    """`lanes` multiply-accumulators: for each row r and group g of lanes, lane l sums
+    A[a_base + r*a_stride + k] * B[b_base + g*b_gstride + k*b_kstride][l] over k < K; the
+    group's sums then leave one per clock (o_pre, with row r and output o = g*lanes + l).
+
+    A group takes max(K, outputs in it) clocks, so the sums of one group have left before the
+    next group's arrive. A sum is on `o` 3 clocks after its last operand's address."""
+
+    def __init__(self, ins_layout, lanes, acc_bits, addr_bits, row_bits, out_bits):
+        self.lanes, self.acc_bits = lanes, acc_bits
+        super().__init__({"ins": In(ins_layout), "start": In(1), "busy": Out(1),
+                          "a_addr": Out(addr_bits), "a_data": In(signed(9)),
+                          "b_addr": Out(addr_bits), "b_data": In(unsigned(8 * lanes)),
+                          "o_valid": Out(1), "o_pre": Out(signed(acc_bits)), "o_r": Out(row_bits), "o_o": Out(out_bits)})
+
+    def elaborate(self, platform):
+        m = Module()
+        W, ins = self.lanes, self.ins
+        logw = W.bit_length() - 1
+        r, g, slot = Signal.like(self.o_r), Signal(self.o_o.shape().width), Signal(self.o_o.shape().width + 1)
+        running = Signal()
+        last_g = (ins.O - 1) >> logw
+        in_group = Mux(g == last_g, ins.O - (g << logw), W)
+        slots = Mux(ins.K > in_group, ins.K, in_group)
+        issue = running & (slot < ins.K)
+        m.d.comb += [self.a_addr.eq(ins.a_base + r * ins.a_stride + slot),
+                     self.b_addr.eq(ins.b_base + g * ins.b_gstride + slot * ins.b_kstride)]
+        with m.If(self.start):
+            m.d.sync += [r.eq(0), g.eq(0), slot.eq(0), running.eq(1)]
+        with m.Elif(running):
+            m.d.sync += slot.eq(slot + 1)
+            with m.If(slot == slots - 1):
+                m.d.sync += [slot.eq(0), g.eq(g + 1)]
+                with m.If(g == last_g):
+                    m.d.sync += [g.eq(0), r.eq(r + 1)]
+                    with m.If(r == ins.rows - 1):
+                        m.d.sync += running.eq(0)
+        # operands arrive the clock after their addresses; products are registered once
+        v1, first1, last1 = Signal(), Signal(), Signal()
+        v2, first2, last2 = Signal(), Signal(), Signal()
+        r1, g1, n1 = Signal.like(r), Signal.like(g), Signal.like(slot)
+        r2, g2, n2 = Signal.like(r), Signal.like(g), Signal.like(slot)
+        m.d.sync += [v1.eq(issue), first1.eq(slot == 0), last1.eq(slot == ins.K - 1), r1.eq(r), g1.eq(g), n1.eq(in_group),
+                     v2.eq(v1), first2.eq(first1), last2.eq(last1), r2.eq(r1), g2.eq(g1), n2.eq(n1)]
+        products = [Signal(signed(17), name=f"prod{l}") for l in range(W)]
+        sums = [Signal(signed(self.acc_bits), name=f"acc{l}") for l in range(W)]
+        bank = Array(Signal(signed(self.acc_bits), name=f"bank{l}") for l in range(W))
+        for l in range(W):
+            m.d.sync += products[l].eq(self.a_data * self.b_data[8 * l:8 * l + 8].as_signed())
+            total = Mux(first2, 0, sums[l]) + products[l]
+            with m.If(v2):
+                m.d.sync += sums[l].eq(total)
+                with m.If(last2):
+                    m.d.sync += bank[l].eq(total)
+        ser, ser_n, ser_active = Signal(range(W)), Signal.like(slot), Signal()
+        ser_r, ser_g = Signal.like(r), Signal.like(g)
+        with m.If(v2 & last2):
+            m.d.sync += [ser.eq(0), ser_n.eq(n2), ser_r.eq(r2), ser_g.eq(g2), ser_active.eq(1)]
+        with m.Elif(ser_active):
+            m.d.sync += ser.eq(ser + 1)
+            with m.If(ser == ser_n - 1):
+                m.d.sync += ser_active.eq(0)
+        m.d.comb += [self.o_valid.eq(ser_active), self.o_pre.eq(bank[ser]), self.o_r.eq(ser_r),
+                     self.o_o.eq((ser_g << logw) | ser), self.busy.eq(running | v1 | v2 | ser_active)]
+        return m
+
+
+class ModelEngine(wiring.Component):
+    """The integer ViT of `program` on one chip. Ports: `i` a stream of uint8 pixels (channel,
+    row, column order, C*H*W per image), `o` a stream of one payload per image (`logits`:
+    classes x int32, `label`: the argmax, lowest index on ties); `cycles`: the compute cycles
+    of the last image. Stalls on either side lose nothing."""
+
+    def __init__(self, program, *, lanes=16, registers="all"):
+        self.program = program
+        self.compiled = c = compile_program(program, lanes)
+        if len(set(c.token_bits)) > 1:
+            raise ValueError(f"LUT blocks with different token widths {sorted(set(c.token_bits))} are not supported")
+        self.engines = [MLPEngine(block, registers=registers) for block in c.lut_blocks]
+        self.ins_layout = instruction_layout(c.instructions)
+        self.pixels = c.config.get("channels", 1) * c.config["image_size"] ** 2
+        self.label_bits = max((c.classes - 1).bit_length(), 1)
+        super().__init__({
+            "i": In(stream.Signature(unsigned(8))),
+            "o": Out(stream.Signature(data.StructLayout({"logits": data.ArrayLayout(signed(32), c.classes),
+                                                         "label": unsigned(self.label_bits)}))),
+            "cycles": Out(32)})
+
+    def elaborate(self, platform):
+        m = Module()
+        c = self.compiled
+        T, d, W = c.T, c.d, c.lanes
+        lay = self.ins_layout
+        irom = m.submodules.program = Memory(shape=lay, depth=len(c.instructions), init=[
+            {n: getattr(i, n) for n in FIELD_NAMES} for i in c.instructions])
+        i_rd = irom.read_port()
+        ins = i_rd.data
+        addr_bits = max(len(c.weights), T * max(c.hidden, d, c.patch_len), d * c.GT, c.heads * T * c.GD).bit_length() + 1
+        row_bits, out_bits = max(T, c.classes).bit_length() + 1, max(c.hidden, d, T, c.patch_len).bit_length() + 1
+
+        def mem(name, shape, depth, init=()):
+            memory = Memory(shape=shape, depth=max(depth, 1), init=list(init))
+            m.submodules[name] = memory
+            return memory
+
+        wide = unsigned(8 * W)
+        pix, x, h, q, ctx, g = (mem("pix", signed(8), c.N * c.patch_len), mem("x", signed(16), T * d),
+                                mem("h", signed(8), T * d), mem("q", signed(8), T * d),
+                                mem("ctx", signed(8), T * d), mem("g", signed(8), T * c.hidden))
+        kmem, vmem = mem("k", wide, d * c.GT), mem("v", wide, c.heads * T * c.GD)
+        wrom = mem("weights", wide, len(c.weights),
+                   [sum((v & 0xFF) << (8 * l) for l, v in enumerate(word)) for word in c.weights])
+        sc, pm = mem("sc", signed(c.score_bits), T), mem("p", unsigned(8), T)
+        tb = c.token_bits[0] if c.token_bits else 8
+        ht = mem("ht", unsigned(d * tb), T) if c.lut_blocks else None
+
+        mac = m.submodules.mac = MACArray(lay, W, c.acc_bits, addr_bits, row_bits, out_bits)
+        ln = m.submodules.ln = LayerNormUnit(lay, d, row_bits, addr_bits, c.pre_bits)
+        smx = m.submodules.softmax = SoftmaxUnit(lay, T, c.score_bits)
+        post = m.submodules.post = PostOp(lay, c.params, c.gelu, c.pre_bits, row_bits, out_bits, addr_bits)
+        for unit in (mac, ln, smx, post):
+            m.d.comb += unit.ins.eq(ins)
+
+        # MAC operands
+        a_ports = {src: memory.read_port() for src, memory in ((A_PIX, pix), (A_H, h), (A_Q, q), (A_CTX, ctx), (A_G, g))}
+        p_rd = pm.read_port()
+        b_ports = {B_W: wrom.read_port(), B_K: kmem.read_port(), B_V: vmem.read_port()}
+        for port in (*a_ports.values(), p_rd):
+            m.d.comb += port.addr.eq(mac.a_addr)
+        for port in b_ports.values():
+            m.d.comb += port.addr.eq(mac.b_addr)
+        with m.Switch(ins.a_src):
+            for src, port in a_ports.items():
+                with m.Case(src):
+                    m.d.comb += mac.a_data.eq(port.data)
+            with m.Case(A_P):
+                m.d.comb += mac.a_data.eq(p_rd.data)
+        with m.Switch(ins.b_src):
+            for src, port in b_ports.items():
+                with m.Case(src):
+                    m.d.comb += mac.b_data.eq(port.data)
+
+        # LayerNorm and softmax operands
+        x_ln, x_post = x.read_port(), x.read_port()
+        m.d.comb += [x_ln.addr.eq(ln.x_addr), ln.x_data.eq(x_ln.data),
+                     x_post.addr.eq(post.x_addr), post.x_data.eq(x_post.data)]
+        sc_rd, sc_max = sc.read_port(), Signal(signed(c.score_bits))
+        p_wr = pm.write_port()
+        m.d.comb += [sc_rd.addr.eq(smx.sc_addr), smx.sc_data.eq(sc_rd.data), smx.sc_max.eq(sc_max),
+                     p_wr.addr.eq(smx.p_addr), p_wr.data.eq(smx.p_data), p_wr.en.eq(smx.p_we)]
+
+        lut = self._lut_feeder(m, ins, ht, c)
+        fill_o, fill_active = Signal(range(d + 1)), Signal()
+
+        # the post-op's input: the unit the instruction runs
+        with m.Switch(ins.kind):
+            with m.Case(MAC):
+                m.d.comb += [post.i_valid.eq(mac.o_valid), post.i_pre.eq(mac.o_pre), post.i_r.eq(mac.o_r), post.i_o.eq(mac.o_o)]
+            with m.Case(LAYERNORM):
+                m.d.comb += [post.i_valid.eq(ln.o_valid), post.i_pre.eq(ln.o_pre), post.i_r.eq(ln.o_r), post.i_o.eq(ln.o_o)]
+            with m.Case(LUT):
+                m.d.comb += [post.i_valid.eq(lut["valid"]), post.i_pre.eq(lut["pre"]), post.i_r.eq(lut["r"]),
+                             post.i_o.eq(lut["o"])]
+            with m.Case(FILL):
+                m.d.comb += [post.i_valid.eq(fill_active), post.i_pre.eq(0), post.i_r.eq(0), post.i_o.eq(fill_o)]
+
+        logits = Array(Signal(signed(32), name=f"logit{k}") for k in range(c.classes))
+        best, label = Signal(signed(32)), Signal(self.label_bits)
+        self._writes(m, post, ins, {D_X: x, D_H: h, D_Q: q, D_CTX: ctx, D_G: g, D_SC: sc},
+                     {D_K: kmem, D_V: vmem}, ht, sc_max, logits, best, label)
+        self._sequencer(m, i_rd, ins, mac, ln, smx, post, lut, fill_o, fill_active, pix, logits, label)
+        return m
+
+    def _writes(self, m, post, ins, scalar, wide, ht, sc_max, logits, best, label):
+        """The post-op's result into the memory the instruction names (a lane of a wide word)."""
+        for dest, memory in scalar.items():
+            port = memory.write_port()
+            m.d.comb += [port.addr.eq(post.w_addr), port.data.eq(post.w_data),
+                         port.en.eq(post.w_valid & (ins.dest == dest))]
+        lanes = self.compiled.lanes
+        for dest, memory in wide.items():
+            port = memory.write_port(granularity=8)
+            m.d.comb += [port.addr.eq(post.w_addr), port.data.eq(Cat([post.w_data[:8]] * lanes)),
+                         port.en.eq(Mux(post.w_valid & (ins.dest == dest), 1 << post.w_lane[:lanes.bit_length() - 1], 0))]
+        if ht is not None:
+            tb = ht.shape.width // self.compiled.d
+            port = ht.write_port(granularity=tb)
+            m.d.comb += [port.addr.eq(post.w_addr), port.data.eq(Cat([post.w_data[:tb]] * self.compiled.d)),
+                         port.en.eq(Mux(post.w_valid & (ins.dest == D_HT), 1 << post.w_lane[:self.compiled.d.bit_length()], 0))]
+        with m.If(post.w_valid & (ins.dest == D_SC)):
+            with m.If((post.w_addr == 0) | (post.w_data > sc_max)):
+                m.d.sync += sc_max.eq(post.w_data)
+        with m.If(post.w_valid & (ins.dest == D_LOG)):
+            m.d.sync += logits[post.w_addr].eq(post.w_data)
+            with m.If((post.w_addr == 0) | (post.w_data > best)):
+                m.d.sync += [best.eq(post.w_data), label.eq(post.w_addr)]
+
+    def _lut_feeder(self, m, ins, ht, c):
+        """Tokens from HT into the LUT engine of the instruction, its counts out one per clock."""
+        out = {"valid": Signal(name="lut_valid"), "pre": Signal(signed(c.pre_bits), name="lut_pre"),
+               "r": Signal(range(c.T + 1), name="lut_r"), "o": Signal(range(c.d), name="lut_o"),
+               "start": Signal(name="lut_start"), "busy": Signal(name="lut_busy")}
+        if ht is None:
+            return out
+        rd = ht.read_port()
+        fed, got = Signal(range(c.T + 1)), Signal(range(c.T + 1))
+        tok_valid = Signal()
+        counts = Array(Signal(16, name=f"count{j}") for j in range(c.d))
+        ser, ser_active = Signal(range(c.d)), Signal()
+        take = Signal()
+        accepted = Signal()
+        m.d.comb += rd.addr.eq(fed)
+        running = Signal()
+        with m.If(out["start"]):
+            m.d.sync += [fed.eq(0), got.eq(0), running.eq(1), tok_valid.eq(0)]
+        for index, engine in enumerate(self.engines):
+            m.submodules[f"lut_engine{index}"] = engine
+            mine = ins.x_row == index
+            m.d.comb += [engine.i.payload.eq(rd.data), engine.i.valid.eq(tok_valid & mine),
+                         engine.o.ready.eq(take & mine)]
+            with m.If(mine):
+                m.d.comb += accepted.eq(engine.i.valid & engine.i.ready)
+                with m.If(take & engine.o.valid):
+                    m.d.sync += [counts[j].eq(engine.o.payload[j]) for j in range(c.d)]
+                    m.d.sync += [ser.eq(0), ser_active.eq(1), got.eq(got + 1), out["r"].eq(got)]
+        # a token is read from HT while the one before is accepted: one every other clock at most
+        with m.If(running & ~out["start"]):
+            with m.If(~tok_valid & (fed < ins.rows)):
+                m.d.sync += [tok_valid.eq(1)]
+            with m.Elif(accepted):
+                m.d.sync += [tok_valid.eq(0), fed.eq(fed + 1)]
+        m.d.comb += take.eq(running & (got < ins.rows) & (~ser_active | (ser == c.d - 1)))
+        with m.If(ser_active & ~(take & Cat([e.o.valid & (ins.x_row == k) for k, e in enumerate(self.engines)]).any())):
+            m.d.sync += ser.eq(ser + 1)
+            with m.If(ser == c.d - 1):
+                m.d.sync += ser_active.eq(0)
+        with m.If(running & (got == ins.rows) & ~ser_active):
+            m.d.sync += running.eq(0)
+        m.d.comb += [out["valid"].eq(ser_active), out["pre"].eq(counts[ser]), out["o"].eq(ser),
+                     out["busy"].eq(running | ser_active)]
+        return out
+
+    def _sequencer(self, m, i_rd, ins, mac, ln, smx, post, lut, fill_o, fill_active, pix, logits, label):
+        c = self.compiled
+        p, side = c.config["patch"], c.config["image_size"] // c.config["patch"]
+        pc = Signal(range(len(c.instructions)))
+        m.d.comb += i_rd.addr.eq(pc)
+        # pixel (channel, y, x) -> patch element (t, k): counters, no division
+        ch, ty, py, tx, px = (Signal(range(max(n, 2))) for n in (c.config.get("channels", 1), side, p, side, p))
+        pw = pix.write_port()
+        m.d.comb += [pw.addr.eq((ty * side + tx) * c.patch_len + ch * p * p + py * p + px),
+                     pw.data.eq(self.i.payload ^ 0x80), pw.en.eq(self.i.valid & self.i.ready)]
+        cycles = Signal(32)
+        m.d.sync += cycles.eq(cycles + 1)
+        unit_busy = Mux(ins.kind == MAC, mac.busy, Mux(ins.kind == LAYERNORM, ln.busy, Mux(
+            ins.kind == SOFTMAX, smx.busy, Mux(ins.kind == LUT, lut["busy"], fill_active))))
+        with m.FSM():
+            with m.State("LOAD"):
+                m.d.comb += self.i.ready.eq(1)
+                with m.If(self.i.valid):
+                    self._advance(m, [(px, p), (tx, side), (py, p), (ty, side), (ch, c.config.get("channels", 1))])
+                    with m.If((ch == c.config.get("channels", 1) - 1) & (ty == side - 1) & (py == p - 1) &
+                              (tx == side - 1) & (px == p - 1)):
+                        m.d.sync += [pc.eq(0), cycles.eq(0)]
+                        m.next = "FETCH"
+            with m.State("FETCH"):
+                m.next = "START"
+            with m.State("START"):
+                m.d.comb += [mac.start.eq(ins.kind == MAC), ln.start.eq(ins.kind == LAYERNORM),
+                             smx.start.eq(ins.kind == SOFTMAX), lut["start"].eq(ins.kind == LUT)]
+                with m.If(ins.kind == FILL):
+                    m.d.sync += [fill_o.eq(0), fill_active.eq(1)]
+                m.next = "RUN"
+            with m.State("RUN"):
+                with m.If(~unit_busy & ~post.busy & ~post.i_valid):
+                    with m.If(pc == len(c.instructions) - 1):
+                        m.d.sync += self.cycles.eq(cycles)
+                        m.next = "OUT"
+                    with m.Else():
+                        m.d.sync += pc.eq(pc + 1)
+                        m.next = "FETCH"
+            with m.State("OUT"):
+                m.d.comb += self.o.valid.eq(1)
+                with m.If(self.o.ready):
+                    m.next = "LOAD"
+        with m.If(fill_active):
+            m.d.sync += fill_o.eq(fill_o + 1)
+            with m.If(fill_o == ins.O - 1):
+                m.d.sync += fill_active.eq(0)
+        m.d.comb += [self.o.payload.logits[k].eq(logits[k]) for k in range(c.classes)]
+        m.d.comb += self.o.payload.label.eq(label)
+
+    @staticmethod
+    def _advance(m, counters):
+        """Step a mixed-radix counter, least significant first."""
+        carry = 1
+        for counter, radix in counters:
+            with m.If(carry):
+                m.d.sync += counter.eq(Mux(counter == radix - 1, 0, counter + 1))
+            carry = carry & (counter == radix - 1)
