@@ -119,11 +119,18 @@ class ModelEngine(wiring.Component):
         self.ins_layout = instruction_layout(c.instructions)
         self.pixels = c.config.get("channels", 1) * c.config["image_size"] ** 2
         self.label_bits = max((c.classes - 1).bit_length(), 1)
+        self.ln_row_cycles = LayerNormUnit(self.ins_layout, c.d, 1, 1, 1).row_cycles
+        self.softmax_row_cycles = SoftmaxUnit(self.ins_layout, c.T, c.score_bits).row_cycles
         super().__init__({
             "i": In(stream.Signature(unsigned(8))),
             "o": Out(stream.Signature(data.StructLayout({"logits": data.ArrayLayout(signed(32), c.classes),
                                                          "label": unsigned(self.label_bits)}))),
             "cycles": Out(32)})
+
+    @property
+    def cycles_per_image(self):
+        """Clocks from the last pixel's handshake to `o.valid`, exactly (`instruction_cycles`)."""
+        return sum(instruction_cycles(self))
 
     def elaborate(self, platform):
         m = Module()
@@ -282,7 +289,7 @@ class ModelEngine(wiring.Component):
     def _sequencer(self, m, i_rd, ins, mac, ln, smx, post, lut, fill_o, fill_active, pix, logits, label):
         c = self.compiled
         p, side = c.config["patch"], c.config["image_size"] // c.config["patch"]
-        pc = Signal(range(len(c.instructions)))
+        pc = self._pc = Signal(range(len(c.instructions)))
         m.d.comb += i_rd.addr.eq(pc)
         # pixel (channel, y, x) -> patch element (t, k): counters, no division
         ch, ty, py, tx, px = (Signal(range(max(n, 2))) for n in (c.config.get("channels", 1), side, p, side, p))
@@ -313,7 +320,7 @@ class ModelEngine(wiring.Component):
             with m.State("RUN"):
                 with m.If(~unit_busy & ~post.busy & ~post.i_valid):
                     with m.If(pc == len(c.instructions) - 1):
-                        m.d.sync += self.cycles.eq(cycles)
+                        m.d.sync += self.cycles.eq(cycles + 1)
                         m.next = "OUT"
                     with m.Else():
                         m.d.sync += pc.eq(pc + 1)
@@ -337,3 +344,26 @@ class ModelEngine(wiring.Component):
             with m.If(carry):
                 m.d.sync += counter.eq(Mux(counter == radix - 1, 0, counter + 1))
             carry = carry & (counter == radix - 1)
+
+
+def instruction_cycles(engine):
+    """Clocks each instruction takes, from its fetch to the next fetch (exact: the test measures
+    them). MAC: one clock per operand slot, less the trailing bubbles of the last group, then its
+    sums through the serializer and the post-op; LayerNorm and softmax: their units' row clocks;
+    LUT: the engine's latency, then d clocks per token."""
+    c = engine.compiled
+    out = []
+    for ins in c.instructions:
+        if ins.kind == MAC:
+            groups = [min(c.lanes, ins.O - g * c.lanes) for g in range(-(-ins.O // c.lanes))]
+            slots = ins.rows * sum(max(ins.K, n) for n in groups)
+            out.append(slots - max(0, groups[-1] - ins.K) + groups[-1] + 11)
+        elif ins.kind == LAYERNORM:
+            out.append(ins.rows * engine.ln_row_cycles + 13)
+        elif ins.kind == SOFTMAX:
+            out.append(engine.softmax_row_cycles + 3)
+        elif ins.kind == LUT:
+            out.append(ins.rows * ins.O + engine.engines[ins.x_row].latency + 11)
+        else:
+            out.append(ins.O + 9)
+    return out

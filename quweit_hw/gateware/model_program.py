@@ -22,7 +22,7 @@ the operand word of the MAC array):
     SC   (T,)       int    one row of attention scores;  P (T,) uint8 its probabilities
 """
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 import numpy as np
 

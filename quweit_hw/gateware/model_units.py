@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """The arithmetic units of the whole-model engine, each with exactly `contract.integer`'s semantics.
 
 - `Divider`: floor(num / den) for num >= 0, den >= 1, one quotient bit per clock (restoring).

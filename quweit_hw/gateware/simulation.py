@@ -81,3 +81,50 @@ def check_engine(block, tokens=256, *, registers="all", seed=0):
     if bad:
         raise UserError(f"simulation of block {block.name!r} disagrees with the golden model on {bad} of {tokens} tokens")
     return tokens
+
+
+def simulate_model(engine, pixels, *, valid_prob=1.0, ready_prob=1.0, seed=0):
+    """Run a ModelEngine in Amaranth's simulator on uint8 images (B, C, H, W), with gaps in the
+    pixel stream and stalls on the output: (logits (B, classes) int64, labels (B,), trace) where
+    trace = {"compute_cycles": clocks from each image's last pixel to its o.valid, "cycles_port":
+    the engine's `cycles` output after each image}."""
+    from amaranth.sim import Simulator
+
+    pixels = np.asarray(pixels)
+    rng = np.random.default_rng(seed)
+    limit = engine.cycles_per_image * 4 + 1000
+    logits, labels, compute, reported = [], [], [], []
+
+    async def bench(ctx):
+        for image in pixels:
+            values = [int(v) for v in image.reshape(-1)]
+            index = 0
+            while index < len(values):
+                offer = bool(rng.random() < valid_prob)
+                ctx.set(engine.i.valid, offer)
+                ctx.set(engine.i.payload, values[index])
+                _, _, ready = await ctx.tick().sample(engine.i.ready)
+                index += int(offer and ready)
+            ctx.set(engine.i.valid, 0)
+            cycles = 0
+            while True:
+                take = bool(rng.random() < ready_prob)
+                ctx.set(engine.o.ready, take)
+                _, _, valid, payload = await ctx.tick().sample(engine.o.valid, engine.o.payload)
+                if valid and not compute[len(logits):]:
+                    compute.append(cycles)
+                cycles += 1
+                if valid and take:
+                    break
+                if cycles > limit:
+                    raise RuntimeError(f"no result for image {len(logits)} within {limit} cycles")
+            ctx.set(engine.o.ready, 0)
+            logits.append([int(payload.logits[k]) for k in range(len(payload.logits))])
+            labels.append(int(payload.label))
+            reported.append(ctx.get(engine.cycles))
+
+    sim = Simulator(engine)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return np.array(logits, np.int64), np.array(labels, np.int64), {"compute_cycles": compute, "cycles_port": reported}
