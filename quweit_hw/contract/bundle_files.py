@@ -68,7 +68,7 @@ def load_bundle(path=REFERENCE):
     (`bundle_check.check_bundle`, docs/bundle-format.md "What a reader checks"). A version 2
     bundle (the whole integer model) is read by `model_bundle`, and its LUT blocks returned as
     version 1's. UserError on any problem."""
-    if _format_version(path) == 2:
+    if format_version(path) == 2:
         from .model_bundle import load_model_bundle
 
         _, manifest, blocks = load_model_bundle(Path(path))
@@ -77,7 +77,7 @@ def load_bundle(path=REFERENCE):
     return Bundle(Path(path), manifest, blocks)
 
 
-def _format_version(path):
+def format_version(path):
     """The manifest's format_version, or None when it cannot be read (check_bundle says why)."""
     try:
         manifest = json.loads((Path(path) / "manifest.json").read_text())

@@ -1,0 +1,100 @@
+"""The whole-model engine (gateware.model_engine) of a version-2 bundle through the ULX3S
+toolchain: LUT4, flip-flops, DSPs, block RAMs, Fmax, and the images/s and latency they give.
+
+    python bench/model_engine_build.py export/int-reference --lanes 32 --clock-mhz 100
+
+The harness: pixels from a 16-bit LFSR (XORed with the UART rx pin) on every clock, the
+logits, the class and the cycle counter XOR-folded by a pipelined tree (a register after
+each 4-input level) into the UART tx pin, so Yosys keeps the whole engine. Every harness
+path is one LUT deep: nextpnr's worst path is the engine's.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from amaranth.hdl import Cat, Module, Signal  # noqa: E402
+from amaranth.lib import wiring  # noqa: E402
+from amaranth.lib.wiring import In, Out  # noqa: E402
+
+from quweit_hw.contract.boards import load_board  # noqa: E402
+from quweit_hw.contract.model_bundle import load_model_bundle  # noqa: E402
+from quweit_hw.gateware.link import LEDS  # noqa: E402
+from quweit_hw.gateware.model_engine import ModelEngine  # noqa: E402
+from quweit_hw.gateware.toolchain import NEXTPNR_REPORT, TOP, build_top  # noqa: E402
+from quweit_hw.gateware.top import BoardTop  # noqa: E402
+from quweit_hw.gateware.report import CELLS  # noqa: E402
+
+
+class ModelHarness(wiring.Component):
+    """A model engine fed pseudo-random pixels, its results XOR-folded to `tx`."""
+
+    rx: In(1, init=1)
+    tx: Out(1)
+    leds: Out(LEDS)
+
+    def __init__(self, engine):
+        self.engine = engine
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.engine = engine = self.engine
+        lfsr = Signal(16, init=0xACE1)  # x^16 + x^14 + x^13 + x^11 + 1
+        m.d.sync += lfsr.eq(Cat(lfsr[1:], lfsr[0] ^ lfsr[2] ^ lfsr[3] ^ lfsr[5]))
+        m.d.comb += [engine.i.payload.eq(lfsr[:8] ^ self.rx), engine.i.valid.eq(1), engine.o.ready.eq(1)]
+        out = Cat(engine.o.payload.as_value(), engine.o.valid, engine.cycles)
+        level = [out[k] for k in range(len(out))]
+        while len(level) > 1:
+            nxt = []
+            for k in range(0, len(level), 4):
+                reg = Signal(reset_less=True)
+                m.d.sync += reg.eq(Cat(*level[k:k + 4]).xor())
+                nxt.append(reg)
+            level = nxt
+        m.d.comb += [self.tx.eq(level[0]), self.leds.eq(Cat(engine.i.ready, engine.o.valid))]
+        return m
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("bundle", help="a version-2 (whole integer model) bundle folder")
+    p.add_argument("--lanes", type=int, default=32, help="MAC array width (default: 32)")
+    p.add_argument("--board", default="ulx3s")
+    p.add_argument("--clock-mhz", type=float, default=100)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", default="/tmp/model_engine_build")
+    args = p.parse_args()
+    program, _, _ = load_model_bundle(args.bundle)
+    board = load_board(args.board)
+    engine = ModelEngine(program, lanes=args.lanes, registers=board.registers)
+    top = BoardTop(ModelHarness(engine), clock_hz=int(args.clock_mhz * 1e6), reset_button=board.reset_button)
+    start = time.perf_counter()
+    build_top(top, board, args.out, seed=args.seed)
+    seconds = time.perf_counter() - start
+    pnr = json.loads((Path(args.out) / NEXTPNR_REPORT).read_text())
+    netlist = json.loads((Path(args.out) / f"{TOP}.json").read_text())
+    cells = {}
+    for module in netlist["modules"].values():
+        if module.get("attributes", {}).get("top"):
+            for cell in module["cells"].values():
+                cells[cell["type"]] = cells.get(cell["type"], 0) + 1
+    fmax = {clk: round(v["achieved"], 2) for clk, v in pnr["fmax"].items()}
+    engine_mhz = min(fmax.values())
+    cycles = engine.cycles_per_image
+    print(json.dumps({
+        "bundle": args.bundle, "lanes": args.lanes, "instructions": len(engine.compiled.instructions),
+        "cycles_per_image": cycles, "target_mhz": args.clock_mhz, "fmax_mhz": fmax,
+        "images_per_s_at_fmax": round(engine_mhz * 1e6 / cycles), "latency_us_at_fmax": round(cycles / engine_mhz, 1),
+        "cells": {name: cells.get(cell, 0) for name, cell in CELLS.items()},
+        "utilization": {k: v for k, v in pnr["utilization"].items() if v.get("used")},
+        "build_seconds": round(seconds, 1), "log": str(Path(args.out) / "top.tim")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
