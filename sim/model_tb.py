@@ -18,7 +18,7 @@ from pathlib import Path
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly
+from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly, RisingEdge, with_timeout
 
 from quweit_hw.contract import golden_model
 from quweit_hw.contract.model_bundle import load_model_bundle
@@ -32,7 +32,8 @@ def unpack(word, classes):
 
 class PixelDriver:
     """i__valid/i__payload driven mid-cycle with random gaps; a pixel is sent when i__valid and
-    i__ready are high at the rising edge."""
+    i__ready are high at the rising edge. While the engine computes (i__ready low) the driver
+    sleeps until i__ready rises, so Python runs per pixel, not per clock."""
 
     def __init__(self, dut, valid_permille, rng):
         self.dut, self.valid_permille, self.rng = dut, valid_permille, rng
@@ -49,28 +50,33 @@ class PixelDriver:
                 dut.i__valid.value = int(offer)
                 dut.i__payload.value = values[sent]
                 await ReadOnly()
-                sent += int(offer and int(dut.i__ready.value))
+                ready = int(dut.i__ready.value)
+                sent += int(offer and ready)
+                if not ready:
+                    await RisingEdge(dut.i__ready)
             self.images += 1
         await FallingEdge(dut.clk)
         dut.i__valid.value = 0
 
 
 class ResultMonitor:
-    """o__ready with random stalls; every delivered result, and the `cycles` output after it."""
+    """o__ready with random stalls once o__valid is up (it sleeps until then); every delivered
+    result, and the `cycles` output with it."""
 
     def __init__(self, dut, classes, ready_permille, rng):
         self.dut, self.classes, self.ready_permille, self.rng = dut, classes, ready_permille, rng
         self.results, self.cycles = [], []
 
-    async def run(self, count, max_clocks):
+    async def run(self, count, wait_ns):
+        """Until `count` results; each must come within wait_ns of the one before (else the test fails)."""
         dut = self.dut
-        clocks = 0
-        while len(self.results) < count and clocks < max_clocks:
+        while len(self.results) < count:
+            if not int(dut.o__valid.value):
+                await with_timeout(RisingEdge(dut.o__valid), wait_ns, "ns")
             await FallingEdge(dut.clk)
             take = self.rng.randrange(1000) < self.ready_permille
             dut.o__ready.value = int(take)
             await ReadOnly()
-            clocks += 1
             if take and int(dut.o__valid.value):
                 self.results.append(unpack(dut.o__payload.value.to_unsigned(), self.classes))
                 self.cycles.append(int(dut.cycles.value))
@@ -95,7 +101,7 @@ async def model_matches_golden(dut):
     dut.rst.value = 0
 
     start = time.perf_counter()
-    watch = cocotb.start_soon(monitor.run(len(images), max_clocks=len(images) * (cycles * 3 + 4 * images[0].size) + 1000))
+    watch = cocotb.start_soon(monitor.run(len(images), wait_ns=10 * (3 * cycles + 20 * images[0].size + 1000)))
     await driver.run(images)
     await watch
     seconds = time.perf_counter() - start

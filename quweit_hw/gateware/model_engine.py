@@ -300,14 +300,16 @@ class ModelEngine(wiring.Component):
         m.d.sync += cycles.eq(cycles + 1)
         unit_busy = Mux(ins.kind == MAC, mac.busy, Mux(ins.kind == LAYERNORM, ln.busy, Mux(
             ins.kind == SOFTMAX, smx.busy, Mux(ins.kind == LUT, lut["busy"], fill_active))))
+        # the handshake outputs come from registers (and are never left undefined in a 4-state simulator)
+        loading, done = Signal(init=1), Signal()
+        m.d.comb += [self.i.ready.eq(loading), self.o.valid.eq(done)]
         with m.FSM():
             with m.State("LOAD"):
-                m.d.comb += self.i.ready.eq(1)
-                with m.If(self.i.valid):
+                with m.If(self.i.valid & loading):
                     self._advance(m, [(px, p), (tx, side), (py, p), (ty, side), (ch, c.config.get("channels", 1))])
                     with m.If((ch == c.config.get("channels", 1) - 1) & (ty == side - 1) & (py == p - 1) &
                               (tx == side - 1) & (px == p - 1)):
-                        m.d.sync += [pc.eq(0), cycles.eq(0)]
+                        m.d.sync += [pc.eq(0), cycles.eq(0), loading.eq(0)]
                         m.next = "FETCH"
             with m.State("FETCH"):
                 m.next = "START"
@@ -320,14 +322,14 @@ class ModelEngine(wiring.Component):
             with m.State("RUN"):
                 with m.If(~unit_busy & ~post.busy & ~post.i_valid):
                     with m.If(pc == len(c.instructions) - 1):
-                        m.d.sync += self.cycles.eq(cycles + 1)
+                        m.d.sync += [self.cycles.eq(cycles + 1), done.eq(1)]
                         m.next = "OUT"
                     with m.Else():
                         m.d.sync += pc.eq(pc + 1)
                         m.next = "FETCH"
             with m.State("OUT"):
-                m.d.comb += self.o.valid.eq(1)
                 with m.If(self.o.ready):
+                    m.d.sync += [done.eq(0), loading.eq(1)]
                     m.next = "LOAD"
         with m.If(fill_active):
             m.d.sync += fill_o.eq(fill_o + 1)
