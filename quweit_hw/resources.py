@@ -1,4 +1,4 @@
-"""Where the shipped inputs are: the reference bundle and checkpoint, and the board files.
+"""Where the shipped inputs are: the reference bundles and checkpoints, and the board files.
 
 In a checkout they are the top-level `export/reference/` and `boards/` folders; an
 installed wheel carries the same folders as package data (`quweit_hw/reference`,
@@ -18,4 +18,6 @@ def _shipped(installed, checkout):
 
 REFERENCE = _shipped("reference", "export/reference")  # the reference bundle (and its checkpoint)
 REFERENCE_CHECKPOINT = REFERENCE / "checkpoint.pt"
+# the integer-only reference (bundle format version 2: the whole model) and its checkpoint
+REFERENCE_INTEGER = _shipped("reference_integer", "export/reference-integer")
 BOARDS_DIR = _shipped("boards", "boards")

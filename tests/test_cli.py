@@ -147,6 +147,8 @@ CASES = [
         (["bundle", "-o", ".", "--force"], ["-o/--out", "'.'"]),
         (["bundle", "-o", "afile"], ["-o/--out", "'afile'"]),
         (["bundle", "--registers", "some"], ["--registers", "'some'"]),
+        (["bundle", "--model", "--lanes", "12"], ["--lanes", "'12'", "power of two"]),
+        (["bundle", "--model"], ["version-1 bundle", "version-2 bundle", "--integer"]),
     ]],
     *[(["prove", *a], n) for a, n in [
         (["nothing"], ["bundle", "no such folder", "'nothing'"]),

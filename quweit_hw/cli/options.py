@@ -34,6 +34,7 @@ positive_float = _bounded(float, "a positive number", lambda v: v > 0)
 nonnegative_float = _bounded(float, "a number >= 0", lambda v: v >= 0)
 open_fraction = _bounded(float, "a number between 0 and 1 (exclusive)", lambda v: 0 < v < 1)
 dropout_rate = _bounded(float, "a number in [0, 1)", lambda v: 0 <= v < 1)
+positive_power_of_two = _bounded(int, "a power of two >= 2", lambda v: v >= 2 and v & (v - 1) == 0)
 
 
 def int_list(text):

@@ -4,8 +4,8 @@ import argparse
 from pathlib import Path
 
 from ..gateware.engine import Registers
-from ..resources import REFERENCE
-from .options import input_folder, nonnegative_int, output_folder
+from ..resources import REFERENCE, REFERENCE_INTEGER
+from .options import input_folder, nonnegative_int, output_folder, positive_power_of_two
 
 
 def _rom_spec(text):
@@ -30,6 +30,11 @@ def configure(parser):
     parser.add_argument("--rom", type=_rom_spec, action="append", default=[], metavar="LAYER:NODES",
                         help="keep LAYER's truth tables in ROM, NODES evaluated per clock, at most the layer's "
                              "node count (repeatable, once per layer; default: every layer in fabric)")
+    parser.add_argument("--model", action="store_true",
+                        help="the whole integer model (ModelEngine: image in, class out) of a version-2 bundle "
+                             "(default bundle: the integer reference) instead of one block's MLP engine")
+    parser.add_argument("--lanes", type=positive_power_of_two, default=32, metavar="N",
+                        help="--model: multipliers of the MAC array, a power of two (default: 32)")
     parser.add_argument("--force", action="store_true",
                         help="replace an existing output folder (files in it that rtl does not write are kept)")
 
@@ -61,6 +66,8 @@ def run(args):
     from ..gateware.verilog import write_rtl
 
     check_tools(("YOSYS",))
+    if args.model:
+        return run_model(args)
     bundle = load_bundle(args.bundle or REFERENCE)
     block = bundle.block(args.block)  # range check before anything is generated
     rom = rom_options(block, args.rom)
@@ -74,4 +81,17 @@ def run(args):
     print(f"{out}/{TOP}.v: block {summary['block']!r}, {summary['lut_nodes']} LUT nodes, "
           f"{summary['comparators']['kept']} comparators, latency {summary['latency_cycles']} cycles, "
           f"{summary['throughput']}, ~{est} ECP5 LUT4 (estimate), {summary['generation_seconds']} s")
+    return 0
+
+
+def run_model(args):
+    from ..gateware.model_engine import TOP
+    from ..gateware.model_rtl import write_model_rtl
+
+    source = args.bundle or REFERENCE_INTEGER
+    out = args.out or Path("hw") / "rtl" / f"{Path(source).name}-model"
+    summary = write_model_rtl(source, out, lanes=args.lanes, force=args.force)
+    print(f"{out}/{TOP}.v: the whole model, {summary['instructions']} instructions, {summary['lanes']} MAC lanes, "
+          f"{summary['cycles_per_image']:,} cycles per image ({summary['cycles_per_image'] / 100:,.1f} us at 100 MHz), "
+          f"{summary['generation_seconds']} s")
     return 0
