@@ -103,11 +103,13 @@ def test_installed_package_carries_its_inputs(installed):
     env_dir, run_dir = installed
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run([str(env_dir / "bin" / "python"), "-c",
-                           "import quweit_hw.resources as r; print(r.REFERENCE); print(r.BOARDS_DIR)"],
+                           "import quweit_hw.resources as r; print(r.REFERENCE); print(r.BOARDS_DIR); "
+                           "print(r.REFERENCE_INTEGER)"],
                           cwd=run_dir, env=env, capture_output=True, text=True, check=True)
-    reference, boards = map(Path, done.stdout.split())
-    assert ROOT not in reference.parents and ROOT not in boards.parents  # from the wheel, not the checkout
+    reference, boards, integer = map(Path, done.stdout.split())
+    assert all(ROOT not in path.parents for path in (reference, boards, integer))  # the wheel's, not the checkout's
     assert (reference / "manifest.json").is_file() and (reference / "checkpoint.pt").is_file()
+    assert (integer / "checkpoint.pt").is_file() and len(list((integer / "model").glob("*.npy"))) > 20
     assert (boards / "ulx3s.toml").is_file()
 
 
