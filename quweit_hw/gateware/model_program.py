@@ -202,11 +202,16 @@ def compile_program(program, lanes=16):
         qkv = blk["qkv"]
         part = lambda lo, hi: {k: np.asarray(qkv[k])[lo:hi] for k in ("w", "b", "m", "s")}
         linear(A_H, d, part(0, d), T, REQ, **_scalar_dest(D_Q, 0, d))
-        for h in range(heads):  # keys: lanes over tokens; values: lanes over channels
-            linear(A_H, d, part(d + h * dh, d + (h + 1) * dh), T, REQ, dest=D_K,
-                   d_base=h * dh * GT, d_rsh=logw, d_rmul=1, d_omul=GT, d_rmask=lanes - 1)
-            linear(A_H, d, part(2 * d + h * dh, 2 * d + (h + 1) * dh), T, REQ, dest=D_V,
-                   d_base=h * T * GD, d_rmul=GD, d_osh=logw, d_omul=1, d_omask=lanes - 1)
+        # keys, lanes over tokens: channel o of token t in word o*GT + t // lanes, lane t % lanes
+        linear(A_H, d, part(d, 2 * d), T, REQ, dest=D_K, d_rsh=logw, d_rmul=1, d_omul=GT, d_rmask=lanes - 1)
+        # values, lanes over a head's channels: word (h*T + t)*GD + j // lanes, lane j % lanes
+        if dh & (dh - 1) == 0 and dh <= lanes:  # one instruction: h = o >> log2(dh), j = o % dh
+            linear(A_H, d, part(2 * d, 3 * d), T, REQ, dest=D_V, d_rmul=1, d_osh=dh.bit_length() - 1, d_omul=T,
+                   d_omask=dh - 1)
+        else:
+            for h in range(heads):
+                linear(A_H, d, part(2 * d + h * dh, 2 * d + (h + 1) * dh), T, REQ, dest=D_V,
+                       d_base=h * T * GD, d_rmul=GD, d_osh=logw, d_omul=1, d_omask=lanes - 1)
         ctx_params = B.param_block(dh, 0, blk["ctx"]["m"], blk["ctx"]["s"])
         for t in range(T):
             for h in range(heads):
