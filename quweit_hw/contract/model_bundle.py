@@ -146,7 +146,7 @@ def load_model_bundle(path):
         raise UserError(f"{str(root)!r} is not a quweit bundle")
     version = manifest.get("format_version")
     if version == 1:
-        raise UserError(f"bundle {root} is version 1 (LUT-MLP blocks only): a whole-model evaluation needs version 2")
+        raise UserError(f"bundle {root} is version 1 (LUT-MLP blocks only): the whole integer model needs version 2")
     if version != MODEL_FORMAT_VERSION:
         raise UserError(f"bundle {root} has format version {version!r}; this quweit-hw reads versions 1 and 2")
     if manifest.get("rules") != rules():
