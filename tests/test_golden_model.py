@@ -218,3 +218,35 @@ def test_eval_command_on_a_version_2_bundle(tmp_path, capsys):
 
     assert main(["eval", str(REFERENCE), "--backend", "golden"]) == 2
     assert "version 1" in capsys.readouterr().err
+
+
+def test_export_refuses_a_whole_model_bundle_of_a_float_checkpoint(tmp_path, capsys):
+    from quweit_hw.cli import main
+    from quweit_hw.contract.bundle_files import load_bundle
+    from quweit_hw.contract.model_bundle import load_model_bundle
+    from quweit_hw.errors import UserError
+    from quweit_hw.model.export import export_checkpoint
+
+    float_model = build_model("vit", tiny_config("lut", integer=False))
+    data.calibrate_lut_mlps(float_model, [torch.randn(8, 1, 8, 8)])
+    float_ckpt = write_ckpt(float_model, tmp_path / "float.pt")
+    with pytest.raises(UserError, match="is a float model: a version 2 bundle .* needs an integer checkpoint"):
+        export_checkpoint(float_ckpt, tmp_path / "a", format_version=2)
+    assert main(["export", str(float_ckpt), "--format-version", "2", "-o", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "float model" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["float.pt"], "a refused export writes nothing"
+    with pytest.raises(UserError, match="format version must be one of"):
+        export_checkpoint(float_ckpt, tmp_path / "c", format_version=3)
+    # an integer LUT checkpoint: version 2 by default, its LUT blocks alone on request
+    int_ckpt = write_ckpt(trained("lut"), tmp_path / "int.pt")
+    v2, v1 = export_checkpoint(int_ckpt, tmp_path / "v2"), export_checkpoint(int_ckpt, tmp_path / "v1", format_version=1)
+    assert load_bundle(v1).manifest["format_version"] == 1
+    _, _, blocks = load_model_bundle(v2)
+    q = np.random.default_rng(0).integers(-128, 128, (40, 16))
+    from quweit_hw.contract import golden
+
+    for mine, theirs in zip(load_bundle(v1).blocks, blocks, strict=True):
+        assert np.array_equal(golden.counts(mine, q), golden.counts(theirs, q))
+    assert main(["eval", str(int_ckpt), "--backend", "golden"]) == 2
+    assert "evaluates a version 2 bundle" in capsys.readouterr().err
