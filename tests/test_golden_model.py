@@ -199,6 +199,10 @@ def test_version_2_bundle_round_trip_and_bad_bundles(tmp_path):
 
 
 def test_eval_command_on_a_version_2_bundle(tmp_path, capsys):
+    import json
+    import subprocess
+    import sys
+
     from quweit_hw.cli import main
     from quweit_hw.model.export import export_checkpoint
 
@@ -214,6 +218,14 @@ def test_eval_command_on_a_version_2_bundle(tmp_path, capsys):
     assert main(["eval", str(bundle), "--backend", "golden", "--compare", "--limit", "40"]) == 0
     out = capsys.readouterr().out
     assert "logits differing from torch: 0 of 400; predictions differing: 0 of 40" in out
+    # the golden eval (and the report) of a version 2 bundle load no torch: a fresh interpreter
+    code = ("import json, sys\nfrom quweit_hw.cli import main\n"
+            f"codes = [main(['eval', {str(bundle)!r}, '--backend', 'golden', '--limit', '40']), "
+            f"main(['report', {str(bundle)!r}])]\n"
+            "print(json.dumps([codes, 'torch' in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[0] == out.splitlines()[0]  # the same accuracy line as above
+    assert json.loads(done.stdout.splitlines()[-1]) == [[0, 0], False]
     from quweit_hw.resources import REFERENCE
 
     assert main(["eval", str(REFERENCE), "--backend", "golden"]) == 2

@@ -33,11 +33,11 @@ def configure(parser):
 
 
 def run(args):
-    from ..evaluation import evaluate_with_backend, summary_line
-
-    if args.backend is not None:
+    if args.backend is not None:  # numpy only: the golden model needs no torch
         _positional(input_folder, args.checkpoint, f"--backend {args.backend} evaluates a version 2 bundle: ")
         return run_whole_model(args)
+    from ..evaluation import evaluate_with_backend, summary_line
+
     _positional(input_file, args.checkpoint)  # a checkpoint
     result = evaluate_with_backend(args.checkpoint, args.mlp_backend, bundle_path=args.bundle, split=args.split,
                                    limit=args.limit, compare=args.compare, port=args.port, sim=args.sim,
