@@ -262,3 +262,32 @@ def test_export_refuses_a_whole_model_bundle_of_a_float_checkpoint(tmp_path, cap
         assert np.array_equal(golden.counts(mine, q), golden.counts(theirs, q))
     assert main(["eval", str(int_ckpt), "--backend", "golden"]) == 2
     assert "evaluates a version 2 bundle" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", [{}, {"pool": "mean"}, {"mlp": "lut"},
+                                    {"mlp": "lut", "pool": "mean", "depth": 1,
+                                     "lut": {"bits": 4, "thresholds": 4, "n": 4, "hidden": (32,), "group_size": 4}}])
+def test_random_programs_agree_with_the_naive_model_and_stay_mostly_unsaturated(config, tmp_path):
+    """contract.synthetic.random_program: a valid program without torch (a bundle holds it), that
+    the golden and the naive model compute alike, and whose values mostly stay in range."""
+    from quweit_hw.contract.model_bundle import load_model_bundle, write_model_bundle
+    from quweit_hw.contract.synthetic import random_program
+
+    program = random_program(config, seed=3)
+    pix = np.random.default_rng(4).integers(0, 256, (32, 1, 8, 8)).astype(np.uint8)
+    pix[0], pix[1] = 0, 255
+    gold = golden_model.logits(program, pix)
+    assert np.array_equal(np.array(golden_naive.logits(program, pix[:3])), gold[:3])
+    assert len(np.unique(gold, axis=0)) == len(gold), "logits must depend on the input"
+    lo, hi = I.signed_limits(16)
+    x = golden_model.embed(program, pix)
+    for blk in program["blocks"]:  # the residual stream after each add, and the logits
+        x = I.add_aligned(x, golden_model.attention(program, blk, x), blk["proj"]["m"], blk["proj"]["s"])
+        assert np.isin(x, (lo, hi)).mean() < 0.001
+    assert np.isin(gold, (lo, hi)).mean() < 0.01
+    loaded, _, _ = load_model_bundle(write_model_bundle(tmp_path / "p", program))
+    assert np.array_equal(golden_model.logits(loaded, pix), gold)
+    again = random_program(config, seed=3)
+    assert np.array_equal(golden_model.logits(again, pix), gold), "a seed gives one program"
+    with pytest.raises(ValueError, match="not a valid program config"):
+        random_program({"d": 15, "heads": 2})
