@@ -4,22 +4,11 @@ by the golden model, optionally beside torch's integer eval of its source checkp
 import numpy as np
 
 from .contract import golden_model
+from .contract.fashion_mnist import fashion_mnist_pixels
 from .contract.model_bundle import load_model_bundle
 from .errors import UserError
 
 WHOLE_MODEL_BACKENDS = ("golden",)
-
-
-def fashion_mnist_pixels(split="test", limit=None):
-    """(uint8 pixels (N, 1, 28, 28), int64 labels (N,)) straight from the idx files: no normalisation."""
-    from .model.data import FASHION_MNIST_DIR, read_idx
-
-    if split not in ("train", "test"):
-        raise UserError(f"Fashion-MNIST split must be 'train' or 'test', not {split!r}")
-    prefix = "train" if split == "train" else "t10k"
-    images = read_idx(FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz")[:limit, None]
-    labels = read_idx(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz")[:limit].astype(np.int64)
-    return np.ascontiguousarray(images), labels
 
 
 def torch_integer_logits(manifest, pixels, batch_size=500):
@@ -49,7 +38,7 @@ def evaluate_model_bundle(bundle_path, backend="golden", *, split="test", limit=
     program, manifest, _ = load_model_bundle(bundle_path)
     if manifest.get("model", {}).get("task") != "fashion-mnist":
         raise UserError(f"bundle {bundle_path}: whole-model evaluation supports the fashion-mnist ViT only")
-    pixels, labels = fashion_mnist_pixels(split, limit)
+    pixels, labels = fashion_mnist_pixels(split, limit=limit)
     logits = golden_model.logits(program, pixels)
     pred = logits.argmax(-1)
     out = {"accuracy": float((pred == labels).mean()), "n": len(labels), "predictions": pred, "logits": logits}

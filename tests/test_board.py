@@ -2,7 +2,9 @@
 fit checks, a smoke build (do_build=False, no tools) of every board variant and one real
 build of a small bundle."""
 
+import collections
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -198,6 +200,23 @@ def test_engine_socket_credits_and_pulls(blocks, stages, d, domain):
     assert credits[0] == socket.credits and overrun == [0]
     with pytest.raises(ValueError, match="pipe stages must be an int >= 0, got -1"):
         EngineSocket(MLPEngine(block), -1)
+
+
+def test_shift_enable_copies_survive_synth_ecp5(tmp_path):
+    """Behind a crossing, the token register's shift enable is one net per 64 flip-flops after
+    Yosys' synth_ecp5 (d = 20, b = 8: 160 flip-flops under 3 copies, 64 + 64 + 32), not merged
+    back into one by opt_merge. The net of each token flip-flop's CE is read from the netlist."""
+    from amaranth.back import rtlil
+    block = random_block(d=20, thresholds=4, n=4, hidden=(48,), group_size=4, seed=3, name="b20")
+    socket = EngineSocket(MLPEngine(block), 2, "engine")
+    (tmp_path / "socket.il").write_text(rtlil.convert(socket, name="socket"))
+    subprocess.run([toolchain_env()["YOSYS"], "-q", "-p", "read_rtlil socket.il; synth_ecp5 -top socket -noabc9; "
+                    "write_json socket.json"], cwd=tmp_path, check=True, capture_output=True)  # YoWASP sees only cwd
+    netlist = json.loads((tmp_path / "socket.json").read_text())["modules"]["socket"]
+    token_bits = set(next(net["bits"] for name, net in netlist["netnames"].items() if name == "token"))
+    enables = collections.Counter(cell["connections"].get("CE", ["none"])[0] for cell in netlist["cells"].values()
+                                  if cell["type"] == "TRELLIS_FF" and cell["connections"]["Q"][0] in token_bits)
+    assert sorted(enables.values()) == [32, 64, 64] and "none" not in enables
 
 
 @pytest.mark.parametrize("w_period, gap, overflows", [(1e-6, 2, False), (0.37e-6, 5, False), (0.1e-6, 0, True)])

@@ -169,6 +169,10 @@ def test_version_2_bundle_round_trip_and_bad_bundles(tmp_path):
 
 
 def test_eval_command_on_a_version_2_bundle(tmp_path, capsys):
+    import json
+    import subprocess
+    import sys
+
     from quweit_hw.cli import main
     from quweit_hw.model.export import export_checkpoint
 
@@ -184,7 +188,76 @@ def test_eval_command_on_a_version_2_bundle(tmp_path, capsys):
     assert main(["eval", str(bundle), "--backend", "golden", "--compare", "--limit", "40"]) == 0
     out = capsys.readouterr().out
     assert "logits differing from torch: 0 of 400; predictions differing: 0 of 40" in out
+    # the golden eval (and the report) of a version 2 bundle load no torch: a fresh interpreter
+    code = ("import json, sys\nfrom quweit_hw.cli import main\n"
+            f"codes = [main(['eval', {str(bundle)!r}, '--backend', 'golden', '--limit', '40']), "
+            f"main(['report', {str(bundle)!r}])]\n"
+            "print(json.dumps([codes, 'torch' in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[0] == out.splitlines()[0]  # the same accuracy line as above
+    assert json.loads(done.stdout.splitlines()[-1]) == [[0, 0], False]
     from quweit_hw.resources import REFERENCE
 
     assert main(["eval", str(REFERENCE), "--backend", "golden"]) == 2
     assert "version 1" in capsys.readouterr().err
+
+
+def test_export_refuses_a_whole_model_bundle_of_a_float_checkpoint(tmp_path, capsys):
+    from quweit_hw.cli import main
+    from quweit_hw.contract.bundle_files import load_bundle
+    from quweit_hw.contract.model_bundle import load_model_bundle
+    from quweit_hw.errors import UserError
+    from quweit_hw.model.export import export_checkpoint
+
+    float_model = build_model("vit", tiny_config("lut", integer=False))
+    data.calibrate_lut_mlps(float_model, [torch.randn(8, 1, 8, 8)])
+    float_ckpt = write_ckpt(float_model, tmp_path / "float.pt")
+    with pytest.raises(UserError, match="is a float model: a version 2 bundle .* needs an integer checkpoint"):
+        export_checkpoint(float_ckpt, tmp_path / "a", format_version=2)
+    assert main(["export", str(float_ckpt), "--format-version", "2", "-o", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "float model" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["float.pt"], "a refused export writes nothing"
+    with pytest.raises(UserError, match="format version must be one of"):
+        export_checkpoint(float_ckpt, tmp_path / "c", format_version=3)
+    # an integer LUT checkpoint: version 2 by default, its LUT blocks alone on request
+    int_ckpt = write_ckpt(trained("lut"), tmp_path / "int.pt")
+    v2, v1 = export_checkpoint(int_ckpt, tmp_path / "v2"), export_checkpoint(int_ckpt, tmp_path / "v1", format_version=1)
+    assert load_bundle(v1).manifest["format_version"] == 1
+    _, _, blocks = load_model_bundle(v2)
+    q = np.random.default_rng(0).integers(-128, 128, (40, 16))
+    from quweit_hw.contract import golden
+
+    for mine, theirs in zip(load_bundle(v1).blocks, blocks, strict=True):
+        assert np.array_equal(golden.counts(mine, q), golden.counts(theirs, q))
+    assert main(["eval", str(int_ckpt), "--backend", "golden"]) == 2
+    assert "evaluates a version 2 bundle" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", [{}, {"pool": "mean"}, {"mlp": "lut"},
+                                    {"mlp": "lut", "pool": "mean", "depth": 1,
+                                     "lut": {"bits": 4, "thresholds": 4, "n": 4, "hidden": (32,), "group_size": 4}}])
+def test_random_programs_agree_with_the_naive_model_and_stay_mostly_unsaturated(config, tmp_path):
+    """contract.synthetic.random_program: a valid program without torch (a bundle holds it), that
+    the golden and the naive model compute alike, and whose values mostly stay in range."""
+    from quweit_hw.contract.model_bundle import load_model_bundle, write_model_bundle
+    from quweit_hw.contract.synthetic import random_program
+
+    program = random_program(config, seed=3)
+    pix = np.random.default_rng(4).integers(0, 256, (32, 1, 8, 8)).astype(np.uint8)
+    pix[0], pix[1] = 0, 255
+    gold = golden_model.logits(program, pix)
+    assert np.array_equal(np.array(golden_naive.logits(program, pix[:3])), gold[:3])
+    assert len(np.unique(gold, axis=0)) == len(gold), "logits must depend on the input"
+    lo, hi = I.signed_limits(16)
+    x = golden_model.embed(program, pix)
+    for blk in program["blocks"]:  # the residual stream after each add, and the logits
+        x = I.add_aligned(x, golden_model.attention(program, blk, x), blk["proj"]["m"], blk["proj"]["s"])
+        assert np.isin(x, (lo, hi)).mean() < 0.001
+    assert np.isin(gold, (lo, hi)).mean() < 0.01
+    loaded, _, _ = load_model_bundle(write_model_bundle(tmp_path / "p", program))
+    assert np.array_equal(golden_model.logits(loaded, pix), gold)
+    again = random_program(config, seed=3)
+    assert np.array_equal(golden_model.logits(again, pix), gold), "a seed gives one program"
+    with pytest.raises(ValueError, match="not a valid program config"):
+        random_program({"d": 15, "heads": 2})

@@ -175,3 +175,24 @@ def test_fake_quant_rounds_like_the_integers_with_straight_through_gradient():
     w = torch.tensor([[0.5, -1.0], [0.02, 0.013]])
     w_int, scale = Q.weight_int(w)
     assert w_int.tolist() == [[64.0, -127.0], [127.0, 83.0]] and torch.allclose(scale, torch.tensor([1 / 127, 0.02 / 127]))
+
+
+def test_activation_quantizer_headroom():
+    q, plain = Q.ActQuant(16, headroom=2.0).train(), Q.ActQuant(16).train()
+    x = torch.tensor([-3.0, 1.0, 2.0])
+    q(x), plain(x)  # the first batch sets amax = 2 * 3 (and 3 without headroom)
+    assert q.amax.item() == 6.0 and q.scale() == 6.0 / 32767 and plain.amax.item() == 3.0
+    q.eval(), plain.eval()
+    beyond = torch.tensor([5.0])  # above every value seen: headroom keeps it, 1 clips it to 3
+    assert (q(beyond) - beyond).abs().item() <= q.scale() / 2 and plain(beyond).item() == pytest.approx(3.0)
+    q.train()
+    q(beyond)
+    assert q.amax.item() == pytest.approx(0.9 * 6 + 0.1 * 10)  # EMA of headroom x batch max
+    with pytest.raises(ValueError, match="headroom must be >= 1"):
+        Q.ActQuant(8, headroom=0.5)
+    from quweit_hw.model.integer_vit import WIDE_HEADROOM, IntegerViT
+    from quweit_hw.model.vit import ViTConfig
+
+    model = IntegerViT(ViTConfig(image_size=8, patch=4, d=8, depth=1, heads=2, integer=True))
+    assert {k: q.headroom for k, q in model.quant.items() if q.headroom != 1.0} == \
+        {"res": WIDE_HEADROOM, "logits": WIDE_HEADROOM}  # the 16-bit grids only

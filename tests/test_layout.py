@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 GATEWARE_AND_CONTRACT = [
     "quweit_hw.contract.bundle", "quweit_hw.contract.bundle_files", "quweit_hw.contract.golden",
     "quweit_hw.contract.protocol", "quweit_hw.contract.boards", "quweit_hw.contract.packing",
-    "quweit_hw.contract.synthetic", "quweit_hw.gateware.engine", "quweit_hw.gateware.verilog",
+    "quweit_hw.contract.synthetic", "quweit_hw.contract.integer_accounting",
+    "quweit_hw.contract.fashion_mnist", "quweit_hw.contract.golden_model", "quweit_hw.contract.model_bundle",
+    "quweit_hw.whole_model_eval", "quweit_hw.gateware.engine", "quweit_hw.gateware.verilog",
     "quweit_hw.gateware.simulation", "quweit_hw.gateware.rtlsim", "quweit_hw.gateware.link",
     "quweit_hw.gateware.top", "quweit_hw.gateware.synth", "quweit_hw.host",
 ]

@@ -132,10 +132,15 @@ def write_idx(path, array):
 
 
 def test_fashion_mnist_reader(tmp_path):
+    from quweit_hw.contract import fashion_mnist
+
     images = np.arange(3 * 28 * 28).reshape(3, 28, 28) % 256
     write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
     write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.array([9, 0, 4]))
-    np.testing.assert_array_equal(data.read_idx(tmp_path / "t10k-images-idx3-ubyte.gz"), images)
+    np.testing.assert_array_equal(fashion_mnist.read_idx(tmp_path / "t10k-images-idx3-ubyte.gz"), images)
+    pixels, labels = fashion_mnist.fashion_mnist_pixels("test", tmp_path, limit=2)
+    assert pixels.dtype == np.uint8 and pixels.shape == (2, 1, 28, 28) and labels.tolist() == [9, 0]
+    assert np.array_equal(pixels[:, 0], images[:2])
     x, y = data.load_fashion_mnist("test", root=tmp_path)
     assert x.shape == (3, 1, 28, 28) and y.tolist() == [9, 0, 4]
     assert x[0, 0, 0, 1].item() == pytest.approx((1 / 255 - data.FASHION_MNIST_MEAN) / data.FASHION_MNIST_STD)
@@ -143,7 +148,7 @@ def test_fashion_mnist_reader(tmp_path):
         data.load_fashion_mnist("train", root=tmp_path)
     (tmp_path / "bad.gz").write_bytes(gzip.compress(b"\x00\x00\x0d\x01"))
     with pytest.raises(UserError, match="not an unsigned-byte idx"):
-        data.read_idx(tmp_path / "bad.gz")
+        fashion_mnist.read_idx(tmp_path / "bad.gz")
 
 
 def test_char_text_and_windows(tmp_path):

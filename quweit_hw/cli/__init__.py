@@ -18,7 +18,7 @@ from ..errors import UserError
 # subcommand -> (module in quweit_hw.cli, one-line help)
 COMMANDS = {
     "train": ("train", "train a ViT or character GPT with a dense or LUT MLP"),
-    "export": ("export", "write a checkpoint's LUT-MLP blocks to a versioned bundle"),
+    "export": ("export", "write a checkpoint to a bundle: the whole integer model (version 2) or its LUT-MLP blocks (1)"),
     "eval": ("eval", "evaluate a checkpoint with its MLP blocks on torch, golden, rtl or board"),
     "report": ("report", "count multiplications, LUT lookups and energy, against the dense twin"),
     "rtl": ("rtl", "generate Verilog and RTLIL for one bundle block"),

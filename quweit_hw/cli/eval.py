@@ -33,11 +33,11 @@ def configure(parser):
 
 
 def run(args):
+    if args.backend is not None:  # numpy only: the golden model needs no torch
+        _positional(input_folder, args.checkpoint, f"--backend {args.backend} evaluates a version 2 bundle: ")
+        return run_whole_model(args)
     from ..evaluation import evaluate_with_backend, summary_line
 
-    if args.backend is not None:
-        _positional(input_folder, args.checkpoint)  # a version 2 bundle
-        return run_whole_model(args)
     _positional(input_file, args.checkpoint)  # a checkpoint
     result = evaluate_with_backend(args.checkpoint, args.mlp_backend, bundle_path=args.bundle, split=args.split,
                                    limit=args.limit, compare=args.compare, port=args.port, sim=args.sim,
@@ -53,12 +53,12 @@ def run(args):
     return 0 if same and agreement.exact else 1
 
 
-def _positional(check, path):
+def _positional(check, path, why=""):
     """The positional argument checked as a file or a folder, once --backend says which."""
     try:
         check(str(path))
     except argparse.ArgumentTypeError as e:
-        raise UserError(f"argument checkpoint: {e}") from None
+        raise UserError(f"argument checkpoint: {why}{e}") from None
 
 
 def run_whole_model(args):

@@ -1,16 +1,22 @@
 """`quweit-hw report`."""
 
 from ..resources import REFERENCE_CHECKPOINT
-from .options import input_file
+from .options import input_path
 
 
 def configure(parser):
-    parser.add_argument("checkpoint", nargs="?", type=input_file, default=str(REFERENCE_CHECKPOINT),
-                        help="checkpoint (default: the shipped reference model)")
+    parser.add_argument("checkpoint", nargs="?", type=input_path, default=str(REFERENCE_CHECKPOINT),
+                        help="checkpoint, or a version 2 (whole integer model) bundle folder, read without torch "
+                             "(default: the shipped reference model)")
 
 
 def run(args):
-    from ..model.accounting import format_report, model_report
+    if args.checkpoint.is_dir():
+        from ..contract.integer_accounting import bundle_report, format_program_report
 
-    print(format_report(model_report(args.checkpoint)))
+        print(format_program_report(bundle_report(args.checkpoint)))
+    else:
+        from ..model.accounting import report_text
+
+        print(report_text(args.checkpoint))
     return 0

@@ -81,7 +81,8 @@ def mlp(blk, x):
     return c * np.asarray(p["affine"]["a"], np.int64) + np.asarray(p["affine"]["b"], np.int64)
 
 
-def _mlp_alignment(blk):
+def mlp_alignment(blk):
+    """The (m, s) that align a block's MLP branch to the residual stream: the dense proj's or the LUT affine's."""
     p = blk["mlp"]
     return (p["proj"] if p["kind"] == "dense" else p["affine"])
 
@@ -99,7 +100,7 @@ def _logits(program, pixels):
     x = embed(program, pixels)
     for blk in program["blocks"]:
         x = I.add_aligned(x, attention(program, blk, x), blk["proj"]["m"], blk["proj"]["s"], RESIDUAL_BITS)
-        a = _mlp_alignment(blk)
+        a = mlp_alignment(blk)
         x = I.add_aligned(x, mlp(blk, x), a["m"], a["s"], RESIDUAL_BITS)
     h = _ln(x, program["ln_f"])  # (B, T, d)
     if program["config"]["pool"] == "cls":

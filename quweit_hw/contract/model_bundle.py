@@ -17,10 +17,11 @@ import numpy as np
 
 from ..errors import UserError
 from . import integer as I
-from .bundle import FORMAT, Block, Layer, block_arrays, unpack_table
+from .bundle import FORMAT, FORMAT_VERSION, Block, Layer, block_arrays, unpack_table
 from .folders import atomic_folder
 
 MODEL_FORMAT_VERSION = 2
+FORMAT_VERSIONS = (FORMAT_VERSION, MODEL_FORMAT_VERSION)  # the versions this quweit-hw writes and reads
 # dtype per leaf name: what each integer is, at its narrowest exact width
 DTYPES = {"w": "int8", "g": "int8", "a": "int8", "gelu": "int8", "cls": "int16", "b": "int32", "m": "int32", "s": "int8"}
 
@@ -146,7 +147,7 @@ def load_model_bundle(path):
         raise UserError(f"{str(root)!r} is not a quweit bundle")
     version = manifest.get("format_version")
     if version == 1:
-        raise UserError(f"bundle {root} is version 1 (LUT-MLP blocks only): a whole-model evaluation needs version 2")
+        raise UserError(f"bundle {root} is version 1 (LUT-MLP blocks only): the whole integer model needs version 2")
     if version != MODEL_FORMAT_VERSION:
         raise UserError(f"bundle {root} has format version {version!r}; this quweit-hw reads versions 1 and 2")
     if manifest.get("rules") != rules():

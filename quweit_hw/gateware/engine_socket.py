@@ -21,7 +21,13 @@ class EngineSocket(wiring.Component):
     a token leaves the engine) and at least `spacing` clocks (the engine's fold) after the
     previous push. So the engine always has room and no FIFO stands before it: the wide
     token register's only enable is the piped `shift` (an inbox FIFO's read enable, from
-    the engine's credit counter, was build K's worst path; docs/results.md). `overrun` is
+    the engine's credit counter, was build K's worst path; docs/results.md). Behind a
+    clock crossing, `shift` is a tree: one copy per `ENABLE_FANOUT` flip-flops of the token
+    (whole features), each its own column of the crossing FIFO and its own pipe, so no
+    single enable net spans the token register (one did in build Q: 6.85 ns across the die).
+    The copies come from distinct memory bits because Yosys' `opt_merge` merges identical
+    flip-flops even when their wires carry `keep` (Yosys 0.55; only a cell's own `keep`,
+    which Amaranth cannot set on a flip-flop, stops it). `overrun` is
     a sticky flag, set if a push ever found the engine unable to take it (a broken
     contract; the tests check that it stays low, and that it fires).
 
@@ -45,6 +51,7 @@ class EngineSocket(wiring.Component):
     # side reads up to 1 per 2 engine clocks (>= link clocks); the way back carries a result
     # per pull (the link pulls again only after it) and a credit per token
     CROSSING_DEPTH = 16
+    ENABLE_FANOUT = 64  # token flip-flops per copy of the shift enable (a cluster of 32 slices)
 
     def __init__(self, engine, stages=2, domain="sync"):
         if not isinstance(stages, int) or stages < 0:
@@ -64,26 +71,33 @@ class EngineSocket(wiring.Component):
         bits = self.engine.block.bits
         d, cw = self.engine.block.d, self.engine.block.count_width
         overrun = Signal()  # in the engine's domain
+        per_copy = max(1, self.ENABLE_FANOUT // bits)  # features under one copy of the shift enable
+        copies = -(-d // per_copy)
         if dom == "sync":
             feature, shift, push, pull = (pipe(m, v, st, n) for v, n in (
                 (self.feature, "feature"), (self.shift, "shift"), (self.push, "push"), (self.pull, "pull")))
+            shifts = [shift] * copies  # copies of one pipe would be merged back (above)
         else:
-            inbound = m.submodules.inbound = CrossingFIFO(bits + 3, self.CROSSING_DEPTH, w_domain="sync",
+            inbound = m.submodules.inbound = CrossingFIFO(bits + copies + 2, self.CROSSING_DEPTH, w_domain="sync",
                                                           r_domain=dom)
             outbound = m.submodules.outbound = CrossingFIFO(cw + 2, self.CROSSING_DEPTH, w_domain=dom,
                                                             r_domain="sync")
-            m.d.comb += [inbound.w_data.eq(Cat(self.feature, self.shift, self.push, self.pull)),
+            m.d.comb += [inbound.w_data.eq(Cat(self.feature, self.shift.replicate(copies), self.push, self.pull)),
                          inbound.w_en.eq(self.shift | self.push | self.pull)]
             word, arrived = inbound.r_data, inbound.r_valid
             feature = pipe(m, word[:bits], st, "feature", dom)
-            shift, push, pull = (pipe(m, arrived & word[bits + k], st, n, dom)
-                                 for k, n in enumerate(("shift", "push", "pull")))
+            shifts = [pipe(m, arrived & word[bits + k], st, f"shift{k}", dom) for k in range(copies)]
+            push, pull = (pipe(m, arrived & word[bits + copies + k], st, n, dom)
+                          for k, n in enumerate(("push", "pull")))
             overrun_sync = Signal()
             m.submodules.overrun_cdc = FFSynchronizer(overrun, overrun_sync)
             m.d.comb += self.overrun.eq(inbound.overflow | overrun_sync)
         token = Signal(d * bits, reset_less=True)
-        with m.If(shift):
-            m.d[dom] += token.eq(Cat(token[bits:], feature))
+        shifted = Cat(token[bits:], feature)  # feature k moves to k - 1, the new one is d - 1
+        for k, shift in enumerate(shifts):
+            lo, hi = k * per_copy * bits, min(d, (k + 1) * per_copy) * bits
+            with m.If(shift):
+                m.d[dom] += token[lo:hi].eq(shifted[lo:hi])
         # push: a clock after the last shift at the earliest
         m.d.comb += [engine.i.payload.eq(token), engine.i.valid.eq(push)]
         with m.If(push & ~engine.i.ready):

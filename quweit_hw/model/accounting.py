@@ -9,19 +9,11 @@ the argmax are counted apart, as nonlinear operations, and carry no energy here.
 
 from dataclasses import dataclass, field
 
-# Energy per operation in pJ, 45 nm, 0.9 V: M. Horowitz, "Computing's energy problem
-# (and what we can do about it)", ISSCC 2014, table on p. 11 (add/mult rows).
-ENERGY_PJ = {
-    "fp32": {"mult": 3.7, "add": 0.9},
-    "int8": {"mult": 0.2, "add": 0.03},  # 8-bit integer mult/add, as in an integer-only I-ViT
-}
-# No such published figure exists for a LUT lookup. Our assumption: a 6-input lookup is a
-# 64:1 multiplexer of constants (63 two-input muxes), charged as one 32-bit integer add
-# (0.1 pJ, Horowitz) — more than an 8-bit add, less than any multiplication. A thermometer
-# comparator and a popcount addition are charged as an 8-bit add (0.03 pJ, Horowitz).
-LUT_LOOKUP_PJ = 0.1
-COMPARE_PJ = 0.03
-POPCOUNT_ADD_PJ = 0.03
+from ..contract.energy import COMPARE_PJ, ENERGY_PJ, LUT_LOOKUP_PJ, POPCOUNT_ADD_PJ
+from ..errors import UserError
+
+# Energy constants (and why): contract/energy.py, shared with the integer accounting.
+FLOAT_PRECISIONS = ("fp32", "int8")
 
 
 @dataclass
@@ -141,12 +133,13 @@ def account(arch, config, mlp=None, comparators=None):
     return acc
 
 
-def model_report(ckpt_path):
-    """Accounts of a checkpoint's model and of its dense twin, with the exact comparators kept."""
+def model_report(ckpt_path, loaded=None):
+    """Accounts of a checkpoint's model and of its dense twin, with the exact comparators kept.
+    `loaded`: the (model, ckpt) of load_checkpoint(ckpt_path), if already loaded."""
     from .blocks import model_blocks
     from .checkpoint import load_checkpoint
 
-    model, ckpt = load_checkpoint(ckpt_path)
+    model, ckpt = loaded or load_checkpoint(ckpt_path)
     arch, config = ckpt["arch"], ckpt["config"]
     comparators = [int(b.used_thresholds().sum()) for b in model_blocks(model)] if config["mlp"] == "lut" else None
     return {
@@ -154,6 +147,22 @@ def model_report(ckpt_path):
         "model": account(arch, config, comparators=comparators),
         "dense": account(arch, config, mlp="dense"),
     }
+
+
+def report_text(ckpt_path):
+    """`quweit-hw report CHECKPOINT`: an integer model's program accounting
+    (contract.integer_accounting), a float model's analytic one, each against its dense twin."""
+    from ..contract.integer_accounting import format_program_report, program_report
+    from .checkpoint import load_checkpoint
+
+    model, ckpt = load_checkpoint(ckpt_path)
+    if not getattr(model.config, "integer", False):
+        return format_report(model_report(ckpt_path, (model, ckpt)))
+    from .integer_program import integer_program
+
+    if not model.calibrated():
+        raise UserError(f"{str(ckpt_path)!r}: the integer model's scales are not calibrated (train it first)")
+    return format_program_report(program_report(integer_program(model), f"checkpoint {ckpt_path}"))
 
 
 def _fmt(n):
@@ -175,10 +184,10 @@ def format_report(r):
         lines.append(f"{label:24}{_fmt(getattr(mt, kind)):>16}{_fmt(getattr(dt, kind)):>16}")
     removed = 1 - mt.mult / dt.mult
     lines += ["", f"multiplications removed: {removed * 100:.1f} % (paper, I-ViT-T: about 55 %)"]
-    for precision in ENERGY_PJ:
+    for precision in FLOAT_PRECISIONS:
         em, ed = model.energy_pj(precision), dense.energy_pj(precision)
         lines.append(f"energy, {precision} arithmetic: {em / 1e6:.3f} uJ vs {ed / 1e6:.3f} uJ dense: "
                      f"{ed / em:.2f}x more efficient (paper: 2.2x)")
     lines.append("energy constants: Horowitz, ISSCC 2014, 45 nm; LUT lookup 0.1 pJ, comparator and popcount add "
-                 "0.03 pJ (assumptions, see quweit_hw/report.py)")
+                 "0.03 pJ (assumptions, see quweit_hw/contract/energy.py)")
     return "\n".join(lines)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import gzip
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..contract.fashion_mnist import FASHION_MNIST_DIR, fashion_mnist_pixels
 from ..errors import UserError
 
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 FORTUNES_PACKAGE = "fortunes-min"
 FASHION_MNIST_CLASSES = (
@@ -23,49 +21,21 @@ FASHION_MNIST_CLASSES = (
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
 
 
-def read_idx(path) -> np.ndarray:
-    """Read an idx file (optionally gzip-compressed): big-endian header, unsigned byte data."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise UserError(f"{str(path)!r} is not an unsigned-byte idx file")
-    ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(shape)):
-        raise UserError(f"{str(path)!r} holds {data.size} bytes of data, its header says {shape}")
-    return data.reshape(shape)
-
-
 _FASHION_CACHE: dict = {}
 
 
 def load_fashion_mnist(split: str = "train", root=None):
     """Return (images, labels): images (N, 1, 28, 28) float32 normalised, labels (N,) int64.
 
-    split is "train" (60000 images) or "test" (10000).
+    split is "train" (60000 images) or "test" (10000); the pixels are contract.fashion_mnist's.
     """
-    if split not in ("train", "test"):
-        raise UserError(f"Fashion-MNIST split must be 'train' or 'test', not {split!r}")
     root = Path(root) if root is not None else FASHION_MNIST_DIR
-    prefix = "train" if split == "train" else "t10k"
     key = (str(root), split)
     if key not in _FASHION_CACHE:
-        paths = [root / f"{prefix}-images-idx3-ubyte.gz", root / f"{prefix}-labels-idx1-ubyte.gz"]
-        for p in paths:
-            if not p.is_file():
-                raise UserError(
-                    f"Fashion-MNIST file {str(p)!r} is missing; install the Debian package "
-                    f"{FASHION_MNIST_PACKAGE} (sudo apt-get install {FASHION_MNIST_PACKAGE})"
-                )
-        images, labels = (read_idx(p) for p in paths)
-        if images.ndim != 3 or labels.shape != images.shape[:1]:
-            raise UserError(f"Fashion-MNIST {split} files disagree: images {images.shape}, labels {labels.shape}")
-        x = torch.from_numpy(images.astype(np.float32) / 255.0)
-        x = ((x - FASHION_MNIST_MEAN) / FASHION_MNIST_STD).unsqueeze(1)  # (N, 1, 28, 28)
-        _FASHION_CACHE[key] = (x, torch.from_numpy(labels.astype(np.int64)))
+        pixels, labels = fashion_mnist_pixels(split, root)
+        x = torch.from_numpy(pixels.astype(np.float32) / 255.0)
+        x = (x - FASHION_MNIST_MEAN) / FASHION_MNIST_STD  # (N, 1, 28, 28)
+        _FASHION_CACHE[key] = (x, torch.from_numpy(labels))
     return _FASHION_CACHE[key]
 
 

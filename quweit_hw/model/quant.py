@@ -56,14 +56,19 @@ def fake_weight(w: Tensor, bits: int = 8) -> Tensor:
 class ActQuant(nn.Module):
     """A signed `bits`-bit activation quantizer with scale = amax / (2**(bits-1) - 1).
 
-    `amax` is an EMA (momentum 0.9) of the batch max |x| in train mode, set outright on the
-    first batch; amax = 0 means not calibrated yet, and then the quantizer is the identity.
+    `amax` is an EMA (momentum 0.9) of `headroom` times the batch max |x| in train mode, set
+    outright on the first batch; amax = 0 means not calibrated yet, and then the quantizer is
+    the identity. headroom > 1 leaves room above the batches seen for inputs that exceed them
+    (a wide grid, such as the int16 residual stream, can spare the bits).
     """
 
-    def __init__(self, bits: int = 8, momentum: float = 0.9):
+    def __init__(self, bits: int = 8, momentum: float = 0.9, headroom: float = 1.0):
         super().__init__()
+        if not headroom >= 1.0:
+            raise ValueError(f"headroom must be >= 1, not {headroom!r}")
         self.bits = bits
         self.momentum = momentum
+        self.headroom = headroom
         self.register_buffer("amax", torch.tensor(0.0))
 
     @property
@@ -81,7 +86,7 @@ class ActQuant(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.training:
             with torch.no_grad():
-                batch = x.detach().abs().max().to(self.amax)
+                batch = x.detach().abs().max().to(self.amax) * self.headroom
                 if self.amax > 0:
                     self.amax.mul_(self.momentum).add_((1 - self.momentum) * batch)
                 else:
