@@ -1,5 +1,6 @@
-"""`eval BUNDLE --backend golden`: a version 2 (whole integer model) bundle on Fashion-MNIST pixels,
-by the golden model, optionally beside torch's integer eval of its source checkpoint."""
+"""`eval BUNDLE --backend golden|rtl`: a version 2 (whole integer model) bundle on Fashion-MNIST
+pixels, by the golden model or by the whole-model engine's Verilog under Verilator (checked
+against the golden model), optionally beside torch's integer eval of its source checkpoint."""
 
 import numpy as np
 
@@ -8,7 +9,7 @@ from .contract.fashion_mnist import fashion_mnist_pixels
 from .contract.model_bundle import load_model_bundle
 from .errors import UserError
 
-WHOLE_MODEL_BACKENDS = ("golden",)
+WHOLE_MODEL_BACKENDS = ("golden", "rtl")
 
 
 def torch_integer_logits(manifest, pixels, batch_size=500):
@@ -30,9 +31,29 @@ def torch_integer_logits(manifest, pixels, batch_size=500):
         return torch.cat([model(pix[i:i + batch_size]) for i in range(0, len(pix), batch_size)]).numpy()
 
 
-def evaluate_model_bundle(bundle_path, backend="golden", *, split="test", limit=None, compare=False):
-    """{"accuracy", "n", "predictions", "logits"} and with compare: "differing_logits",
-    "differing_predictions", "torch_accuracy"."""
+def rtl_logits(bundle_path, pixels, lanes=32):
+    """(logits, labels, cycles, info) of the whole-model engine's Verilog under Verilator."""
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from .gateware.model_rtl import write_model_rtl
+    from .gateware.model_rtlsim import VerilatedModel
+
+    with tempfile.TemporaryDirectory(prefix="quweit-rtl-") as tmp:
+        print(f"rtl: generating the whole-model Verilog ({lanes} lanes) ...", file=sys.stderr, flush=True)
+        summary = write_model_rtl(bundle_path, Path(tmp) / "rtl", lanes=lanes)
+        print("rtl: compiling it with Verilator (minutes for a large model) ...", file=sys.stderr, flush=True)
+        sim = VerilatedModel(Path(tmp) / "rtl" / "model_engine.v", summary["classes"], pixels[0].size, Path(tmp) / "sim")
+        print(f"rtl: running {len(pixels)} images ...", file=sys.stderr, flush=True)
+        logits, labels, cycles = sim.run(pixels)
+    return logits, labels, cycles, {"cycles_per_image": summary["cycles_per_image"], **sim.last_run}
+
+
+def evaluate_model_bundle(bundle_path, backend="golden", *, split="test", limit=None, compare=False, lanes=32):
+    """{"accuracy", "n", "predictions", "logits"}; rtl also "differing_from_golden" (logits),
+    "cycles" (the engine's counter, per image), "rtl" (run figures); with compare:
+    "differing_logits", "differing_predictions", "torch_accuracy"."""
     if backend not in WHOLE_MODEL_BACKENDS:
         raise UserError(f"unknown whole-model backend {backend!r}; expected one of {WHOLE_MODEL_BACKENDS}")
     program, manifest, _ = load_model_bundle(bundle_path)
@@ -40,8 +61,14 @@ def evaluate_model_bundle(bundle_path, backend="golden", *, split="test", limit=
         raise UserError(f"bundle {bundle_path}: whole-model evaluation supports the fashion-mnist ViT only")
     pixels, labels = fashion_mnist_pixels(split, limit=limit)
     logits = golden_model.logits(program, pixels)
+    extra = {}
+    if backend == "rtl":
+        gold = logits
+        logits, classes, cycles, info = rtl_logits(bundle_path, pixels, lanes)
+        extra = {"differing_from_golden": int((logits != gold).sum()), "cycles": cycles, "rtl": info,
+                 "class_output_differs": int((classes != logits.argmax(-1)).sum())}
     pred = logits.argmax(-1)
-    out = {"accuracy": float((pred == labels).mean()), "n": len(labels), "predictions": pred, "logits": logits}
+    out = {"accuracy": float((pred == labels).mean()), "n": len(labels), "predictions": pred, "logits": logits, **extra}
     if compare:
         theirs = torch_integer_logits(manifest, pixels)
         out["differing_logits"] = int((theirs != logits).sum())
