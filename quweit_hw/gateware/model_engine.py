@@ -144,21 +144,9 @@ class ModelEngine(wiring.Component):
         addr_bits = max(len(c.weights), T * max(c.hidden, d, c.patch_len), d * c.GT, c.heads * T * c.GD).bit_length() + 1
         row_bits, out_bits = max(T, c.classes).bit_length() + 1, max(c.hidden, d, T, c.patch_len).bit_length() + 1
 
-        def mem(name, shape, depth, init=()):
-            memory = Memory(shape=shape, depth=max(depth, 1), init=list(init))
-            m.submodules[name] = memory
-            return memory
-
-        wide = unsigned(8 * W)
-        pix, x, h, q, ctx, g = (mem("pix", signed(8), c.N * c.patch_len), mem("x", signed(16), T * d),
-                                mem("h", signed(8), T * d), mem("q", signed(8), T * d),
-                                mem("ctx", signed(8), T * d), mem("g", signed(8), T * c.hidden))
-        kmem, vmem = mem("k", wide, d * c.GT), mem("v", wide, c.heads * T * c.GD)
-        wrom = mem("weights", wide, len(c.weights),
-                   [sum((v & 0xFF) << (8 * l) for l, v in enumerate(word)) for word in c.weights])
-        sc, pm = mem("sc", signed(c.score_bits), T), mem("p", unsigned(8), T)
-        tb = c.token_bits[0] if c.token_bits else 8
-        ht = mem("ht", unsigned(d * tb), T) if c.lut_blocks else None
+        mem = self._memories(m)
+        pix, x, h, q, ctx, g, kmem, vmem, wrom, sc, pm, ht = (mem[k] for k in (
+            "pix", "x", "h", "q", "ctx", "g", "k", "v", "weights", "sc", "p", "ht"))
 
         mac = m.submodules.mac = MACArray(lay, W, c.acc_bits, addr_bits, row_bits, out_bits)
         ln = m.submodules.ln = LayerNormUnit(lay, d, row_bits, addr_bits, c.pre_bits)
@@ -167,24 +155,8 @@ class ModelEngine(wiring.Component):
         for unit in (mac, ln, smx, post):
             m.d.comb += unit.ins.eq(ins)
 
-        # MAC operands
-        a_ports = {src: memory.read_port() for src, memory in ((A_PIX, pix), (A_H, h), (A_Q, q), (A_CTX, ctx), (A_G, g))}
-        p_rd = pm.read_port()
-        b_ports = {B_W: wrom.read_port(), B_K: kmem.read_port(), B_V: vmem.read_port()}
-        for port in (*a_ports.values(), p_rd):
-            m.d.comb += port.addr.eq(mac.a_addr)
-        for port in b_ports.values():
-            m.d.comb += port.addr.eq(mac.b_addr)
-        with m.Switch(ins.a_src):
-            for src, port in a_ports.items():
-                with m.Case(src):
-                    m.d.comb += mac.a_data.eq(port.data)
-            with m.Case(A_P):
-                m.d.comb += mac.a_data.eq(p_rd.data)
-        with m.Switch(ins.b_src):
-            for src, port in b_ports.items():
-                with m.Case(src):
-                    m.d.comb += mac.b_data.eq(port.data)
+        self._mac_operands(m, ins, mac, {A_PIX: pix, A_H: h, A_Q: q, A_CTX: ctx, A_G: g, A_P: pm},
+                           {B_W: wrom, B_K: kmem, B_V: vmem})
 
         # LayerNorm and softmax operands
         x_ln, x_post = x.read_port(), x.read_port()
@@ -216,6 +188,37 @@ class ModelEngine(wiring.Component):
                      {D_K: kmem, D_V: vmem}, ht, sc_max, logits, best, label)
         self._sequencer(m, i_rd, ins, mac, ln, smx, post, lut, fill_o, fill_active, pix, logits, label)
         return m
+
+    def _memories(self, m):
+        """The engine's memories (module docstring of model_program), by name."""
+        c = self.compiled
+        T, d = c.T, c.d
+        wide = unsigned(8 * c.lanes)
+        tb = c.token_bits[0] if c.token_bits else 8
+        shapes = {"pix": (signed(8), c.N * c.patch_len), "x": (signed(16), T * d), "h": (signed(8), T * d),
+                  "q": (signed(8), T * d), "ctx": (signed(8), T * d), "g": (signed(8), T * c.hidden),
+                  "k": (wide, d * c.GT), "v": (wide, c.heads * T * c.GD), "sc": (signed(c.score_bits), T),
+                  "p": (unsigned(8), T), "ht": (unsigned(d * tb), T)}
+        out = {"ht": None}  # HT only where a LUT block reads it
+        for name, (shape, depth) in shapes.items():
+            if name != "ht" or c.lut_blocks:
+                out[name] = m.submodules[name] = Memory(shape=shape, depth=max(depth, 1), init=[])
+        out["weights"] = m.submodules.weights = Memory(shape=wide, depth=max(len(c.weights), 1), init=[
+            sum((v & 0xFF) << (8 * lane) for lane, v in enumerate(word)) for word in c.weights])
+        return out
+
+    @staticmethod
+    def _mac_operands(m, ins, mac, a_mems, b_mems):
+        """One read port per operand memory, at the MAC array's addresses; the instruction's
+        sources to the array (their data arrives the clock after the address)."""
+        for select, sources, addr, data_in in ((ins.a_src, a_mems, mac.a_addr, mac.a_data),
+                                               (ins.b_src, b_mems, mac.b_addr, mac.b_data)):
+            ports = {src: memory.read_port() for src, memory in sources.items()}
+            m.d.comb += [port.addr.eq(addr) for port in ports.values()]
+            with m.Switch(select):
+                for src, port in ports.items():
+                    with m.Case(src):
+                        m.d.comb += data_in.eq(port.data)
 
     def _writes(self, m, post, ins, scalar, wide, ht, sc_max, logits, best, label):
         """The post-op's result into the memory the instruction names (a lane of a wide word)."""

@@ -158,6 +158,92 @@ def _scalar_dest(dest, base, row_stride):
     return dict(dest=dest, d_base=base, d_rmul=row_stride, d_omul=1)
 
 
+class _Compiler(_Builder):
+    """The instructions of one program, op by op in the golden model's order."""
+
+    def __init__(self, cfg, lanes):
+        super().__init__(lanes)
+        self.d, self.heads, p = cfg["d"], cfg["heads"], cfg["patch"]
+        self.N = (cfg["image_size"] // p) ** 2
+        self.T, self.dh, self.Kp = self.N + 1, self.d // self.heads, cfg.get("channels", 1) * p * p
+        self.logw = lanes.bit_length() - 1
+        self.GT, self.GD = -(-self.T // lanes), -(-self.dh // lanes)
+        self.zeros = self.param_block(max(self.T, self.dh))  # bias 0, m 1, s 0: the scores' RAW entries
+        self.lut_blocks, self.token_bits = [], []
+
+    def linear(self, x_src, x_stride, lin, rows, mode, bits=8, p_rows=1, **dst):
+        """A MAC instruction x @ w^T (+ b) with per-channel (m, s); p_rows > 1: a bias per row too."""
+        w = np.asarray(lin["w"])
+        O, K = w.shape
+        pb = self.param_block(O * p_rows, np.asarray(lin["b"]).reshape(-1), np.tile(lin["m"], p_rows),
+                              np.tile(lin["s"], p_rows))
+        self.emit(kind=MAC, rows=rows, O=O, K=K, a_src=x_src, a_stride=x_stride, b_src=B_W,
+                  b_base=self.weight_block(w), b_gstride=K, b_kstride=1, p_base=pb,
+                  p_rstride=O if p_rows > 1 else 0, mode=mode, bits=bits, **dst)
+
+    def layernorm(self, ln, rows, **dst):
+        pb = self.param_block(self.d, ln["b"], ln["m"], ln["s"], ln["g"])
+        self.emit(kind=LAYERNORM, rows=rows, O=self.d, p_base=pb, mode=REQ, bits=int(ln["bits"]), use_g=1, **dst)
+
+    def embed(self, e):
+        """The class token into X row 0, then the patches' linear map with a bias per position."""
+        d, row0 = self.d, 0
+        if e["cls"] is not None:
+            self.emit(kind=FILL, rows=1, O=d, p_base=self.param_block(d, e["cls"]), mode=REQ, bits=RESIDUAL_BITS,
+                      **_scalar_dest(D_X, 0, d))
+            row0 = 1
+        self.linear(A_PIX, self.Kp, e, self.N, REQ, RESIDUAL_BITS, p_rows=self.N, **_scalar_dest(D_X, row0 * d, d))
+
+    def attention(self, blk):
+        d, T, dh, lanes = self.d, self.T, self.dh, self.lanes
+        self.layernorm(blk["ln1"], T, **_scalar_dest(D_H, 0, d))
+        qkv = blk["qkv"]
+        part = lambda lo, hi: {k: np.asarray(qkv[k])[lo:hi] for k in ("w", "b", "m", "s")}
+        self.linear(A_H, d, part(0, d), T, REQ, **_scalar_dest(D_Q, 0, d))
+        # keys, lanes over tokens: channel o of token t in word o*GT + t // lanes, lane t % lanes
+        self.linear(A_H, d, part(d, 2 * d), T, REQ, dest=D_K, d_rsh=self.logw, d_rmul=1, d_omul=self.GT,
+                    d_rmask=lanes - 1)
+        # values, lanes over a head's channels: word (h*T + t)*GD + j // lanes, lane j % lanes
+        if dh & (dh - 1) == 0 and dh <= lanes:  # one instruction: h = o >> log2(dh), j = o % dh
+            self.linear(A_H, d, part(2 * d, 3 * d), T, REQ, dest=D_V, d_rmul=1, d_osh=dh.bit_length() - 1, d_omul=T,
+                        d_omask=dh - 1)
+        else:
+            for h in range(self.heads):
+                self.linear(A_H, d, part(2 * d + h * dh, 2 * d + (h + 1) * dh), T, REQ, dest=D_V,
+                            d_base=h * T * self.GD, d_rmul=self.GD, d_osh=self.logw, d_omul=1, d_omask=lanes - 1)
+        ctx_params = self.param_block(dh, 0, blk["ctx"]["m"], blk["ctx"]["s"])
+        for t in range(T):  # per query token and head: scores, softmax, context
+            for h in range(self.heads):
+                self.emit(kind=MAC, rows=1, O=T, K=dh, a_src=A_Q, a_base=t * d + h * dh, b_src=B_K,
+                          b_base=h * dh * self.GT, b_gstride=1, b_kstride=self.GT, p_base=self.zeros, mode=RAW,
+                          dest=D_SC, d_omul=1)
+                self.emit(kind=SOFTMAX, rows=1, O=T, imm_m=int(blk["softmax"]["m"]), imm_s=int(blk["softmax"]["s"]))
+                self.emit(kind=MAC, rows=1, O=dh, K=T, a_src=A_P, b_src=B_V, b_base=h * T * self.GD, b_gstride=1,
+                          b_kstride=self.GD, p_base=ctx_params, mode=REQ, dest=D_CTX, d_base=t * d + h * dh, d_omul=1)
+        self.linear(A_CTX, d, blk["proj"], T, ADD, RESIDUAL_BITS, **_scalar_dest(D_X, 0, d))
+
+    def mlp(self, blk):
+        d, T, mlp = self.d, self.T, blk["mlp"]
+        if mlp["kind"] == "dense":
+            self.layernorm(blk["ln2"], T, **_scalar_dest(D_H, 0, d))
+            hidden = np.asarray(mlp["fc"]["w"]).shape[0]
+            g_base = len(self.gelu)
+            self.gelu += [int(v) for v in np.asarray(mlp["gelu"]).reshape(-1)]
+            self.linear(A_H, d, mlp["fc"], T, GELU, g_base=g_base, **_scalar_dest(D_G, 0, hidden))
+            self.linear(A_G, hidden, mlp["proj"], T, ADD, RESIDUAL_BITS, **_scalar_dest(D_X, 0, d))
+        else:  # one token per HT word: feature o in lane o
+            self.layernorm(blk["ln2"], T, dest=D_HT, d_rmul=1, d_omask=(1 << d.bit_length()) - 1)
+            a = mlp["affine"]
+            self.emit(kind=LUT, rows=T, O=d, x_row=len(self.lut_blocks), mode=ADD, bits=RESIDUAL_BITS, use_g=1,
+                      p_base=self.param_block(d, a["b"], a["m"], a["s"], a["a"]), **_scalar_dest(D_X, 0, d))
+            self.lut_blocks.append(mlp["block"])
+            self.token_bits.append(int(blk["ln2"]["bits"]))
+
+    def head(self, program):
+        self.layernorm(program["ln_f"], 1, **_scalar_dest(D_H, 0, self.d))  # the class token's row only
+        self.linear(A_H, self.d, program["head"], 1, LOGIT, LOGIT_BITS, dest=D_LOG, d_omul=1)
+
+
 def compile_program(program, lanes=16):
     """The ModelEngine program of an integer program (contract.golden_model). UserError for a
     model the engine does not support (mean pooling, lanes not a power of two)."""
@@ -166,86 +252,21 @@ def compile_program(program, lanes=16):
     cfg = program["config"]
     if cfg["pool"] != "cls":
         raise UserError(f"the model engine supports class-token pooling only; this model pools by {cfg['pool']!r}")
-    d, heads, p = cfg["d"], cfg["heads"], cfg["patch"]
-    N = (cfg["image_size"] // p) ** 2
-    T, dh, Kp = N + 1, d // heads, cfg.get("channels", 1) * p * p
-    logw = lanes.bit_length() - 1
-    GT, GD = -(-T // lanes), -(-dh // lanes)
-    B = _Builder(lanes)
-    zeros = B.param_block(max(T, dh))  # bias 0, m 1, s 0: the scores' RAW entries
-
-    def linear(x_src, x_stride, lin, rows, mode, bits=8, p_rows=1, **dst):
-        """A MAC instruction x @ w^T (+ b) with per-channel (m, s); p_rows > 1: a bias per row too."""
-        w = np.asarray(lin["w"])
-        O, K = w.shape
-        pb = B.param_block(O * p_rows, np.asarray(lin["b"]).reshape(-1), np.tile(lin["m"], p_rows),
-                           np.tile(lin["s"], p_rows))
-        B.emit(kind=MAC, rows=rows, O=O, K=K, a_src=x_src, a_stride=x_stride, b_src=B_W,
-               b_base=B.weight_block(w), b_gstride=K, b_kstride=1, p_base=pb,
-               p_rstride=O if p_rows > 1 else 0, mode=mode, bits=bits, **dst)
-
-    def layernorm(ln, rows, **dst):
-        pb = B.param_block(d, ln["b"], ln["m"], ln["s"], ln["g"])
-        B.emit(kind=LAYERNORM, rows=rows, O=d, p_base=pb, mode=REQ, bits=int(ln["bits"]), use_g=1, **dst)
-
-    x_dest = _scalar_dest(D_X, 0, d)
-    e = program["embed"]  # the class token, then the patches' linear map with a bias per position
-    row0 = 0
-    if e["cls"] is not None:
-        B.emit(kind=FILL, rows=1, O=d, p_base=B.param_block(d, e["cls"]), mode=REQ, bits=RESIDUAL_BITS, **x_dest)
-        row0 = 1
-    linear(A_PIX, Kp, e, N, REQ, RESIDUAL_BITS, p_rows=N, **_scalar_dest(D_X, row0 * d, d))
-
-    lut_blocks, token_bits = [], []
+    B = _Compiler(cfg, lanes)
+    B.embed(program["embed"])
     for blk in program["blocks"]:
-        layernorm(blk["ln1"], T, **_scalar_dest(D_H, 0, d))
-        qkv = blk["qkv"]
-        part = lambda lo, hi: {k: np.asarray(qkv[k])[lo:hi] for k in ("w", "b", "m", "s")}
-        linear(A_H, d, part(0, d), T, REQ, **_scalar_dest(D_Q, 0, d))
-        # keys, lanes over tokens: channel o of token t in word o*GT + t // lanes, lane t % lanes
-        linear(A_H, d, part(d, 2 * d), T, REQ, dest=D_K, d_rsh=logw, d_rmul=1, d_omul=GT, d_rmask=lanes - 1)
-        # values, lanes over a head's channels: word (h*T + t)*GD + j // lanes, lane j % lanes
-        if dh & (dh - 1) == 0 and dh <= lanes:  # one instruction: h = o >> log2(dh), j = o % dh
-            linear(A_H, d, part(2 * d, 3 * d), T, REQ, dest=D_V, d_rmul=1, d_osh=dh.bit_length() - 1, d_omul=T,
-                   d_omask=dh - 1)
-        else:
-            for h in range(heads):
-                linear(A_H, d, part(2 * d + h * dh, 2 * d + (h + 1) * dh), T, REQ, dest=D_V,
-                       d_base=h * T * GD, d_rmul=GD, d_osh=logw, d_omul=1, d_omask=lanes - 1)
-        ctx_params = B.param_block(dh, 0, blk["ctx"]["m"], blk["ctx"]["s"])
-        for t in range(T):
-            for h in range(heads):
-                B.emit(kind=MAC, rows=1, O=T, K=dh, a_src=A_Q, a_base=t * d + h * dh, b_src=B_K,
-                       b_base=h * dh * GT, b_gstride=1, b_kstride=GT, p_base=zeros, mode=RAW, dest=D_SC, d_omul=1)
-                B.emit(kind=SOFTMAX, rows=1, O=T, imm_m=int(blk["softmax"]["m"]), imm_s=int(blk["softmax"]["s"]))
-                B.emit(kind=MAC, rows=1, O=dh, K=T, a_src=A_P, b_src=B_V, b_base=h * T * GD, b_gstride=1,
-                       b_kstride=GD, p_base=ctx_params, mode=REQ, dest=D_CTX, d_base=t * d + h * dh, d_omul=1)
-        linear(A_CTX, d, blk["proj"], T, ADD, RESIDUAL_BITS, **x_dest)
-        mlp = blk["mlp"]
-        if mlp["kind"] == "dense":
-            layernorm(blk["ln2"], T, **_scalar_dest(D_H, 0, d))
-            hidden = np.asarray(mlp["fc"]["w"]).shape[0]
-            g_base = len(B.gelu)
-            B.gelu += [int(v) for v in np.asarray(mlp["gelu"]).reshape(-1)]
-            linear(A_H, d, mlp["fc"], T, GELU, g_base=g_base, **_scalar_dest(D_G, 0, hidden))
-            linear(A_G, hidden, mlp["proj"], T, ADD, RESIDUAL_BITS, **x_dest)
-        else:  # one token per HT word: feature o in lane o
-            layernorm(blk["ln2"], T, dest=D_HT, d_rmul=1, d_omask=(1 << d.bit_length()) - 1)
-            a = mlp["affine"]
-            B.emit(kind=LUT, rows=T, O=d, x_row=len(lut_blocks), p_base=B.param_block(d, a["b"], a["m"], a["s"], a["a"]),
-                   mode=ADD, bits=RESIDUAL_BITS, use_g=1, **x_dest)
-            lut_blocks.append(mlp["block"])
-            token_bits.append(int(blk["ln2"]["bits"]))
-    layernorm(program["ln_f"], 1, **_scalar_dest(D_H, 0, d))
-    linear(A_H, d, program["head"], 1, LOGIT, LOGIT_BITS, dest=D_LOG, d_omul=1)
-
+        B.attention(blk)
+        B.mlp(blk)
+    B.head(program)
+    d, T = B.d, B.T
     hidden = max([np.asarray(b["mlp"]["fc"]["w"]).shape[0] for b in program["blocks"] if b["mlp"]["kind"] == "dense"],
                  default=0)
-    acc_bound = max(Kp, d, hidden) * 128 * 128 + T * 255 * 128
+    acc_bound = max(B.Kp, d, hidden) * 128 * 128 + T * 255 * 128
     z_bound = 2 * (int(np.sqrt(d)) + 1) * (1 << I.LN_FRAC_BITS) + 1   # contract.integer.layernorm's |z| bound
-    count_bound = max([1 << b.count_width for b in lut_blocks], default=0)
-    return CompiledModel(config=dict(cfg), lanes=lanes, T=T, N=N, d=d, heads=heads, dh=dh, hidden=hidden,
-                         patch_len=Kp, classes=cfg["classes"], instructions=B.instructions, weights=B.weights,
-                         params=B.params, gelu=B.gelu or [0], lut_blocks=lut_blocks, token_bits=token_bits,
+    count_bound = max([1 << b.count_width for b in B.lut_blocks], default=0)
+    return CompiledModel(config=dict(cfg), lanes=lanes, T=T, N=B.N, d=d, heads=B.heads, dh=B.dh, hidden=hidden,
+                         patch_len=B.Kp, classes=cfg["classes"], instructions=B.instructions, weights=B.weights,
+                         params=B.params, gelu=B.gelu or [0], lut_blocks=B.lut_blocks, token_bits=B.token_bits,
                          pre_bits=max(_bits_for(acc_bound), _bits_for(z_bound), _bits_for(count_bound), RESIDUAL_BITS),
-                         acc_bits=_bits_for(acc_bound), score_bits=_bits_for(dh * 128 * 128))
+                         acc_bits=_bits_for(acc_bound), score_bits=_bits_for(B.dh * 128 * 128))  # |q . k|
+
