@@ -57,9 +57,8 @@ def run_model_cocotb(simulator, design, bundle, images, *, lanes, valid=850, rea
 def test_model_engine_tiny(simulator_env, tmp_path):
     source = os.environ.get("QUWEIT_SIM_MODEL_BUNDLE")
     if source:
-        from quweit_hw.model.data import FASHION_MNIST_DIR, read_idx
-        count = int(os.environ.get("QUWEIT_SIM_IMAGES", "1000"))
-        images = read_idx(FASHION_MNIST_DIR / "t10k-images-idx3-ubyte.gz")[:count, None]  # (B, 1, 28, 28) uint8
+        from quweit_hw.contract.fashion_mnist import fashion_mnist_pixels
+        images, _ = fashion_mnist_pixels("test", limit=int(os.environ.get("QUWEIT_SIM_IMAGES", "1000")))
         summary, result = run_model_cocotb(simulator_env, "model_bundle", source, images, lanes=32)
     else:
         images = tiny_bundle(tmp_path / "tiny")

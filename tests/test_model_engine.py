@@ -102,12 +102,12 @@ def run_unit(unit, cases, operands, result):
     return got
 
 
-def test_divider_on_its_edges():
-    div = Divider(41, 24)
-    cases = [(1 << 40, 1), (1 << 40, 3), (1 << 40, (1 << 24) - 1), ((1 << 41) - 1, 1), ((1 << 41) - 1, (1 << 24) - 1),
-             (0, 5), (12345, 12345), (12344, 12345)]
-    got = run_unit(div, cases, (div.num, div.den), div.q)
-    assert got == [(n // d, div.latency) for n, d in cases]
+@pytest.mark.parametrize("numerator", [1 << 40, 255 << 30, (1 << 41) - 1, 12345])
+def test_divider_on_its_edges(numerator):
+    div = Divider(numerator, 24)
+    dens = [1, 2, 3, 12344, 12345, 12346, (1 << 24) - 1, 1 << 23]
+    got = run_unit(div, [(d,) for d in dens], (div.den,), div.q)
+    assert got == [(numerator // d, div.latency) for d in dens]
 
 
 def test_integer_square_root_on_its_edges():

@@ -22,31 +22,35 @@ from .model_program import ADD, GELU, LOGIT, RAW
 
 
 class Divider(wiring.Component):
-    """q = num // den for 0 <= num < 2**num_bits, 1 <= den < 2**den_bits, in `num_bits` clocks.
+    """q = numerator // den for a constant numerator < 2**num_bits and 1 <= den < 2**den_bits,
+    in `num_bits` clocks.
 
-    Restoring division: one quotient bit per clock, from the top. `busy` is high from the clock
-    after `start` for `latency` clocks; `q` holds the quotient from then until the next start."""
+    Restoring division: one quotient bit per clock, from the top; the numerator's bits are
+    read from the constant by the step counter (a register shifting a constant would make
+    Yosys discover its constant bits one optimisation round at a time). `busy` is high from
+    the clock after `start` for `latency` clocks; `q` holds the quotient from then until the
+    next start."""
 
-    def __init__(self, num_bits, den_bits):
-        self.num_bits, self.den_bits = num_bits, den_bits
-        self.latency = num_bits
-        super().__init__({"start": In(1), "num": In(num_bits), "den": In(den_bits),
-                          "busy": Out(1), "q": Out(num_bits)})
+    def __init__(self, numerator, den_bits):
+        self.numerator, self.den_bits = numerator, den_bits
+        self.num_bits = max(numerator.bit_length(), 1)
+        self.latency = self.num_bits
+        super().__init__({"start": In(1), "den": In(den_bits), "busy": Out(1), "q": Out(self.num_bits)})
 
     def elaborate(self, platform):
         m = Module()
         rem = Signal(self.den_bits + 1)
-        num = Signal(self.num_bits)
         den = Signal(self.den_bits)
         left = Signal(range(self.num_bits + 1))
         trial = Signal(self.den_bits + 2)
-        m.d.comb += [trial.eq(Cat(num[-1], rem) - den), self.busy.eq(left != 0)]
+        bit = Const(self.numerator, self.num_bits).bit_select((left - 1)[:len(left)], 1)
+        m.d.comb += [trial.eq(Cat(bit, rem) - den), self.busy.eq(left != 0)]
         with m.If(self.start):
-            m.d.sync += [rem.eq(0), num.eq(self.num), den.eq(self.den), left.eq(self.num_bits), self.q.eq(0)]
+            m.d.sync += [rem.eq(0), den.eq(self.den), left.eq(self.num_bits), self.q.eq(0)]
         with m.Elif(left != 0):
-            m.d.sync += [num.eq(num << 1), left.eq(left - 1)]
+            m.d.sync += left.eq(left - 1)
             with m.If(trial[-1]):  # negative: keep the remainder, quotient bit 0
-                m.d.sync += [rem.eq(Cat(num[-1], rem)), self.q.eq(self.q << 1)]
+                m.d.sync += [rem.eq(Cat(bit, rem)), self.q.eq(self.q << 1)]
             with m.Else():
                 m.d.sync += [rem.eq(trial), self.q.eq(Cat(1, self.q))]
         return m
@@ -191,7 +195,7 @@ class LayerNormUnit(wiring.Component):
         self.d = d
         self.q_bits = 2 * 15 + d.bit_length() + 1            # Q <= d * 2**30
         self.sqrt = IntegerSqrt(self.q_bits + d.bit_length())  # n = d*Q - S*S <= d*Q
-        self.div = Divider(I.LN_RECIP_BITS + 1, self.sqrt.bits // 2)
+        self.div = Divider(1 << I.LN_RECIP_BITS, self.sqrt.bits // 2)
         self.row_cycles = 2 * d + 4 + self.sqrt.latency + self.div.latency
         self.tail = 3
         super().__init__({"ins": In(ins_layout), "start": In(1), "busy": Out(1),
@@ -240,7 +244,7 @@ class LayerNormUnit(wiring.Component):
                 m.next = "SQRT"
             with m.State("SQRT"):
                 with m.If(~self.sqrt.busy):
-                    m.d.comb += [self.div.start.eq(1), self.div.num.eq(1 << I.LN_RECIP_BITS),
+                    m.d.comb += [self.div.start.eq(1),
                                  self.div.den.eq(Mux(self.sqrt.root == 0, 1, self.sqrt.root))]
                     m.next = "DIV"
             with m.State("DIV"):
@@ -277,7 +281,7 @@ class SoftmaxUnit(wiring.Component):
     def __init__(self, ins_layout, T, score_bits):
         self.T, self.score_bits = T, score_bits
         self.z_bits = (T << I.EXP_ONE_BITS).bit_length()
-        self.div = Divider((I.PROB_MAX << I.PROB_RECIP_BITS).bit_length(), self.z_bits)
+        self.div = Divider(I.PROB_MAX << I.PROB_RECIP_BITS, self.z_bits)
         self.row_cycles = 2 * T + (self.PIPE1 + 1) + (self.div.latency + 1) + 1
         super().__init__({"ins": In(ins_layout), "start": In(1), "busy": Out(1),
                           "sc_addr": Out(range(T)), "sc_data": In(signed(score_bits)), "sc_max": In(signed(score_bits)),
@@ -335,8 +339,7 @@ class SoftmaxUnit(wiring.Component):
             with m.State("WAIT"):
                 m.d.sync += wait.eq(wait - 1)
                 with m.If(wait == 1):
-                    m.d.comb += [self.div.start.eq(1), self.div.num.eq(I.PROB_MAX << I.PROB_RECIP_BITS),
-                                 self.div.den.eq(Z)]
+                    m.d.comb += [self.div.start.eq(1), self.div.den.eq(Z)]
                     m.next = "DIV"
             with m.State("DIV"):
                 with m.If(~self.div.busy):
