@@ -1,7 +1,7 @@
 """The whole-model engine (gateware.model_engine) of a version-2 bundle through the ULX3S
 toolchain: LUT4, flip-flops, DSPs, block RAMs, Fmax, and the images/s and latency they give.
 
-    python bench/model_engine_build.py export/int-reference --lanes 32 --clock-mhz 100
+    python bench/model_engine_build.py [export/reference-integer] --lanes 32 --clock-mhz 100
 
 The harness: pixels from a 16-bit LFSR (XORed with the UART rx pin) on every clock, the
 logits, the class and the cycle counter XOR-folded by a pipelined tree (a register after
@@ -22,12 +22,13 @@ from amaranth.lib import wiring  # noqa: E402
 from amaranth.lib.wiring import In, Out  # noqa: E402
 
 from quweit_hw.contract.boards import load_board  # noqa: E402
-from quweit_hw.contract.model_bundle import load_model_bundle  # noqa: E402
 from quweit_hw.gateware.link import LEDS  # noqa: E402
 from quweit_hw.gateware.model_engine import ModelEngine  # noqa: E402
+from quweit_hw.gateware.model_rtl import load_program  # noqa: E402
 from quweit_hw.gateware.toolchain import NEXTPNR_REPORT, TOP, build_top  # noqa: E402
 from quweit_hw.gateware.top import BoardTop  # noqa: E402
 from quweit_hw.gateware.report import CELLS  # noqa: E402
+from quweit_hw.resources import REFERENCE_INTEGER  # noqa: E402
 
 
 class ModelHarness(wiring.Component):
@@ -62,14 +63,15 @@ class ModelHarness(wiring.Component):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("bundle", help="a version-2 (whole integer model) bundle folder")
+    p.add_argument("bundle", nargs="?", default=str(REFERENCE_INTEGER),
+                   help="a version-2 (whole integer model) bundle folder (default: the integer reference)")
     p.add_argument("--lanes", type=int, default=32, help="MAC array width (default: 32)")
     p.add_argument("--board", default="ulx3s")
     p.add_argument("--clock-mhz", type=float, default=100)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", default="/tmp/model_engine_build")
     args = p.parse_args()
-    program, _, _ = load_model_bundle(args.bundle)
+    program, _ = load_program(args.bundle)
     board = load_board(args.board)
     engine = ModelEngine(program, lanes=args.lanes, registers=board.registers)
     top = BoardTop(ModelHarness(engine), clock_hz=int(args.clock_mhz * 1e6), reset_button=board.reset_button)
