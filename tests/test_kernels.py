@@ -183,6 +183,22 @@ def test_fused_block_matches_reference(n, dtype, count_compiled):
     assert ref[1].abs().sum() > 0 and all(ref[2][k].abs().sum() > 0 for k in ref[2])
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_block_with_unsorted_thresholds(dtype, count_compiled):
+    # thresholds loaded as they are (a state dict is not validated): the first layer compares q
+    # with each threshold instead of reading the count of thresholds below q
+    torch.manual_seed(9)
+    block = LUTMLP(LUTMLPConfig(d=6, thresholds=5, n=6, hidden=(40,), group_size=4, mapping="random")).to(dtype)
+    h = torch.randn(77, 6, dtype=dtype)
+    block.calibrate(h)
+    block.thermometer.thresholds.copy_(torch.randn(6, 5) * 40)  # not increasing
+    g = torch.randn(77, 6, dtype=dtype)
+    ref = in_mode("torch", lambda: block_run(block, h, g))
+    got = in_mode("auto", lambda: block_run(block, h, g))
+    assert count_compiled["block"] == 1
+    assert_same_run(ref, got, dtype)
+
+
 def test_fused_block_in_eval_mode_without_grad(count_compiled):
     torch.manual_seed(4)
     block = LUTMLP(LUTMLPConfig(d=8, thresholds=6, n=6, hidden=(64,), group_size=4, mapping="random"))

@@ -66,16 +66,24 @@ class _BlockFunction(torch.autograd.Function):
         q = q.contiguous()
         batch, nthr = q.shape[0], thresholds.shape[1]
         feature = torch.div(bit_rows, nthr, rounding_mode="floor")
-        level = thresholds.reshape(-1).index_select(0, bit_rows)
+        # strictly increasing thresholds (as Thermometer keeps them): bit t is [level > t] on one
+        # byte per (feature, sample); otherwise compare q with each threshold
+        by_level = nthr < 255 and bool((thresholds[:, 1:] > thresholds[:, :-1]).all())
         x, addrs = None, []
         for i, table in enumerate(luts):
             table = table.detach().contiguous()
             y = torch.empty(table.shape[0], batch, dtype=torch.uint8)
             addr = torch.empty(table.shape[0], batch, dtype=torch.uint8)
-            if i == 0:
+            if i == 0 and by_level:
+                levels = torch.empty(q.shape[1], batch, dtype=torch.uint8)
+                ops.block_levels(q, thresholds, levels)
+                ops.block_forward_bytes(levels, feature, (bit_rows % nthr).to(torch.uint8), table, y, addr)
+            elif i == 0:
+                level = thresholds.reshape(-1).index_select(0, bit_rows)
                 ops.block_forward_q(q.t().contiguous(), feature, level, table, y, addr)
             else:
-                ops.block_forward_bytes(x, mappings[i], table, y, addr)
+                zero = torch.zeros(mappings[i].numel(), dtype=torch.uint8)  # 0/1 outputs: bit = [x > 0]
+                ops.block_forward_bytes(x, mappings[i], zero, table, y, addr)
             x = y
             addrs.append(addr)
         counts = q.new_empty(batch, x.shape[0] // k)

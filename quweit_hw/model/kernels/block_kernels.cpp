@@ -41,23 +41,26 @@ void q_span(const scalar_t* const* qrows, const scalar_t* level, int n, const sc
   }
 }
 
-// aj[b] = sum_l rows[l][b] << l (rows of 0/1 bytes);  yj[b] = [table[aj[b]] > 0].
+// aj[b] = sum_l [rows[l][b] > level[l]] << l (rows of bytes);  yj[b] = [table[aj[b]] > 0]. Level 0 on
+// 0/1 bytes reads a layer's outputs; level t on thermometer levels (the count of thresholds below q)
+// is the thermometer's bit t.
 template <typename scalar_t>
-void bytes_span_scalar(const uint8_t* const* rows, int n, const scalar_t* table, uint8_t* yj, uint8_t* aj,
-                       int64_t len) {
+void bytes_span_scalar(const uint8_t* const* rows, const uint8_t* level, int n, const scalar_t* table, uint8_t* yj,
+                       uint8_t* aj, int64_t len) {
   uint8_t sign[256];
   table_signs(table, n, sign);
   for (int64_t b = 0; b < len; ++b) {
     int a = 0;
-    for (int l = 0; l < n; ++l) a |= int(rows[l][b]) << l;
+    for (int l = 0; l < n; ++l) a |= int(rows[l][b] > level[l]) << l;
     aj[b] = uint8_t(a);
     yj[b] = sign[a];
   }
 }
 
 template <typename scalar_t>
-void bytes_span(const uint8_t* const* rows, int n, const scalar_t* table, uint8_t* yj, uint8_t* aj, int64_t len) {
-  bytes_span_scalar(rows, n, table, yj, aj, len);
+void bytes_span(const uint8_t* const* rows, const uint8_t* level, int n, const scalar_t* table, uint8_t* yj,
+                uint8_t* aj, int64_t len) {
+  bytes_span_scalar(rows, level, n, table, yj, aj, len);
 }
 
 #if defined(__AVX2__)
@@ -89,9 +92,14 @@ void q_span<float>(const float* const* qrows, const float* level, int n, const f
 // n <= 6: the 64 signs as 8 bytes, looked up by the address's high 3 bits (a byte shuffle) and
 // tested at its low 3 bits; 32 samples per step.
 template <>
-void bytes_span<float>(const uint8_t* const* rows, int n, const float* table, uint8_t* yj, uint8_t* aj,
-                       int64_t len) {
-  if (n > 6) return bytes_span_scalar(rows, n, table, yj, aj, len);
+void bytes_span<float>(const uint8_t* const* rows, const uint8_t* level, int n, const float* table, uint8_t* yj,
+                       uint8_t* aj, int64_t len) {
+  if (n > 6) return bytes_span_scalar(rows, level, n, table, yj, aj, len);
+  __m256i above[kMaxFanIn], bit[kMaxFanIn];  // x > level  <=>  max(x, level + 1) == x (level < 255)
+  for (int l = 0; l < n; ++l) {
+    above[l] = _mm256_set1_epi8(char(level[l] + 1));
+    bit[l] = _mm256_set1_epi8(char(1 << l));
+  }
   alignas(16) uint8_t octets[16] = {};
   for (int a = 0; a < (1 << n); ++a) octets[a >> 3] |= uint8_t((table[a] > 0.0f) << (a & 7));
   const __m256i signs = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(octets)));
@@ -101,8 +109,10 @@ void bytes_span<float>(const uint8_t* const* rows, int n, const float* table, ui
   int64_t b = 0;
   for (; b + 32 <= len; b += 32) {
     __m256i a = _mm256_setzero_si256();
-    for (int l = 0; l < n; ++l)  // bytes are 0/1, so a 16-bit shift by l < 8 stays in each byte
-      a = _mm256_or_si256(a, _mm256_slli_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[l] + b)), l));
+    for (int l = 0; l < n; ++l) {
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[l] + b));
+      a = _mm256_or_si256(a, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_max_epu8(x, above[l]), x), bit[l]));
+    }
     const __m256i octet = _mm256_shuffle_epi8(signs, _mm256_and_si256(_mm256_srli_epi16(a, 3), seven));
     const __m256i mask = _mm256_shuffle_epi8(masks, _mm256_and_si256(a, seven));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(aj + b), a);
@@ -110,7 +120,7 @@ void bytes_span<float>(const uint8_t* const* rows, int n, const float* table, ui
   }
   for (; b < len; ++b) {
     int a = 0;
-    for (int l = 0; l < n; ++l) a |= int(rows[l][b]) << l;
+    for (int l = 0; l < n; ++l) a |= int(rows[l][b] > level[l]) << l;
     aj[b] = uint8_t(a);
     yj[b] = (octets[a >> 3] >> (a & 7)) & 1;
   }
@@ -131,15 +141,16 @@ void forward_q_impl(const scalar_t* qT, const int64_t* row, const scalar_t* leve
   });
 }
 
-// A later LUT layer on the previous layer's bytes x (in, B). Parallel over LUTs.
+// A LUT layer on byte rows x (in, B): input l of LUT j is [x[map[j*n + l], b] > level[j*n + l]].
+// Parallel over LUTs.
 template <typename scalar_t>
-void forward_bytes_impl(const uint8_t* x, const int64_t* map, const scalar_t* luts, uint8_t* y, uint8_t* addr,
-                        int64_t out, int64_t n, int64_t batch) {
+void forward_bytes_impl(const uint8_t* x, const int64_t* map, const uint8_t* level, const scalar_t* luts, uint8_t* y,
+                        uint8_t* addr, int64_t out, int64_t n, int64_t batch) {
   at::parallel_for(0, out, 16, [&](int64_t j0, int64_t j1) {
     const uint8_t* rows[kMaxFanIn];
     for (int64_t j = j0; j < j1; ++j) {
       for (int64_t l = 0; l < n; ++l) rows[l] = x + map[j * n + l] * batch;
-      bytes_span<scalar_t>(rows, int(n), luts + (j << n), y + j * batch, addr + j * batch, batch);
+      bytes_span<scalar_t>(rows, level + j * n, int(n), luts + (j << n), y + j * batch, addr + j * batch, batch);
     }
   });
 }
@@ -192,17 +203,49 @@ void block_forward_q(const at::Tensor& qT, const at::Tensor& row, const at::Tens
   });
 }
 
-void block_forward_bytes(const at::Tensor& x, const at::Tensor& mapping, const at::Tensor& luts, at::Tensor& y,
-                         at::Tensor& addr) {
-  check_block({&x, &mapping, &luts, &y, &addr}, "block_forward_bytes");
+void block_forward_bytes(const at::Tensor& x, const at::Tensor& mapping, const at::Tensor& level,
+                         const at::Tensor& luts, at::Tensor& y, at::Tensor& addr) {
+  check_block({&x, &mapping, &level, &luts, &y, &addr}, "block_forward_bytes");
+  TORCH_CHECK(level.scalar_type() == at::kByte && level.numel() == mapping.numel(),
+              "quweit_lut.block_forward_bytes: one byte level per input");
   const int64_t out = luts.size(0), n = mapping.numel() / out;
   TORCH_CHECK(n >= 1 && n <= kMaxFanIn && luts.size(1) == (int64_t(1) << n), "quweit_lut.block_forward_bytes: bad fan-in");
   TORCH_CHECK(x.scalar_type() == at::kByte && y.scalar_type() == at::kByte && addr.scalar_type() == at::kByte,
               "quweit_lut.block_forward_bytes: bytes");
   on_scalar(luts, [&](auto s) {
     using scalar_t = decltype(s);
-    forward_bytes_impl<scalar_t>(x.data_ptr<uint8_t>(), mapping.data_ptr<int64_t>(), luts.data_ptr<scalar_t>(),
+    forward_bytes_impl<scalar_t>(x.data_ptr<uint8_t>(), mapping.data_ptr<int64_t>(), level.data_ptr<uint8_t>(),
+                                 luts.data_ptr<scalar_t>(),
                                  y.data_ptr<uint8_t>(), addr.data_ptr<uint8_t>(), out, n, x.size(1));
+  });
+}
+
+// levels[f, b] = the number of thresholds theta[f, :] below q[b, f]. With strictly increasing
+// thresholds bit t of the thermometer is [levels > t] exactly (the bits set are a prefix).
+template <typename scalar_t>
+void levels_impl(const scalar_t* q, const scalar_t* theta, uint8_t* levels, int64_t batch, int64_t features,
+                 int64_t nthr) {
+  at::parallel_for(0, features, 1, [&](int64_t f0, int64_t f1) {
+    std::vector<scalar_t> col(batch);
+    for (int64_t f = f0; f < f1; ++f) {
+      for (int64_t b = 0; b < batch; ++b) col[b] = q[b * features + f];
+      uint8_t* o = levels + f * batch;
+      std::fill(o, o + batch, uint8_t(0));
+      for (int64_t t = 0; t < nthr; ++t) {
+        const scalar_t th = theta[f * nthr + t];
+        for (int64_t b = 0; b < batch; ++b) o[b] += uint8_t(col[b] > th);
+      }
+    }
+  });
+}
+
+void block_levels(const at::Tensor& q, const at::Tensor& theta, at::Tensor& levels) {
+  check_block({&q, &theta, &levels}, "block_levels");
+  TORCH_CHECK(levels.scalar_type() == at::kByte && theta.size(1) < 255, "quweit_lut.block_levels: bytes, T < 255");
+  on_scalar(q, [&](auto s) {
+    using scalar_t = decltype(s);
+    levels_impl<scalar_t>(q.data_ptr<scalar_t>(), theta.data_ptr<scalar_t>(), levels.data_ptr<uint8_t>(), q.size(0),
+                          q.size(1), theta.size(1));
   });
 }
 
@@ -226,9 +269,13 @@ void block_group_counts(const at::Tensor& y, at::Tensor& counts) {
 // bit: about n * n * 2**n operations per LUT instead of the n * 4**n of the dense product.
 // Lanes are LUTs (eight at a time), so every step is one vertical vector operation.
 template <typename scalar_t>
-void efd_table_exp_impl(const scalar_t* luts, scalar_t* e, int64_t out, int64_t n, scalar_t alpha, scalar_t beta) {
+void efd_table_exp_generic(const scalar_t* luts, scalar_t* e, int64_t out, int64_t first, int64_t n, scalar_t alpha,
+                           scalar_t beta) {
   constexpr int V = 8;
   const int64_t size = int64_t(1) << n, half = size / 2;
+  luts += first * size;
+  e += first * n * half;
+  out -= first;
   at::parallel_for(0, (out + V - 1) / V, 1, [&](int64_t b0, int64_t b1) {
     std::vector<scalar_t> t(size * V), u(half * V);
     for (int64_t blk = b0; blk < b1; ++blk) {
@@ -262,6 +309,54 @@ void efd_table_exp_impl(const scalar_t* luts, scalar_t* e, int64_t out, int64_t 
   });
 }
 
+template <typename scalar_t>
+void efd_table_exp_impl(const scalar_t* luts, scalar_t* e, int64_t out, int64_t n, scalar_t alpha, scalar_t beta) {
+  efd_table_exp_generic<scalar_t>(luts, e, out, 0, n, alpha, beta);
+}
+
+#if defined(__AVX2__)
+// The same for float, eight LUTs per block of lanes, moved in and out with 8x8 transposes.
+template <>
+void efd_table_exp_impl<float>(const float* luts, float* e, int64_t out, int64_t n, float alpha, float beta) {
+  const int64_t size = int64_t(1) << n, half = size / 2, full = out / 8 * 8;
+  if (n < 4) return efd_table_exp_generic<float>(luts, e, out, 0, n, alpha, beta);
+  const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+  at::parallel_for(0, full / 8, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<__m256> t(size), u(half);
+    __m256 r[8], c[8];
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t j0 = blk * 8;
+      for (int64_t k0 = 0; k0 < size; k0 += 8) {
+        for (int v = 0; v < 8; ++v) r[v] = _mm256_loadu_ps(luts + (j0 + v) * size + k0);
+        transpose8(r, &t[k0]);
+      }
+      for (int64_t l = 0; l < n; ++l) {
+        const int64_t low = (int64_t(1) << l) - 1;
+        for (int64_t i = 0; i < half; ++i) {
+          const int64_t k0 = (i & low) | ((i & ~low) << 1);
+          u[i] = _mm256_sub_ps(t[k0 | (int64_t(1) << l)], t[k0]);
+        }
+        for (int64_t m = 0; m + 1 < n; ++m) {
+          const int64_t bit = int64_t(1) << m;
+          for (int64_t i = 0; i < half; ++i) {
+            if (i & bit) continue;
+            const __m256 x0 = u[i], x1 = u[i | bit];
+            u[i] = _mm256_add_ps(x0, _mm256_mul_ps(vb, x1));
+            u[i | bit] = _mm256_add_ps(x1, _mm256_mul_ps(vb, x0));
+          }
+        }
+        for (int64_t i0 = 0; i0 < half; i0 += 8) {
+          for (int s = 0; s < 8; ++s) r[s] = _mm256_mul_ps(va, u[i0 + s]);
+          transpose8(r, c);
+          for (int v = 0; v < 8; ++v) _mm256_storeu_ps(e + ((j0 + v) * n + l) * half + i0, c[v]);
+        }
+      }
+    }
+  });
+  if (full < out) efd_table_exp_generic<float>(luts, e, out, full, n, alpha, beta);
+}
+#endif
+
 void efd_table_exp(const at::Tensor& luts, double alpha, double beta, at::Tensor& e) {
   check_block({&luts, &e}, "efd_table_exp");
   int64_t n = 0;
@@ -280,8 +375,9 @@ void efd_table_exp(const at::Tensor& luts, double alpha, double beta, at::Tensor
 TORCH_LIBRARY_FRAGMENT(quweit_lut, m) {
   m.def("block_forward_q(Tensor qT, Tensor row, Tensor level, Tensor luts, Tensor(a!) y, Tensor(b!) addr) -> ()",
         &block_forward_q);
-  m.def("block_forward_bytes(Tensor x, Tensor mapping, Tensor luts, Tensor(a!) y, Tensor(b!) addr) -> ()",
+  m.def("block_forward_bytes(Tensor x, Tensor mapping, Tensor level, Tensor luts, Tensor(a!) y, Tensor(b!) addr) -> ()",
         &block_forward_bytes);
+  m.def("block_levels(Tensor q, Tensor theta, Tensor(a!) levels) -> ()", &block_levels);
   m.def("block_group_counts(Tensor y, Tensor(a!) counts) -> ()", &block_group_counts);
   m.def("efd_table_exp(Tensor luts, float alpha, float beta, Tensor(a!) e) -> ()", &efd_table_exp);
 }

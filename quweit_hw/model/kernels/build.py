@@ -136,6 +136,10 @@ def build_and_load(source: Path = SOURCE, cflags=CFLAGS, quiet: bool = False) ->
 
 
 def _summary(exc: Exception, lines: int = 6) -> str:
-    """The exception's message cut to its last few non-empty lines (the compiler's verdict)."""
+    """The exception's message cut to the compiler's verdict: its first few `error:` lines (the
+    build's last lines are ninja's, about which source failed to compile), else its last
+    non-empty lines."""
     text = [s for s in str(exc).splitlines() if s.strip()]
-    return " | ".join(text[-lines:]) if text else type(exc).__name__
+    errors = [s for s in text if "error:" in s]
+    picked = errors[:lines] if errors else text[-lines:]
+    return " | ".join(picked) if picked else type(exc).__name__

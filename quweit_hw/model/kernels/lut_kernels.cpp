@@ -196,25 +196,6 @@ void efd_rows(const float* e_j, int64_t half, const uint8_t* aj, const float* gj
   }
 }
 
-// c[l][s] = r[s][l]: the 8x8 transpose of eight rows of eight floats.
-inline void transpose8(const __m256* r, __m256* c) {
-  __m256 t[8], u[8];
-  for (int k = 0; k < 4; ++k) {
-    t[2 * k] = _mm256_unpacklo_ps(r[2 * k], r[2 * k + 1]);
-    t[2 * k + 1] = _mm256_unpackhi_ps(r[2 * k], r[2 * k + 1]);
-  }
-  for (int k = 0; k < 2; ++k) {
-    u[4 * k] = _mm256_shuffle_ps(t[4 * k], t[4 * k + 2], _MM_SHUFFLE(1, 0, 1, 0));
-    u[4 * k + 1] = _mm256_shuffle_ps(t[4 * k], t[4 * k + 2], _MM_SHUFFLE(3, 2, 3, 2));
-    u[4 * k + 2] = _mm256_shuffle_ps(t[4 * k + 1], t[4 * k + 3], _MM_SHUFFLE(1, 0, 1, 0));
-    u[4 * k + 3] = _mm256_shuffle_ps(t[4 * k + 1], t[4 * k + 3], _MM_SHUFFLE(3, 2, 3, 2));
-  }
-  for (int k = 0; k < 4; ++k) {
-    c[k] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x20);
-    c[k + 4] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x31);
-  }
-}
-
 // ea[a*8 + l] = e_j[l*half + c(a, l)] for every address a (lanes l >= n zero). Eight
 // addresses a0..a0+7 at a time: for l >= 3 their compact indices are 8 consecutive ones, for
 // l < 3 they are 4 consecutive ones, each twice (bit l removed); then one 8x8 transpose.
