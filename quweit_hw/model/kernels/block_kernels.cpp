@@ -227,14 +227,16 @@ void levels_impl(const scalar_t* q, const scalar_t* theta, uint8_t* levels, int6
                  int64_t nthr) {
   at::parallel_for(0, features, 1, [&](int64_t f0, int64_t f1) {
     std::vector<scalar_t> col(batch);
+    std::vector<int32_t> count(batch);  // as wide as a float, so the compare-and-add vectorises
     for (int64_t f = f0; f < f1; ++f) {
       for (int64_t b = 0; b < batch; ++b) col[b] = q[b * features + f];
-      uint8_t* o = levels + f * batch;
-      std::fill(o, o + batch, uint8_t(0));
+      std::fill(count.begin(), count.end(), 0);
       for (int64_t t = 0; t < nthr; ++t) {
         const scalar_t th = theta[f * nthr + t];
-        for (int64_t b = 0; b < batch; ++b) o[b] += uint8_t(col[b] > th);
+        for (int64_t b = 0; b < batch; ++b) count[b] += col[b] > th ? 1 : 0;
       }
+      uint8_t* o = levels + f * batch;
+      for (int64_t b = 0; b < batch; ++b) o[b] = uint8_t(count[b]);
     }
   });
 }
