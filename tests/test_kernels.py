@@ -365,6 +365,20 @@ def test_efd_compact_table_is_the_reference_table_without_bit_l():
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 6, 8])
+def test_exp_efd_table_in_product_form_is_the_reference_table(n, dtype):
+    # 13 LUTs: one full block of 8 lanes (AVX2 for float32, n >= 4) and a partial one
+    gen = torch.Generator().manual_seed(n)
+    layer = LUTLayer(20, 13, n=n, mapping="random", efd="exp", alpha=0.3, beta=0.4, generator=gen).to(dtype)
+    compact = kernels.compact_table(layer._kernel, layer.luts)
+    full = layer._kernel.table(layer.luts.detach())  # the reference's dense product
+    cols = kernels.lut.compact_columns(n)
+    expected = full.reshape(13, -1)[:, cols].view_as(compact)
+    tol = dict(rtol=0, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(compact, expected, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_group_sum_of_rows_layout_matches_reference(dtype, monkeypatch):
     calls = []
     monkeypatch.setattr(kernels, "group_sum_rows", lambda *a: calls.append(1) or kernels.group_sum.group_sum_rows(*a))
