@@ -30,9 +30,9 @@ BATCHES = (1, 13, 77)  # none a multiple of the 8-wide vectors; 1 leaves no vect
 
 @pytest.fixture
 def count_compiled(monkeypatch):
-    """Counts the calls that reach the compiled LUT and thermometer forwards."""
-    calls = {"lut": 0, "thermometer": 0}
-    lut_forward, therm_forward = kernels.lut_forward, kernels.thermometer_forward
+    """Counts the calls that reach the compiled LUT, thermometer and fused-block forwards."""
+    calls = {"lut": 0, "thermometer": 0, "block": 0}
+    lut_forward, therm_forward, block_counts = kernels.lut_forward, kernels.thermometer_forward, kernels.block_counts
 
     def lut(*args):
         calls["lut"] += 1
@@ -42,8 +42,13 @@ def count_compiled(monkeypatch):
         calls["thermometer"] += 1
         return therm_forward(*args)
 
+    def block(*args):
+        calls["block"] += 1
+        return block_counts(*args)
+
     monkeypatch.setattr(kernels, "lut_forward", lut)
     monkeypatch.setattr(kernels, "thermometer_forward", therm)
+    monkeypatch.setattr(kernels, "block_counts", block)
     return calls
 
 
@@ -142,8 +147,68 @@ def test_lut_mlp_block_matches_reference(mapping, bit_order, dtype, count_compil
     g = torch.randn(53, 8, dtype=dtype)
     ref = in_mode("torch", lambda: block_run(block, h, g))
     got = in_mode("auto", lambda: block_run(block, h, g))
-    assert count_compiled == {"lut": 2, "thermometer": 1}
+    # fixed mappings: the whole LUT path in one fused function; learnable: layer by layer
+    fused = mapping != "learnable"
+    assert count_compiled == {"lut": 0 if fused else 2, "thermometer": 0 if fused else 1, "block": int(fused)}
     assert_same_run(ref, got, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_fused_block_matches_reference(n, dtype, count_compiled):
+    # n = 7, 8: the scalar byte lookup; hidden () makes the first layer also the last (its
+    # group gradient read from q's side), three layers chain bytes twice; integer thresholds
+    # put many q exactly on a threshold, where the bit is 0 (strict >)
+    hidden = [(), (40,), (40, 24)][n % 3]
+    cfg = LUTMLPConfig(d=6, thresholds=5, n=n, hidden=hidden, group_size=4, mapping=["random", "local"][n % 2],
+                       deep_mapping=["random", "local"][(n // 2) % 2], window=max(n, 10), efd=["exp", "linear"][n % 2],
+                       bit_order=["feature", "threshold"][(n // 2) % 2])
+    torch.manual_seed(n)
+    block = LUTMLP(cfg).to(dtype)
+    for batch in BATCHES:
+        h = torch.randn(batch, 6, dtype=dtype)
+        block.calibrate(torch.randn(64, 6))
+        block.thermometer.set_thresholds(torch.arange(-2.0, 3.0).repeat(6, 1) * 8 + torch.arange(6.0)[:, None])
+        block.input_scale.fill_(0.125)  # q = 8 h: integers in a range that straddles the thresholds
+        g = torch.randn(batch, 6, dtype=dtype)
+        ref = in_mode("torch", lambda: block_run(block, h, g))
+        calls = count_compiled["block"]
+        got = in_mode("auto", lambda: block_run(block, h, g))
+        assert count_compiled["block"] == calls + 1
+        assert torch.equal(got[0], ref[0])
+        tol = FLOAT64_TOL if dtype == torch.float64 else FLOAT32_TOL
+        torch.testing.assert_close(got[1], ref[1], **tol)
+        for name in ref[2]:
+            torch.testing.assert_close(got[2][name], ref[2][name], **tol)
+    assert ref[1].abs().sum() > 0 and all(ref[2][k].abs().sum() > 0 for k in ref[2])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_block_with_unsorted_thresholds(dtype, count_compiled):
+    # thresholds loaded as they are (a state dict is not validated): the first layer compares q
+    # with each threshold instead of reading the count of thresholds below q
+    torch.manual_seed(9)
+    block = LUTMLP(LUTMLPConfig(d=6, thresholds=5, n=6, hidden=(40,), group_size=4, mapping="random")).to(dtype)
+    h = torch.randn(77, 6, dtype=dtype)
+    block.calibrate(h)
+    block.thermometer.thresholds.copy_(torch.randn(6, 5) * 40)  # not increasing
+    g = torch.randn(77, 6, dtype=dtype)
+    ref = in_mode("torch", lambda: block_run(block, h, g))
+    got = in_mode("auto", lambda: block_run(block, h, g))
+    assert count_compiled["block"] == 1
+    assert_same_run(ref, got, dtype)
+
+
+def test_fused_block_in_eval_mode_without_grad(count_compiled):
+    torch.manual_seed(4)
+    block = LUTMLP(LUTMLPConfig(d=8, thresholds=6, n=6, hidden=(64,), group_size=4, mapping="random"))
+    h = torch.randn(45, 8)
+    block.calibrate(h)
+    block.eval()
+    with torch.no_grad():
+        ref = in_mode("torch", lambda: block(h))
+        got = in_mode("auto", lambda: block(h))
+    assert count_compiled["block"] == 1 and torch.equal(got, ref)
 
 
 def thermometer_run(therm, x, g):
@@ -297,6 +362,20 @@ def test_efd_compact_table_is_the_reference_table_without_bit_l():
         for l in range(5):
             c = (a & ((1 << l) - 1)) | ((a >> (l + 1)) << l)
             torch.testing.assert_close(compact[:, l, c], full[:, l, a], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 6, 8])
+def test_exp_efd_table_in_product_form_is_the_reference_table(n, dtype):
+    # 13 LUTs: one full block of 8 lanes (AVX2 for float32, n >= 4) and a partial one
+    gen = torch.Generator().manual_seed(n)
+    layer = LUTLayer(20, 13, n=n, mapping="random", efd="exp", alpha=0.3, beta=0.4, generator=gen).to(dtype)
+    compact = kernels.compact_table(layer._kernel, layer.luts)
+    full = layer._kernel.table(layer.luts.detach())  # the reference's dense product
+    cols = kernels.lut.compact_columns(n)
+    expected = full.reshape(13, -1)[:, cols].view_as(compact)
+    tol = dict(rtol=0, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(compact, expected, **tol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

@@ -66,8 +66,11 @@ class _EFDKernel:
     """
 
     def __init__(self, n: int, efd: str, alpha: Optional[float], beta: Optional[float]):
-        self.n = n
+        self.n, self.efd = n, efd
         self.sign, self.weight = efd_parts(n, efd, alpha, beta)
+        # "exp": weight[l, z] = alpha * beta**H is a product over bits (the compiled kernels use it)
+        self.alpha = float(self.weight[0, 0])
+        self.beta = float(self.weight[0, 2] / self.weight[0, 0]) if n >= 2 else 0.0
         self._cache: dict = {}
 
     def _constants(self, dtype, device):
@@ -274,11 +277,15 @@ class LUTLayer(nn.Module):
         idx = (self.col_start + self.weights.detach().argmax(0)) % self.in_features
         return idx.view(self.out_features, self.n)
 
-    def forward_rows(self, x: Tensor) -> Tensor:
-        """Rows layout: x (in_features, B) -> (out_features, B). No input checks (internal fast path)."""
+    def clamp_tables(self) -> None:
+        """In training mode, clamp the tables to [-1, 1] in place (done before every forward)."""
         if self.training:
             with torch.no_grad():
                 self.luts.clamp_(-1, 1)
+
+    def forward_rows(self, x: Tensor) -> Tensor:
+        """Rows layout: x (in_features, B) -> (out_features, B). No input checks (internal fast path)."""
+        self.clamp_tables()
         if self.mapping_kind == "learnable":
             learn = (self.tau, self.col_start, self.band_cols, self.band_index)
             return _LUTFunction.apply(x, self.luts, self.weights, None, self._kernel, learn, None)

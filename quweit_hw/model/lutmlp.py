@@ -145,6 +145,11 @@ class LUTMLP(nn.Module):
         c = self.config
         if q.dim() != 2 or q.shape[1] != c.d:
             raise ValueError(f"counts expects q of shape (N, {c.d}), got {tuple(q.shape)!r}")
+        if kernels.block.supported(self, q):  # the whole LUT path in one compiled function
+            for layer in self.layers:
+                layer.clamp_tables()
+            s = kernels.block_counts(self, q)
+            return s if self.group_sum.tau == 1.0 else s / self.group_sum.tau
         rows = self.thermometer.encode_rows(q)  # (d*T, N) feature-major
         if c.bit_order == "threshold":
             rows = rows.view(c.d, c.thresholds, -1).transpose(0, 1).reshape(c.d * c.thresholds, -1)

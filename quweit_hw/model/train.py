@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..errors import UserError
+from . import distributed
 from .checkpoint import ARCHS, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, build_model, read_checkpoint, save_checkpoint
 from .data import calibrate_lut_mlps, load_fashion_mnist, random_windows, sequential_windows
 from .evaluate import evaluate_arrays, load_text_task
@@ -316,9 +317,12 @@ def _start_model(args, arch, task, resume_ckpt, source, progress):
     return model, [], 0
 
 
-def _train_epoch(model, optimizer, task, args, epoch, device, progress):
-    """One epoch of training: {"loss_sum", "correct", "count", "seen", "seconds"}."""
-    arch, config = TASKS[args.task], model.config
+def _train_epoch(model, optimizer, task, args, epoch, device, progress, world=distributed.World()):
+    """One epoch of training: {"loss_sum", "correct", "count", "seen", "seconds"}, summed over the
+    ranks. `model` is the module to step (DDP under torchrun); each rank takes its share of
+    every batch."""
+    core = getattr(model, "module", model)
+    arch, config = TASKS[args.task], core.config
     total_steps = args.epochs * task.steps_per_epoch
     tokens_per_example = getattr(config, "tokens", None) or config.block_size
     torch.manual_seed(args.seed * 100_003 + epoch)  # dropout and LUT training noise, per epoch
@@ -331,13 +335,13 @@ def _train_epoch(model, optimizer, task, args, epoch, device, progress):
         step = epoch * task.steps_per_epoch + i
         for g in optimizer.param_groups:
             g["lr"] = lr_at(step, total_steps, args.lr, args.warmup) * g.get("lr_scale", 1.0)
-        xb, yb = xb.to(device), yb.to(device)
+        xb, yb = distributed.shard(xb, world).to(device), distributed.shard(yb, world).to(device)
         logits = model(xb)
         loss = F.cross_entropy(logits.flatten(0, -2), yb.flatten())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        for _, mlp in model.lut_mlps():
+        for _, mlp in core.lut_mlps():
             if hasattr(mlp, "clamp_"):
                 mlp.clamp_()
         n = yb.numel()
@@ -355,7 +359,8 @@ def _train_epoch(model, optimizer, task, args, epoch, device, progress):
             post["tok/s"] = f"{seen / (time.perf_counter() - t0):.0f}"
             bar.set_postfix(post, refresh=False)
     bar.close()
-    return {"loss_sum": loss_sum, "correct": correct, "count": count, "seen": seen,
+    loss_sum, correct, count, seen = distributed.total([loss_sum, correct, count, seen], world)
+    return {"loss_sum": loss_sum, "correct": int(correct), "count": int(count), "seen": int(seen),
             "seconds": time.perf_counter() - t0}
 
 
@@ -381,23 +386,31 @@ def run_train(args) -> int:
     task = _Task(args, vocab)
     model, metrics, start_epoch = _start_model(args, arch, task, resume_ckpt, source, progress)
     device = torch.device(args.device)
+    world = distributed.start(device, args.batch_size)
+    progress = progress and world.writes
     model.to(device)
     optimizer = make_optimizer(model, args)
     if resume_ckpt is not None and resume_ckpt.get("optimizer") is not None:  # shipped checkpoints drop it
         optimizer.load_state_dict(resume_ckpt["optimizer"])
     if start_epoch >= args.epochs:
         print(f"{str(ckpt_path)!r} already holds {start_epoch} epochs (--epochs {args.epochs}); nothing to do")
+        distributed.finish(world)
         return 0
 
     plain_args = {k: _plain(v) for k, v in vars(args).items() if k != "given"}
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"{arch} {args.mlp}: {n_params} parameters, {task.steps_per_epoch} steps per epoch, out {args.out}")
+    if world.writes:
+        print(f"{arch} {args.mlp}: {n_params} parameters, {task.steps_per_epoch} steps per epoch, out {args.out}"
+              + (f", {world.size} processes" if world.size > 1 else ""))
+    stepped = distributed.wrap(model, world, device)
     for epoch in range(start_epoch, args.epochs):
-        stats = _train_epoch(model, optimizer, task, args, epoch, device, progress)
+        stats = _train_epoch(stepped, optimizer, task, args, epoch, device, progress, world)
         ev = evaluate_arrays(model, task.eval_x, task.eval_y, batch_size=256, progress=progress,
                              desc=f"eval {task.eval_split}")
         row = _epoch_row(epoch, stats, ev, task.eval_split, arch)
         metrics.append(row)
+        if not world.writes:  # every rank holds the same model; one writes it
+            continue
         ckpt = {
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "task": args.task, "arch": arch,
             "config": dataclasses.asdict(model.config),
@@ -409,5 +422,7 @@ def run_train(args) -> int:
         (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
         print(" ".join(f"{k}={v}" for k, v in shown.items()), flush=True)
-    print(f"wrote {ckpt_path}")
+    if world.writes:
+        print(f"wrote {ckpt_path}")
+    distributed.finish(world)
     return 0

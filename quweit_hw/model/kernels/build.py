@@ -26,7 +26,10 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("lut_kernels.cpp")
+SOURCE = Path(__file__).with_name("lut_kernels.cpp")  # the library: it defines the TORCH_LIBRARY
+# compiled with SOURCE into the one library: fragments of its namespace, and the shared header
+EXTRA_SOURCES = (Path(__file__).with_name("block_kernels.cpp"),)
+HEADERS = (Path(__file__).with_name("lut_simd.h"),)
 LIBRARY = "quweit_lut"  # the TORCH_LIBRARY namespace of the source: torch.ops.quweit_lut
 # -fopenmp: at::parallel_for is an OpenMP loop inlined from ATen's headers (without the flag
 # it runs on one thread); the library then links libgomp.so.1, the very runtime torch has
@@ -89,7 +92,8 @@ def _put_ninja_on_path() -> None:
 def build_name(source: Path = SOURCE, cflags=CFLAGS) -> str:
     """The extension's name: the library name and a digest of everything the binary depends on."""
     h = hashlib.sha256()
-    for part in (source.read_bytes(), " ".join(tuple(cflags) + LDFLAGS).encode(), torch.__version__.encode(), _cpu_flags().encode()):
+    files = (source.read_bytes(),) + tuple(p.read_bytes() for p in EXTRA_SOURCES + HEADERS)
+    for part in (*files, " ".join(tuple(cflags) + LDFLAGS).encode(), torch.__version__.encode(), _cpu_flags().encode()):
         h.update(part)
         h.update(b"\0")
     return f"{LIBRARY}_{h.hexdigest()[:16]}"
@@ -116,7 +120,7 @@ def build_and_load(source: Path = SOURCE, cflags=CFLAGS, quiet: bool = False) ->
         directory.mkdir(parents=True, exist_ok=True)
         _put_ninja_on_path()
         cpp_extension.load(
-            name, [str(source)], extra_cflags=list(cflags), extra_ldflags=list(LDFLAGS), build_directory=str(directory),
+            name, [str(source)] + [str(p) for p in EXTRA_SOURCES], extra_cflags=list(cflags), extra_ldflags=list(LDFLAGS), build_directory=str(directory),
             is_python_module=False, verbose=False,
         )
     except Exception as exc:  # compiler missing, ninja missing, compile error, load error
@@ -132,6 +136,10 @@ def build_and_load(source: Path = SOURCE, cflags=CFLAGS, quiet: bool = False) ->
 
 
 def _summary(exc: Exception, lines: int = 6) -> str:
-    """The exception's message cut to its last few non-empty lines (the compiler's verdict)."""
+    """The exception's message cut to the compiler's verdict: its first few `error:` lines (the
+    build's last lines are ninja's, about which source failed to compile), else its last
+    non-empty lines."""
     text = [s for s in str(exc).splitlines() if s.strip()]
-    return " | ".join(text[-lines:]) if text else type(exc).__name__
+    errors = [s for s in text if "error:" in s]
+    picked = errors[:lines] if errors else text[-lines:]
+    return " | ".join(picked) if picked else type(exc).__name__

@@ -36,10 +36,16 @@ def compact_table(kernel, luts: Tensor) -> Tensor:
     """luts (out, 2**n) -> E (out, n, 2**(n-1)) contiguous: E[j, l, c] = the reference EFD table
     kernel.table(luts)[j, l, a] at the address a whose bit l is 0 and whose other bits are c.
 
-    Where the reference forms E with one dense matmul, this multiplies by only the needed
-    half of the same matrix; on the Walsh-Hadamard path it forms the reference table and
-    picks the half."""
+    For the exponential EFD on the CPU the compiled kernels form it in product form (a
+    difference along bit l, then a 2x2 map along each other bit: about 1/10 of the dense
+    product's work, equal to it up to rounding). Otherwise, where the reference forms E with
+    one dense matmul, this multiplies by only the needed half of the same matrix; on the
+    Walsh-Hadamard path it forms the reference table and picks the half."""
     n, luts = kernel.n, luts.detach()
+    if kernel.efd == "exp" and luts.device.type == "cpu" and dispatch.use_compiled(luts):
+        e = luts.new_empty(luts.shape[0], n, 2 ** (n - 1))
+        dispatch.ops().efd_table_exp(luts.contiguous(), kernel.alpha, kernel.beta, e)
+        return e
     consts = kernel._constants(luts.dtype, luts.device)
     if isinstance(consts, Tensor):  # the dense (2**n, n * 2**n) EFD matrix
         per_kernel = _compact_matrices.setdefault(kernel, {})

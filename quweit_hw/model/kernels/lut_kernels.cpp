@@ -25,9 +25,7 @@
 #include <initializer_list>
 #include <vector>
 
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
+#include "lut_simd.h"
 
 namespace {
 
@@ -93,28 +91,12 @@ void gsel_span(const scalar_t* e_j, int64_t half, const addr_t* aj, const scalar
 }
 
 #if defined(__AVX2__)
-// The table's signs as bit words: bit k of word k / 32 is [table[k] > 0] (n <= 8: 8 words).
-inline int table_words(const float* table, int n, uint32_t* words) {
-  const int size = 1 << n, count = std::max(1, size / 32);
-  for (int w = 0; w < count; ++w) words[w] = 0;
-  for (int k = 0; k < size; ++k) words[k >> 5] |= uint32_t(table[k] > 0.0f) << (k & 31);
-  return count;
-}
-
-inline void store_addresses(uint8_t* dst, __m256i a) {  // 8 int32 in 0..255 -> 8 bytes
-  const __m256i p8 = _mm256_packus_epi16(_mm256_packus_epi32(a, a), _mm256_setzero_si256());
-  const uint32_t lo = uint32_t(_mm256_extract_epi32(p8, 0)), hi = uint32_t(_mm256_extract_epi32(p8, 4));
-  std::memcpy(dst, &lo, 4);
-  std::memcpy(dst + 4, &hi, 4);
-}
-
 template <>
 void forward_span<float, uint8_t>(const float* const* rows, int n, const float* table, float* yj, uint8_t* aj,
                                   int64_t len) {
   uint32_t words[8];
   const int count = table_words(table, n, words);
   const __m256 zero = _mm256_setzero_ps();
-  const __m256i one = _mm256_set1_epi32(1);
   int64_t b = 0;
   for (; b + 8 <= len; b += 8) {
     __m256i a = _mm256_setzero_si256();
@@ -122,12 +104,7 @@ void forward_span<float, uint8_t>(const float* const* rows, int n, const float* 
       const __m256 ne = _mm256_cmp_ps(_mm256_loadu_ps(rows[l] + b), zero, _CMP_NEQ_UQ);
       a = _mm256_or_si256(a, _mm256_and_si256(_mm256_castps_si256(ne), _mm256_set1_epi32(1 << l)));
     }
-    // bit a of the table: word k shifted by a - 32k; srlv gives 0 for counts outside 0..31
-    __m256i bit = _mm256_setzero_si256();
-    for (int k = 0; k < count; ++k)
-      bit = _mm256_or_si256(bit, _mm256_srlv_epi32(_mm256_set1_epi32(int(words[k])),
-                                                   _mm256_sub_epi32(a, _mm256_set1_epi32(32 * k))));
-    _mm256_storeu_ps(yj + b, _mm256_cvtepi32_ps(_mm256_and_si256(bit, one)));
+    _mm256_storeu_ps(yj + b, _mm256_cvtepi32_ps(table_bits8(words, count, a)));
     store_addresses(aj + b, a);
   }
   for (; b < len; ++b) {
@@ -219,25 +196,6 @@ void efd_rows(const float* e_j, int64_t half, const uint8_t* aj, const float* gj
   }
 }
 
-// c[l][s] = r[s][l]: the 8x8 transpose of eight rows of eight floats.
-inline void transpose8(const __m256* r, __m256* c) {
-  __m256 t[8], u[8];
-  for (int k = 0; k < 4; ++k) {
-    t[2 * k] = _mm256_unpacklo_ps(r[2 * k], r[2 * k + 1]);
-    t[2 * k + 1] = _mm256_unpackhi_ps(r[2 * k], r[2 * k + 1]);
-  }
-  for (int k = 0; k < 2; ++k) {
-    u[4 * k] = _mm256_shuffle_ps(t[4 * k], t[4 * k + 2], _MM_SHUFFLE(1, 0, 1, 0));
-    u[4 * k + 1] = _mm256_shuffle_ps(t[4 * k], t[4 * k + 2], _MM_SHUFFLE(3, 2, 3, 2));
-    u[4 * k + 2] = _mm256_shuffle_ps(t[4 * k + 1], t[4 * k + 3], _MM_SHUFFLE(1, 0, 1, 0));
-    u[4 * k + 3] = _mm256_shuffle_ps(t[4 * k + 1], t[4 * k + 3], _MM_SHUFFLE(3, 2, 3, 2));
-  }
-  for (int k = 0; k < 4; ++k) {
-    c[k] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x20);
-    c[k + 4] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x31);
-  }
-}
-
 // ea[a*8 + l] = e_j[l*half + c(a, l)] for every address a (lanes l >= n zero). Eight
 // addresses a0..a0+7 at a time: for l >= 3 their compact indices are 8 consecutive ones, for
 // l < 3 they are 4 consecutive ones, each twice (bit l removed); then one 8x8 transpose.
@@ -322,11 +280,13 @@ void lut_forward_impl(const scalar_t* x, const int64_t* map, const scalar_t* lut
 // ------------------------------------------------------------------------- LUT backward
 
 // dx[map[j, l], b] = sum over (j, l) reading that row, in increasing j*n + l (the order of
-// the reference's CSR product), of E[j, l, c(addr[j, b], l)] * g[j, b].  Parallel over
-// batch tiles: each task owns dx[:, tile] and needs no atomics.
+// the reference's CSR product), of E[j, l, c(addr[j, b], l)] * g[j / group, b] (group > 1:
+// the last layer, whose LUTs share their group's output gradient, read without broadcasting
+// it).  Parallel over batch tiles: each task owns dx[:, tile] and needs no atomics.
 template <typename scalar_t, typename addr_t>
 void lut_dx_impl(const scalar_t* e, const addr_t* addr, const scalar_t* g, const int64_t* map,
-                 scalar_t* dx, int64_t in, int64_t out, int64_t n, int64_t batch, int64_t forced) {
+                 scalar_t* dx, int64_t in, int64_t out, int64_t n, int64_t batch, int64_t forced,
+                 int64_t group) {
   const int64_t tile = batch_tile(batch, forced);
   const int64_t ntiles = (batch + tile - 1) / tile;
   const int64_t half = int64_t(1) << (n - 1);
@@ -337,7 +297,8 @@ void lut_dx_impl(const scalar_t* e, const addr_t* addr, const scalar_t* g, const
       for (int64_t i = 0; i < in; ++i) std::fill(dx + i * batch + b0, dx + i * batch + b0 + len, scalar_t(0));
       for (int64_t j = 0; j < out; ++j) {
         for (int64_t l = 0; l < n; ++l) drows[l] = dx + map[j * n + l] * batch + b0;
-        dx_span<scalar_t, addr_t>(e + j * n * half, half, addr + j * batch + b0, g + j * batch + b0, drows, int(n), len);
+        dx_span<scalar_t, addr_t>(e + j * n * half, half, addr + j * batch + b0, g + (j / group) * batch + b0, drows,
+                                  int(n), len);
       }
     }
   });
@@ -358,19 +319,19 @@ void lut_gsel_impl(const scalar_t* e, const addr_t* addr, const scalar_t* g, sca
   });
 }
 
-// dluts[j, a] = sum of g[j, b] over the samples b with addr[j, b] = a (straight-through).
+// dluts[j, a] = sum of g[j / group, b] over the samples b with addr[j, b] = a (straight-through).
 // Four interleaved partial histograms break the store-to-load chains of a skewed address
 // distribution; they are combined in a fixed order, so the result is deterministic.
 template <typename scalar_t, typename addr_t>
 void lut_dluts_impl(const addr_t* addr, const scalar_t* g, scalar_t* dluts, int64_t out, int64_t n,
-                    int64_t batch) {
+                    int64_t batch, int64_t group) {
   const int64_t size = int64_t(1) << n;
   at::parallel_for(0, out, 16, [&](int64_t j0, int64_t j1) {
     std::vector<scalar_t> part(4 * size);
     for (int64_t j = j0; j < j1; ++j) {
       std::fill(part.begin(), part.end(), scalar_t(0));
       const addr_t* aj = addr + j * batch;
-      const scalar_t* gj = g + j * batch;
+      const scalar_t* gj = g + (j / group) * batch;
       int64_t b = 0;
       for (; b + 4 <= batch; b += 4)
         for (int64_t k = 0; k < 4; ++k) part[k * size + aj[b + k]] += gj[b + k];
@@ -500,14 +461,15 @@ void lut_forward(const at::Tensor& x, const at::Tensor& mapping, const at::Tenso
 }
 
 void lut_dx(const at::Tensor& e, const at::Tensor& addr, const at::Tensor& g, const at::Tensor& mapping,
-            at::Tensor& dx, int64_t tile) {
+            at::Tensor& dx, int64_t tile, int64_t group) {
   check_cpu_contiguous({&e, &addr, &g, &mapping, &dx}, "lut_dx");
+  TORCH_CHECK(group >= 1 && g.size(0) * group >= e.size(0), "quweit_lut.lut_dx: g has too few rows");
   dispatch_types(g, addr, [&](auto s, auto a) {
     using scalar_t = decltype(s);
     using addr_t = decltype(a);
     lut_dx_impl<scalar_t, addr_t>(e.data_ptr<scalar_t>(), static_cast<const addr_t*>(addr.data_ptr()),
                                   g.data_ptr<scalar_t>(), mapping.data_ptr<int64_t>(), dx.data_ptr<scalar_t>(),
-                                  dx.size(0), e.size(0), e.size(1), g.size(1), tile);
+                                  dx.size(0), e.size(0), e.size(1), g.size(1), tile, group);
   });
 }
 
@@ -522,15 +484,16 @@ void lut_gsel(const at::Tensor& e, const at::Tensor& addr, const at::Tensor& g, 
   });
 }
 
-void lut_dluts(const at::Tensor& addr, const at::Tensor& g, at::Tensor& dluts) {
+void lut_dluts(const at::Tensor& addr, const at::Tensor& g, at::Tensor& dluts, int64_t group) {
   check_cpu_contiguous({&addr, &g, &dluts}, "lut_dluts");
+  TORCH_CHECK(group >= 1 && g.size(0) * group >= dluts.size(0), "quweit_lut.lut_dluts: g has too few rows");
   int64_t n = 0;
   while ((int64_t(1) << n) < dluts.size(1)) ++n;
   dispatch_types(g, addr, [&](auto s, auto a) {
     using scalar_t = decltype(s);
     using addr_t = decltype(a);
     lut_dluts_impl<scalar_t, addr_t>(static_cast<const addr_t*>(addr.data_ptr()), g.data_ptr<scalar_t>(),
-                                     dluts.data_ptr<scalar_t>(), dluts.size(0), n, g.size(1));
+                                     dluts.data_ptr<scalar_t>(), dluts.size(0), n, addr.size(1), group);
   });
 }
 
@@ -578,9 +541,10 @@ void group_sum_backward(const at::Tensor& g, at::Tensor& drows) {
 
 TORCH_LIBRARY(quweit_lut, m) {
   m.def("lut_forward(Tensor x, Tensor mapping, Tensor luts, Tensor(a!) y, Tensor(b!) addr) -> ()", &lut_forward);
-  m.def("lut_dx(Tensor e, Tensor addr, Tensor g, Tensor mapping, Tensor(a!) dx, int tile=0) -> ()", &lut_dx);
+  m.def("lut_dx(Tensor e, Tensor addr, Tensor g, Tensor mapping, Tensor(a!) dx, int tile=0, int group=1) -> ()",
+        &lut_dx);
   m.def("lut_gsel(Tensor e, Tensor addr, Tensor g, Tensor(a!) gsel) -> ()", &lut_gsel);
-  m.def("lut_dluts(Tensor addr, Tensor g, Tensor(a!) dluts) -> ()", &lut_dluts);
+  m.def("lut_dluts(Tensor addr, Tensor g, Tensor(a!) dluts, int group=1) -> ()", &lut_dluts);
   m.def("thermometer_forward(Tensor x, Tensor theta, Tensor(a!) bits) -> ()", &thermometer_forward);
   m.def("thermometer_backward(Tensor x, Tensor theta, Tensor width, Tensor g, Tensor(a!) dx) -> ()",
         &thermometer_backward);

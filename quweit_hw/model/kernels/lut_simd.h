@@ -1,0 +1,54 @@
+// AVX2 helpers shared by the LUT layer kernels (lut_kernels.cpp) and the fused block kernels
+// (block_kernels.cpp): a LUT's table signs as bit words, looked up for eight addresses at once.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+
+// The table's signs as bit words: bit k of word k / 32 is [table[k] > 0] (n <= 8: 8 words).
+inline int table_words(const float* table, int n, uint32_t* words) {
+  const int size = 1 << n, count = std::max(1, size / 32);
+  for (int w = 0; w < count; ++w) words[w] = 0;
+  for (int k = 0; k < size; ++k) words[k >> 5] |= uint32_t(table[k] > 0.0f) << (k & 31);
+  return count;
+}
+
+// [table[a] > 0] as 0/1 int32 for eight addresses a, from the words of `table_words`:
+// word k shifted by a - 32k; srlv gives 0 for counts outside 0..31.
+inline __m256i table_bits8(const uint32_t* words, int count, __m256i a) {
+  __m256i bit = _mm256_setzero_si256();
+  for (int k = 0; k < count; ++k)
+    bit = _mm256_or_si256(bit, _mm256_srlv_epi32(_mm256_set1_epi32(int(words[k])),
+                                                 _mm256_sub_epi32(a, _mm256_set1_epi32(32 * k))));
+  return _mm256_and_si256(bit, _mm256_set1_epi32(1));
+}
+
+inline void store_addresses(uint8_t* dst, __m256i a) {  // 8 int32 in 0..255 -> 8 bytes
+  const __m256i p8 = _mm256_packus_epi16(_mm256_packus_epi32(a, a), _mm256_setzero_si256());
+  const uint32_t lo = uint32_t(_mm256_extract_epi32(p8, 0)), hi = uint32_t(_mm256_extract_epi32(p8, 4));
+  std::memcpy(dst, &lo, 4);
+  std::memcpy(dst + 4, &hi, 4);
+}
+// c[l][s] = r[s][l]: the 8x8 transpose of eight rows of eight floats.
+inline void transpose8(const __m256* r, __m256* c) {
+  __m256 t[8], u[8];
+  for (int k = 0; k < 4; ++k) {
+    t[2 * k] = _mm256_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+    t[2 * k + 1] = _mm256_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+  }
+  for (int k = 0; k < 2; ++k) {
+    u[4 * k] = _mm256_shuffle_ps(t[4 * k], t[4 * k + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * k + 1] = _mm256_shuffle_ps(t[4 * k], t[4 * k + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[4 * k + 2] = _mm256_shuffle_ps(t[4 * k + 1], t[4 * k + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[4 * k + 3] = _mm256_shuffle_ps(t[4 * k + 1], t[4 * k + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int k = 0; k < 4; ++k) {
+    c[k] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x20);
+    c[k + 4] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x31);
+  }
+}
+#endif
