@@ -77,6 +77,7 @@ CASES = [
         (["--batch-size", "-5"], ["--batch-size", "'-5'"]),
         (["--batch-size", "2.5"], ["--batch-size", "'2.5'"]),
         (["--limit", "0"], ["--limit", "'0'"]),
+        (["--backend", "rtl", "--lanes", "3"], ["--lanes", "'3'", "power of two"]),
         (["--limit", "-1"], ["--limit", "'-1'"]),
         (["nothing.pt"], ["checkpoint", "no such file", "'nothing.pt'"]),
         (["adir"], ["checkpoint", "folder", "'adir'"]),
