@@ -82,3 +82,23 @@ def test_an_unreachable_table_bit_is_a_dont_care():
     table = block.layers[0].table.copy()
     table[j, unreachable[0]] ^= 1
     assert prove_block(block, engine=MLPEngine(with_layer(block, 0, table=table), minimise=False))["proven"]
+
+
+def test_a_constant_node_is_tied_in_the_next_layer(tmp_path):
+    """Layer-0 node 0 reads only a constant thermometer bit, so the engine builds it as a
+    constant and the minimiser fills layer 1's nodes that read it on its value alone: the
+    layer-1 piece is proven with that input tied (and the constant proven in piece 0),
+    with no node left over for the search on tokens."""
+    block = small_block()
+    mapping0 = block.layers[0].mapping.copy()
+    mapping0[0] = 0  # thermometer bit (0, 0): threshold -129, always 1
+    block = with_layer(block, 0, mapping=mapping0)
+    mapping1 = block.layers[1].mapping.copy()
+    mapping1[:, 0] = 0  # every layer-1 node reads node 0
+    block = with_layer(block, 1, mapping=mapping1)
+    engine = MLPEngine(block)
+    assert engine.layer_units[0].nodes[0].inputs == ()
+    result = prove_block(block, engine=engine, workdir=tmp_path)
+    assert [p["constant_nodes"] for p in result["pieces"]][0] >= 1
+    assert [p["proven_on_tokens"] for p in result["pieces"]] == [0, 0]
+    assert "1'b" in (tmp_path / "gold1.v").read_text().split("module gold_side")[1].split("endmodule")[0]

@@ -26,9 +26,9 @@ def run(args):
     for index in indices:
         block = bundle.block(index)  # range check; a failed proof is a UserError naming the node
         workdir = Path(args.keep) / f"block{index}" if args.keep else None
-        result = prove_block(block, minimise=not args.no_minimise, workdir=workdir)
+        result = prove_block(block, minimise=not args.no_minimise, workdir=workdir, progress=True)
         cells = ", ".join(f"{count} {cell}" for cell, count in sorted(result["cells"].items()))
         print(f"block {index} ({block.name!r}): the synth_ecp5 netlist ({cells}) equals the bundle's "
-              f"{result['lut_nodes']} LUT nodes for every token; {result['seconds']} s "
-              f"(synthesis {result['synth_seconds']} s)")
+              f"{result['lut_nodes']} LUT nodes for every token, layer by layer; {result['seconds']} s "
+              f"(synthesis {result['synth_seconds']} s)", flush=True)
     return 0
