@@ -4,6 +4,8 @@ and LUT layers proven equal to a netlist written from the bundle, for every toke
 netlist built from a bundle with one reachable table bit flipped or one mapping index
 changed fails, naming the node and a token that shows it."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,8 @@ from quweit_hw.errors import UserError
 from quweit_hw.gateware.dont_care import thermometer_reachable
 from quweit_hw.gateware.engine import MLPEngine
 from quweit_hw.gateware.prove import prove_block, reference_verilog
+from quweit_hw.gateware.prove_rtl import prove_rtl
+from quweit_hw.gateware.verilog import write_rtl
 
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 
@@ -102,3 +106,34 @@ def test_a_constant_node_is_tied_in_the_next_layer(tmp_path):
     assert [p["constant_nodes"] for p in result["pieces"]][0] >= 1
     assert [p["proven_on_tokens"] for p in result["pieces"]] == [0, 0]
     assert "1'b" in (tmp_path / "gold1.v").read_text().split("module gold_side")[1].split("endmodule")[0]
+
+
+def _flip_table_digit(verilog, node):
+    """The Verilog with one hex digit of layer 0 node `node`'s table changed."""
+    start = verilog.index(f"    o[{node}] = ", verilog.index("module \\mlp_engine.layer0"))
+    digit = verilog.index("'h", start) + 2
+    new = "0" if verilog[digit] != "0" else "1"
+    return verilog[:digit] + new + verilog[digit + 1:]
+
+
+def test_prove_rtl_and_a_mutated_verilog(tmp_path, capsys):
+    block = small_block()
+    folder = tmp_path / "rtl"
+    write_rtl(block, folder)
+    assert main(["prove", "--rtl", str(folder)]) == 0
+    assert "mlp_engine.v equals mlp_engine.il" in capsys.readouterr().out
+    verilog = (folder / "mlp_engine.v").read_text()
+    (folder / "mlp_engine.v").write_text(_flip_table_digit(verilog, 2))
+    with pytest.raises(UserError, match=r"mlp_engine.v differs from mlp_engine.il: Yosys did not prove .*layer0"):
+        prove_rtl(folder)
+    line = re.search(r"(\$signed\(q\[\d+:\d+\]\) > )(-?\d+);", verilog)  # the first comparator
+    mutated = verilog[:line.start(2)] + str(int(line[2]) + 1) + verilog[line.end(2):]
+    (folder / "mlp_engine.v").write_text(mutated)
+    with pytest.raises(UserError, match=r"differs from mlp_engine.il: Yosys did not prove .*comparators"):
+        prove_rtl(folder)
+
+
+def test_prove_rtl_needs_both_files(tmp_path):
+    with pytest.raises(UserError, match=r"has no mlp_engine.v"):
+        prove_rtl(tmp_path)
+    assert main(["prove", str(tmp_path), "--rtl", str(tmp_path)]) == 2

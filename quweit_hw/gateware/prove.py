@@ -186,7 +186,7 @@ def synthesise_piece(engine, index, workdir):
 EQUIV = ("read_verilog {models}; read_rtlil gate{i}_ecp5.il; read_verilog gold{i}.v; "
          "hierarchy -top both; proc -norom; flatten gold_side gate_side; "  # derives each cell's INIT first
          "equiv_make gold_side gate_side equiv; hierarchy -top equiv; equiv_simple; equiv_status")
-PROVEN = re.compile(r"Trying to prove \$equiv for \\(o|k) \[(\d+)\]: (success|failed)")
+PROVEN = re.compile(r"Trying to prove \$equiv for \\(o|k)(?: \[(\d+)\])?: (success|failed)")  # 1-bit: no index
 
 
 def prove_piece(block, index, tied, claims, workdir, bar=None):
@@ -203,10 +203,11 @@ def prove_piece(block, index, tied, claims, workdir, bar=None):
 
     def on_line(line):
         found = PROVEN.search(line)
-        if found and (found[1], found[2]) not in seen:
-            seen.add((found[1], found[2]))
+        key = found and (found[1], int(found[2] or 0))
+        if found and key not in seen:
+            seen.add(key)
             if found[3] == "failed":
-                failed.append((found[1], int(found[2])))
+                failed.append(key)
             if bar is not None:
                 bar.update(1)
     rc, log = _yosys(EQUIV.format(models=MODELS, i=index), workdir, on_line)
