@@ -44,9 +44,10 @@ def token_of(message):
 
 def test_prove_small_bundle(tmp_path, capsys):
     path = bundle_files.write_bundle(tmp_path / "small", [small_block()])
-    assert main(["prove", str(path)]) == 0
+    assert main(["prove", str(path), "--with-rtl"]) == 0
     out = capsys.readouterr().out
     assert "block 0 ('small'): the synth_ecp5 netlist" in out and "LUT4" in out and "for every token" in out
+    assert "block 0 ('small'): its mlp_engine.v (as `quweit-hw rtl` writes it) equals mlp_engine.il" in out
 
 
 def test_reference_verilog_is_the_bundle():
