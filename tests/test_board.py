@@ -357,6 +357,7 @@ def test_tool_progress_names_the_running_tool_and_its_last_log_line(tmp_path, ca
     assert "Yosys: 00:00, 3.4. Executing ABC9 pass." in err
     assert "nextpnr-ecp5: 00:00, Info: iter #3: overuse 12" in err
     assert err.index("Yosys") < err.index("nextpnr-ecp5")
+    assert all(line.startswith(("Yosys: ", "nextpnr-ecp5: ")) for line in err.splitlines())  # a line each
 
 
 def test_fit_check_names_the_figures(small_bundle):

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from .. import __version__
@@ -129,34 +130,38 @@ def _last_line(path):
 
 @contextlib.contextmanager
 def tool_progress(out, interval=None):
-    """While the body runs the build script in `out`: a tqdm line on stderr with the tool
-    running now (nextpnr-ecp5 once its log exists, else Yosys), the time since the build
-    began and the last line of that tool's log, every second on a terminal, every 30 s in
-    a log file (the tools themselves are quiet, `-q` and `--log`)."""
+    """While the body runs the build script in `out`: which tool runs now (nextpnr-ecp5 once
+    its log exists, else Yosys), the time since the build began and the last line of that
+    tool's log, on stderr: a tqdm line redrawn every second on a terminal, otherwise one
+    line every 30 s (the tools themselves are quiet, `-q` and `--log`)."""
     import threading
 
     from tqdm import tqdm
 
-    interval = interval if interval is not None else (1.0 if sys.stderr.isatty() else 30.0)
-    done = threading.Event()
-    bar = tqdm(total=None, bar_format="{desc}: {elapsed}{postfix}", desc="Yosys", mininterval=interval,
-               file=sys.stderr, leave=True)
+    tty = sys.stderr.isatty()
+    interval = interval if interval is not None else (1.0 if tty else 30.0)
+    done, start = threading.Event(), time.monotonic()
+    bar = tqdm(total=None, bar_format="{desc}: {elapsed}{postfix}", desc="Yosys", file=sys.stderr) if tty else None
 
     def watch():
         while not done.wait(interval):
             log, name = ((Path(out) / f"{TOP}.tim", "nextpnr-ecp5") if (Path(out) / f"{TOP}.tim").exists()
                          else (Path(out) / f"{TOP}.rpt", "Yosys"))
-            bar.set_description_str(name, refresh=False)
-            bar.set_postfix_str(_last_line(log), refresh=False)
-            bar.refresh()
+            if bar is not None:
+                bar.set_description_str(name, refresh=False)
+                bar.set_postfix_str(_last_line(log))
+            else:
+                print(f"{name}: {tqdm.format_interval(time.monotonic() - start)}, {_last_line(log)}",
+                      file=sys.stderr, flush=True)
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     try:
-        yield bar
+        yield
     finally:
         done.set()
         thread.join()
-        bar.close()
+        if bar is not None:
+            bar.close()
 
 
 def _keep(out, failed):
