@@ -215,6 +215,9 @@ def prove_piece(block, index, tied, claims, workdir, bar=None):
         raise RuntimeError(f"the Yosys equivalence of piece {index} did not run: {log[-1500:]}")
     if not failed and "Equivalence successfully proven!" not in log:
         raise RuntimeError(f"Yosys did not prove piece {index} and named no failing bit: {log[-1500:]}")
+    expected = {("o", j) for j in range(block.layers[index].out_features)} | {("k", m) for m in range(len(claims))}
+    if seen != expected:  # every output bit and every claim had its own proof, none left out
+        raise RuntimeError(f"Yosys proved {len(seen)} bits of piece {index}, expected {len(expected)}")
     return sorted(failed, key=lambda x: (x[0] != "o", x[1]))
 
 
