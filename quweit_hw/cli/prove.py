@@ -1,5 +1,6 @@
 """`quweit-hw prove`."""
 
+import sys
 import tempfile
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def run(args):
     for index in indices:
         block = bundle.block(index)  # range check; a failed proof is a UserError naming the node
         workdir = Path(args.keep) / f"block{index}" if args.keep else None
-        result = prove_block(block, minimise=not args.no_minimise, workdir=workdir, progress=True)
+        result = prove_block(block, minimise=not args.no_minimise, workdir=workdir, progress=sys.stderr.isatty())
         cells = ", ".join(f"{count} {cell}" for cell, count in sorted(result["cells"].items()))
         print(f"block {index} ({block.name!r}): the synth_ecp5 netlist ({cells}) equals the bundle's "
               f"{result['lut_nodes']} LUT nodes for every token, layer by layer; {result['seconds']} s "
