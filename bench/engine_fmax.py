@@ -4,6 +4,7 @@ with the UART link replaced by a minimal harness, so nextpnr's worst path is the
 
     python bench/engine_fmax.py                           # export/reference, block 0, 150 MHz target
     python bench/engine_fmax.py --block 1 --clock-mhz 125 --seed 2
+    python bench/engine_fmax.py --clock-mhz 250 --registers fmax
 
 The harness: a d*b-bit shift register fed by a 16-bit LFSR (and the UART rx pin) offers a
 new token every clock; every count the engine delivers is folded into one bit by a
@@ -27,7 +28,7 @@ from amaranth.lib.wiring import In, Out  # noqa: E402
 
 from quweit_hw.contract.boards import load_board  # noqa: E402
 from quweit_hw.contract.bundle_files import load_bundle  # noqa: E402
-from quweit_hw.gateware.engine import MLPEngine  # noqa: E402
+from quweit_hw.gateware.engine import MLPEngine, Registers  # noqa: E402
 from quweit_hw.gateware.link import LEDS  # noqa: E402
 from quweit_hw.gateware.toolchain import NEXTPNR_REPORT, build_top  # noqa: E402
 from quweit_hw.gateware.top import BoardTop  # noqa: E402
@@ -73,10 +74,13 @@ def main():
     p.add_argument("--clock-mhz", type=float, default=150)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--out", default="/tmp/engine_fmax")
+    p.add_argument("--registers", choices=Registers.PRESETS, default=None,
+                   help="the engine's register preset (default: the board's)")
     args = p.parse_args()
     bundle, board = load_bundle(args.bundle), load_board(args.board)
     block = bundle.blocks[args.block]
-    engine = MLPEngine(block, registers=board.registers)
+    registers = args.registers or board.registers
+    engine = MLPEngine(block, registers=registers)
     top = BoardTop(EngineHarness(engine), clock_hz=int(args.clock_mhz * 1e6), reset_button=board.reset_button)
     start = time.perf_counter()
     build_top(top, board, args.out, seed=args.seed)  # the board flow's tools, options and Yosys checks
@@ -86,7 +90,8 @@ def main():
     path = pnr["critical_paths"][0]["path"] if pnr["critical_paths"] else []
     worst = [step for step in path if step["type"] in ("clk-to-q", "setup")]
     print(json.dumps({
-        "bundle": args.bundle, "block": args.block, "lut_nodes": block.lut_nodes, "latency_cycles": engine.latency,
+        "bundle": args.bundle, "block": args.block, "lut_nodes": block.lut_nodes, "registers": registers,
+        "latency_cycles": engine.latency,
         "target_mhz": args.clock_mhz, "fmax_mhz": fmax,
         "critical_path": {"from": worst[0]["from"]["cell"] if worst else None,
                           "to": worst[-1]["to"]["cell"] if worst else None,

@@ -21,7 +21,7 @@ from quweit_hw.contract.bundle_files import load_bundle, write_bundle
 from quweit_hw.contract.synthetic import random_block
 from quweit_hw.gateware.engine import MLPEngine
 from quweit_hw.gateware.synth import choose_engines, synth
-from quweit_hw.gateware.toolchain import toolchain_env
+from quweit_hw.gateware.toolchain import tool_progress, toolchain_env
 
 # the fit checks build engines only to read their LUT4 estimate
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
@@ -363,6 +363,20 @@ def test_toolchain_env_prefers_user_variables():
 def small_bundle(tmp_path_factory):
     blocks = [random_block(d=8, hidden=(64,), group_size=4, window=16, seed=s, name=f"blocks.{s}.mlp") for s in range(2)]
     return load_bundle(write_bundle(tmp_path_factory.mktemp("b") / "small", blocks, {}))
+
+
+def test_tool_progress_names_the_running_tool_and_its_last_log_line(tmp_path, capsys):
+    import time
+    with tool_progress(tmp_path, interval=0.05):
+        (tmp_path / "top.rpt").write_text("2.1. Executing HIERARCHY pass.\n3.4. Executing ABC9 pass.\n\n")
+        time.sleep(0.3)
+        (tmp_path / "top.tim").write_text("Info: Placed 100 cells\nInfo: iter #3: overuse 12\n")
+        time.sleep(0.3)
+    err = capsys.readouterr().err
+    assert "Yosys: 00:00, 3.4. Executing ABC9 pass." in err
+    assert "nextpnr-ecp5: 00:00, Info: iter #3: overuse 12" in err
+    assert err.index("Yosys") < err.index("nextpnr-ecp5")
+    assert all(line.startswith(("Yosys: ", "nextpnr-ecp5: ")) for line in err.splitlines())  # a line each
 
 
 def test_fit_check_names_the_figures(small_bundle):

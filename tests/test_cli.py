@@ -161,6 +161,7 @@ CASES = [
         (["bundle", "--block", "-1"], ["--block", "'-1'"]),
         (["bundle", "--keep", "afile"], ["--keep", "'afile'"]),
         (["bundle", "--keep", "."], ["--keep", "'.'"]),
+        (["--rtl", "nothing"], ["--rtl", "no such folder", "'nothing'"]),
     ]],
     *[(["synth", "--bundle", "bundle", *a], n) for a, n in BOARD_CASES],
     (["synth", "--bundle", "nothing"], ["--bundle", "'nothing'"]),

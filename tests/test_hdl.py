@@ -69,7 +69,7 @@ def test_engine_matches_golden_with_stalls(n, hidden, k, registers, rom):
     assert min(np.diff(trace["accepted"])) >= engine.fold
 
 
-@pytest.mark.parametrize("registers, rom", [("all", None), ("ports", None), ("layers", {0: 3})])
+@pytest.mark.parametrize("registers, rom", [("all", None), ("fmax", None), ("ports", None), ("layers", {0: 3})])
 def test_latency_and_full_throughput(registers, rom):
     block = synthetic.random_block(d=3, thresholds=4, n=4, hidden=(12,), group_size=4, seed=5)
     engine = MLPEngine(block, registers=registers, rom=rom)
@@ -88,6 +88,7 @@ def test_latency_values():
     # input register 1 + comparators 1 + 3 layers + popcount (4 levels, after every 2 -> 2) + FIFO 2
     assert MLPEngine(block, registers="all").latency == 1 + 1 + 3 + 2 + 2
     assert MLPEngine(block, registers="layers").latency == 1 + 1 + 3 + 0 + 2
+    assert MLPEngine(block, registers="fmax").latency == 1 + 1 + 3 + 4 + 2  # a register after every level
     assert MLPEngine(block, registers="ports").latency == 1 + 2
     rom = MLPEngine(block, registers="ports", rom={1: 3})  # 8 nodes, 3 per clock: fold 3, latency 3 + 2
     assert (rom.fold, rom.latency) == (3, 1 + 5 + 2)

@@ -4,6 +4,8 @@ and LUT layers proven equal to a netlist written from the bundle, for every toke
 netlist built from a bundle with one reachable table bit flipped or one mapping index
 changed fails, naming the node and a token that shows it."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -13,6 +15,8 @@ from quweit_hw.errors import UserError
 from quweit_hw.gateware.dont_care import thermometer_reachable
 from quweit_hw.gateware.engine import MLPEngine
 from quweit_hw.gateware.prove import prove_block, reference_verilog
+from quweit_hw.gateware.prove_rtl import prove_rtl
+from quweit_hw.gateware.verilog import write_rtl
 
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 
@@ -40,9 +44,10 @@ def token_of(message):
 
 def test_prove_small_bundle(tmp_path, capsys):
     path = bundle_files.write_bundle(tmp_path / "small", [small_block()])
-    assert main(["prove", str(path)]) == 0
+    assert main(["prove", str(path), "--with-rtl"]) == 0
     out = capsys.readouterr().out
     assert "block 0 ('small'): the synth_ecp5 netlist" in out and "LUT4" in out and "for every token" in out
+    assert "block 0 ('small'): its mlp_engine.v (as `quweit-hw rtl` writes it) equals mlp_engine.il" in out
 
 
 def test_reference_verilog_is_the_bundle():
@@ -82,3 +87,54 @@ def test_an_unreachable_table_bit_is_a_dont_care():
     table = block.layers[0].table.copy()
     table[j, unreachable[0]] ^= 1
     assert prove_block(block, engine=MLPEngine(with_layer(block, 0, table=table), minimise=False))["proven"]
+
+
+def test_a_constant_node_is_tied_in_the_next_layer(tmp_path):
+    """Layer-0 node 0 reads only a constant thermometer bit, so the engine builds it as a
+    constant and the minimiser fills layer 1's nodes that read it on its value alone: the
+    layer-1 piece is proven with that input tied (and the constant proven in piece 0),
+    with no node left over for the search on tokens."""
+    block = small_block()
+    mapping0 = block.layers[0].mapping.copy()
+    mapping0[0] = 0  # thermometer bit (0, 0): threshold -129, always 1
+    block = with_layer(block, 0, mapping=mapping0)
+    mapping1 = block.layers[1].mapping.copy()
+    mapping1[:, 0] = 0  # every layer-1 node reads node 0
+    block = with_layer(block, 1, mapping=mapping1)
+    engine = MLPEngine(block)
+    assert engine.layer_units[0].nodes[0].inputs == ()
+    result = prove_block(block, engine=engine, workdir=tmp_path)
+    assert [p["constant_nodes"] for p in result["pieces"]][0] >= 1
+    assert [p["proven_on_tokens"] for p in result["pieces"]] == [0, 0]
+    assert "1'b" in (tmp_path / "gold1.v").read_text().split("module gold_side")[1].split("endmodule")[0]
+
+
+def _flip_table_digit(verilog, node):
+    """The Verilog with one hex digit of layer 0 node `node`'s table changed."""
+    start = verilog.index(f"    o[{node}] = ", verilog.index("module \\mlp_engine.layer0"))
+    digit = verilog.index("'h", start) + 2
+    new = "0" if verilog[digit] != "0" else "1"
+    return verilog[:digit] + new + verilog[digit + 1:]
+
+
+def test_prove_rtl_and_a_mutated_verilog(tmp_path, capsys):
+    block = small_block()
+    folder = tmp_path / "rtl"
+    write_rtl(block, folder)
+    assert main(["prove", "--rtl", str(folder)]) == 0
+    assert "mlp_engine.v equals mlp_engine.il" in capsys.readouterr().out
+    verilog = (folder / "mlp_engine.v").read_text()
+    (folder / "mlp_engine.v").write_text(_flip_table_digit(verilog, 2))
+    with pytest.raises(UserError, match=r"mlp_engine.v differs from mlp_engine.il: Yosys did not prove .*layer0"):
+        prove_rtl(folder)
+    line = re.search(r"(\$signed\(q\[\d+:\d+\]\) > )(-?\d+);", verilog)  # the first comparator
+    mutated = verilog[:line.start(2)] + str(int(line[2]) + 1) + verilog[line.end(2):]
+    (folder / "mlp_engine.v").write_text(mutated)
+    with pytest.raises(UserError, match=r"differs from mlp_engine.il: Yosys did not prove .*comparators"):
+        prove_rtl(folder)
+
+
+def test_prove_rtl_needs_both_files(tmp_path):
+    with pytest.raises(UserError, match=r"has no mlp_engine.v"):
+        prove_rtl(tmp_path)
+    assert main(["prove", str(tmp_path), "--rtl", str(tmp_path)]) == 2

@@ -22,7 +22,7 @@ COMMANDS = {
     "eval": ("eval", "evaluate a checkpoint with its MLP blocks on torch, golden, rtl or board"),
     "report": ("report", "count multiplications, LUT lookups and energy, against the dense twin"),
     "rtl": ("rtl", "generate Verilog and RTLIL for one bundle block"),
-    "prove": ("prove", "prove a block's synthesised ECP5 netlist equal to the bundle (Yosys SAT)"),
+    "prove": ("prove", "prove a block's synthesised ECP5 netlist equal to the bundle, and its Verilog to its RTLIL (Yosys)"),
     "synth": ("synth", "build a bitstream for a board from a bundle"),
     "program": ("program", "load a built bitstream onto the board with openFPGALoader"),
     "build": ("build", "one command from checkpoint to bitstream"),

@@ -26,7 +26,7 @@ def configure(parser):
                         help="output folder (default hw/rtl/<bundle name>-block<I>)")
     parser.add_argument("--registers", choices=Registers.PRESETS, default="all",
                         help="pipeline register placement (all: after comparators, each layer, "
-                             "every 2 popcount levels)")
+                             "every 2 popcount levels; fmax: after every popcount level too)")
     parser.add_argument("--rom", type=_rom_spec, action="append", default=[], metavar="LAYER:NODES",
                         help="keep LAYER's truth tables in ROM, NODES evaluated per clock, at most the layer's "
                              "node count (repeatable, once per layer; default: every layer in fabric)")

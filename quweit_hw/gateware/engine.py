@@ -58,7 +58,7 @@ class Registers:
     layers: bool | tuple = True
     popcount_every: int = 2
 
-    PRESETS = ("all", "layers", "ports")
+    PRESETS = ("all", "fmax", "layers", "ports")
 
     def __post_init__(self):
         if not isinstance(self.comparators, bool):
@@ -73,10 +73,14 @@ class Registers:
 
     @classmethod
     def preset(cls, name):
-        """'all': after comparators, every layer and every 2 popcount levels; 'layers': no
-        register inside the popcount tree; 'ports': only the port registers and the output FIFO."""
+        """'all': after comparators, every layer and every 2 popcount levels; 'fmax' (the
+        highest clock): after every popcount level too, so no path between registers is more
+        than two LUT levels or one adder; 'layers': no register inside the popcount tree;
+        'ports': only the port registers and the output FIFO."""
         if name == "all":
             return cls(True, True, 2)
+        if name == "fmax":
+            return cls(True, True, 1)
         if name == "layers":
             return cls(True, True, 0)
         if name == "ports":

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from .. import __version__
@@ -105,7 +106,8 @@ def build_top(top, board, out, *, seed=None, do_build=True, failed=None, provena
         if not do_build:
             return plan
         try:
-            plan.execute_local(str(out), env=dict(os.environ))
+            with tool_progress(out):
+                plan.execute_local(str(out), env=dict(os.environ))
         except Exception as e:  # a tool failed: its log is in the build folder
             reason = yosys_fault(out) or (f"build_{TOP}.sh exited {e.returncode}"
                                           if isinstance(e, subprocess.CalledProcessError) else e)
@@ -113,6 +115,53 @@ def build_top(top, board, out, *, seed=None, do_build=True, failed=None, provena
         if fault := yosys_fault(out):
             raise UserError(f"the {board.name} build is not trustworthy: {fault}; {present_logs(_keep(out, failed))}")
     return plan
+
+
+def _last_line(path):
+    """The last non-empty line of text file `path` (its last 4 KiB read), or ''."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 4096))
+            lines = [x.strip() for x in f.read().decode(errors="replace").splitlines() if x.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:70] if lines else ""
+
+
+@contextlib.contextmanager
+def tool_progress(out, interval=None):
+    """While the body runs the build script in `out`: which tool runs now (nextpnr-ecp5 once
+    its log exists, else Yosys), the time since the build began and the last line of that
+    tool's log, on stderr: a tqdm line redrawn every second on a terminal, otherwise one
+    line every 30 s (the tools themselves are quiet, `-q` and `--log`)."""
+    import threading
+
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    interval = interval if interval is not None else (1.0 if tty else 30.0)
+    done, start = threading.Event(), time.monotonic()
+    bar = tqdm(total=None, bar_format="{desc}: {elapsed}{postfix}", desc="Yosys", file=sys.stderr) if tty else None
+
+    def watch():
+        while not done.wait(interval):
+            log, name = ((Path(out) / f"{TOP}.tim", "nextpnr-ecp5") if (Path(out) / f"{TOP}.tim").exists()
+                         else (Path(out) / f"{TOP}.rpt", "Yosys"))
+            if bar is not None:
+                bar.set_description_str(name, refresh=False)
+                bar.set_postfix_str(_last_line(log))
+            else:
+                print(f"{name}: {tqdm.format_interval(time.monotonic() - start)}, {_last_line(log)}",
+                      file=sys.stderr, flush=True)
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        if bar is not None:
+            bar.close()
 
 
 def _keep(out, failed):
