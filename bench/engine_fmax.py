@@ -35,6 +35,20 @@ from quweit_hw.gateware.top import BoardTop  # noqa: E402
 from quweit_hw.resources import REFERENCE  # noqa: E402
 
 
+def xor_fold(m, bits):
+    """All `bits` XOR-folded into one by a tree of 4-input XORs, a register after each level
+    (one LUT4 deep per stage), so Yosys keeps everything that drives them."""
+    level = list(bits)
+    while len(level) > 1:
+        nxt = []
+        for k in range(0, len(level), 4):
+            reg = Signal(reset_less=True)
+            m.d.sync += reg.eq(Cat(*level[k:k + 4]).xor())
+            nxt.append(reg)
+        level = nxt
+    return level[0]
+
+
 class EngineHarness(wiring.Component):
     """An engine fed with pseudo-random tokens every clock, its counts XOR-folded to `tx`."""
 
@@ -54,15 +68,9 @@ class EngineHarness(wiring.Component):
         tokens = Signal(len(engine.i.payload.as_value()), reset_less=True)
         m.d.sync += tokens.eq(Cat(lfsr[0] ^ self.rx, tokens[:-1]))
         m.d.comb += [engine.i.payload.eq(tokens), engine.i.valid.eq(1), engine.o.ready.eq(1)]
-        level = [engine.o.payload.as_value()[k] & engine.o.valid for k in range(len(engine.o.payload.as_value()))]
-        while len(level) > 1:  # one LUT4 of XOR per bit of the next level, then a register
-            nxt = []
-            for k in range(0, len(level), 4):
-                reg = Signal(reset_less=True)
-                m.d.sync += reg.eq(Cat(*level[k:k + 4]).xor())
-                nxt.append(reg)
-            level = nxt
-        m.d.comb += [self.tx.eq(level[0]), self.leds.eq(Cat(engine.i.ready, engine.o.valid))]
+        out = engine.o.payload.as_value()
+        folded = xor_fold(m, [out[k] & engine.o.valid for k in range(len(out))])
+        m.d.comb += [self.tx.eq(folded), self.leds.eq(Cat(engine.i.ready, engine.o.valid))]
         return m
 
 

@@ -25,9 +25,10 @@ from quweit_hw.contract.boards import load_board  # noqa: E402
 from quweit_hw.gateware.link import LEDS  # noqa: E402
 from quweit_hw.gateware.model_engine import ModelEngine  # noqa: E402
 from quweit_hw.gateware.model_rtl import load_program  # noqa: E402
-from quweit_hw.gateware.toolchain import NEXTPNR_REPORT, TOP, build_top  # noqa: E402
+from quweit_hw.gateware.toolchain import NEXTPNR_REPORT, build_top  # noqa: E402
 from quweit_hw.gateware.top import BoardTop  # noqa: E402
-from quweit_hw.gateware.report import CELLS  # noqa: E402
+from engine_fmax import xor_fold  # noqa: E402  (bench/ is this script's folder)
+from quweit_hw.gateware.report import CELLS, placed_cells  # noqa: E402
 from quweit_hw.resources import REFERENCE_INTEGER  # noqa: E402
 
 
@@ -49,15 +50,8 @@ class ModelHarness(wiring.Component):
         m.d.sync += lfsr.eq(Cat(lfsr[1:], lfsr[0] ^ lfsr[2] ^ lfsr[3] ^ lfsr[5]))
         m.d.comb += [engine.i.payload.eq(lfsr[:8] ^ self.rx), engine.i.valid.eq(1), engine.o.ready.eq(1)]
         out = Cat(engine.o.payload.as_value(), engine.o.valid, engine.cycles)
-        level = [out[k] for k in range(len(out))]
-        while len(level) > 1:
-            nxt = []
-            for k in range(0, len(level), 4):
-                reg = Signal(reset_less=True)
-                m.d.sync += reg.eq(Cat(*level[k:k + 4]).xor())
-                nxt.append(reg)
-            level = nxt
-        m.d.comb += [self.tx.eq(level[0]), self.leds.eq(Cat(engine.i.ready, engine.o.valid))]
+        folded = xor_fold(m, [out[k] for k in range(len(out))])
+        m.d.comb += [self.tx.eq(folded), self.leds.eq(Cat(engine.i.ready, engine.o.valid))]
         return m
 
 
@@ -79,12 +73,7 @@ def main():
     build_top(top, board, args.out, seed=args.seed)
     seconds = time.perf_counter() - start
     pnr = json.loads((Path(args.out) / NEXTPNR_REPORT).read_text())
-    netlist = json.loads((Path(args.out) / f"{TOP}.json").read_text())
-    cells = {}
-    for module in netlist["modules"].values():
-        if module.get("attributes", {}).get("top"):
-            for cell in module["cells"].values():
-                cells[cell["type"]] = cells.get(cell["type"], 0) + 1
+    cells = placed_cells(args.out)
     fmax = {clk: round(v["achieved"], 2) for clk, v in pnr["fmax"].items()}
     engine_mhz = min(fmax.values())
     cycles = engine.cycles_per_image

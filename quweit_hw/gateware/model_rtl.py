@@ -11,7 +11,8 @@ from ..contract.model_bundle import load_model_bundle
 from ..errors import UserError
 from .model_engine import TOP, ModelEngine, instruction_cycles
 from .model_program import KIND_NAMES
-from .toolchain import provenance_lines, rtlil_to_verilog
+from .toolchain import rtlil_to_verilog
+from .verilog import with_provenance
 
 MODEL_RTL_FILES = (f"{TOP}.v", f"{TOP}.il", "summary.json")
 
@@ -54,9 +55,7 @@ def write_model_rtl(bundle_path, out_dir, *, lanes=32, force=False):
     engine = ModelEngine(program, lanes=lanes)
     summary = {"bundle": str(bundle_path), **model_summary(engine)}
     il = rtlil.convert(engine, name=TOP, emit_src=False)
-    header = provenance_lines({"bundle": str(bundle_path), "lanes": lanes})
-    verilog = "".join(f"// {line}\n" for line in header) + rtlil_to_verilog(il)
-    il = "".join(f"# {line}\n" for line in header) + il
+    verilog, il = with_provenance(rtlil_to_verilog(il), il, {"bundle": str(bundle_path), "lanes": lanes})
     summary["generation_seconds"] = round(time.perf_counter() - start, 3)
     with atomic_folder(out_dir, force=force, keep=lambda name: name not in MODEL_RTL_FILES) as tmp:
         (tmp / f"{TOP}.v").write_text(verilog)

@@ -17,15 +17,21 @@ BELS = {"LUT4": "TRELLIS_COMB", "PFUMX": "TRELLIS_COMB", "L6MUX21": "TRELLIS_COM
         "FF": "TRELLIS_FF", "BRAM (DP16KD)": "DP16KD", "DSP (MULT18X18D)": "MULT18X18D"}
 
 
-def make_report(out, bundle, board, core, seconds):
-    """The build report, from nextpnr's --report JSON and the netlist it placed (out/top.json)."""
-    pnr = json.loads((Path(out) / NEXTPNR_REPORT).read_text())
+def placed_cells(out):
+    """{cell type: count} of the top module of the netlist nextpnr placed (out/top.json)."""
     netlist = json.loads((Path(out) / f"{TOP}.json").read_text())
     cells = {}
     for module in netlist["modules"].values():
         if module.get("attributes", {}).get("top"):
             for cell in module["cells"].values():
                 cells[cell["type"]] = cells.get(cell["type"], 0) + 1
+    return cells
+
+
+def make_report(out, bundle, board, core, seconds):
+    """The build report, from nextpnr's --report JSON and the netlist it placed (out/top.json)."""
+    pnr = json.loads((Path(out) / NEXTPNR_REPORT).read_text())
+    cells = placed_cells(out)
     util = pnr["utilization"]
     resources = {name: {"used": cells.get(cell, 0), "available": util.get(BELS[name], {}).get("available")}
                  for name, cell in CELLS.items()}

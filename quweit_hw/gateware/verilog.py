@@ -22,11 +22,16 @@ def generate(engine, provenance=None):
     from amaranth.back import rtlil
     il = rtlil.convert(engine, name=TOP, emit_src=False)
     v = _fast_verilog(engine, rtlil_to_verilog(il))
-    if provenance is not None:
-        lines = provenance_lines(provenance)
-        v = "".join(f"// {line}\n" for line in lines) + v
-        il = "".join(f"# {line}\n" for line in lines) + il
-    return v, il
+    return with_provenance(v, il, provenance)
+
+
+def with_provenance(verilog_text, rtlil_text, provenance):
+    """Both texts opening with the provenance comment (`provenance_lines`), or as they are for None."""
+    if provenance is None:
+        return verilog_text, rtlil_text
+    lines = provenance_lines(provenance)
+    return ("".join(f"// {line}\n" for line in lines) + verilog_text,
+            "".join(f"# {line}\n" for line in lines) + rtlil_text)
 
 
 # ---- Verilog: the wide combinational units as one always block each ----
