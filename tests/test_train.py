@@ -162,6 +162,10 @@ def test_bad_arguments_give_one_line_errors(corpus, dense_ckpt, tmp_path, capsys
         checkpoint.load_checkpoint(tmp_path / "junk.pt")
     one_line_error(["train", "--task", "text", "--lr", "nan"], "--lr", "'nan'", "finite")
     one_line_error(["train", "--task", "text", "--train-limit", "0"], "--train-limit", "'0'")
+    one_line_error(["train", "--task", "text", "--text", str(corpus), "--augment", "crop-flip",
+                    "--out", str(tmp_path / "l")], "--augment crop-flip is for the fashion-mnist task")
+    one_line_error(["train", "--task", "fashion-mnist", "--augment", "rotate", "--out", str(tmp_path / "m")],
+                   "unknown --augment 'rotate'")
 
 
 def test_resume_refuses_options_that_differ_from_the_run(dense_ckpt, capsys):
@@ -177,3 +181,26 @@ def test_resume_refuses_options_that_differ_from_the_run(dense_ckpt, capsys):
                    "--threads", "1", "--no-progress"], capsys)
     assert rc == 0, err
     assert dense_ckpt.stat().st_mtime_ns == before  # already 2 epochs: nothing to do
+
+
+def _shifted(image, dy, dx, flip):
+    """`image` (28, 28) moved as crop-flip does: crop at (dy, dx) of the 2-pixel padded image, then mirrored."""
+    background = (0.0 - data.FASHION_MNIST_MEAN) / data.FASHION_MNIST_STD
+    crop = torch.nn.functional.pad(image, (data.CROP_PAD,) * 4, value=background)[dy:dy + 28, dx:dx + 28]
+    return crop.flip(1) if flip else crop
+
+
+def test_crop_flip_moves_each_image_within_the_pad_and_depends_on_the_seed_only():
+    x = torch.randn(64, 1, 28, 28)
+    assert data.augment_fashion_mnist(x, "none", torch.Generator()) is x
+    out = data.augment_fashion_mnist(x, "crop-flip", torch.Generator().manual_seed(5))
+    again = data.augment_fashion_mnist(x, "crop-flip", torch.Generator().manual_seed(5))
+    assert torch.equal(out, again) and out.shape == x.shape
+    moves = set()
+    for image, moved in zip(x[:, 0], out[:, 0]):
+        found = [(dy, dx, flip) for dy in range(5) for dx in range(5) for flip in (False, True)
+                 if torch.equal(_shifted(image, dy, dx, flip), moved)]
+        assert len(found) == 1, found  # exactly one shift and mirror explains each image
+        moves.add(found[0])
+    assert len(moves) > 20  # 64 draws over 50 moves: the draws are not all alike
+    assert {m[2] for m in moves} == {False, True} and {m[0] for m in moves} == set(range(5))

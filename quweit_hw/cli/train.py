@@ -11,7 +11,8 @@ from .options import (dropout_rate, input_file, input_path, int_list, nonnegativ
 # Options whose default is filled in by `run`, so that an option given on the command line
 # is known as given (--resume refuses those that differ from the run's own).
 DEFAULTS = {"mlp": "dense", "lr": 1e-3, "weight_decay": 0.05, "warmup": 100, "seed": 0, "device": "cpu",
-            "calib_batches": 8, "val_fraction": 0.1}
+            "calib_batches": 8, "val_fraction": 0.1,
+            "augment": "none"}
 # What --resume takes from the command line rather than from the stored run.
 RESUME_OPTIONS = ("out", "resume", "epochs", "device", "threads", "no_progress")
 
@@ -59,6 +60,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="evaluate on the first N test examples only (default: all)")
     t.add_argument("--steps-per-epoch", type=positive_int, default=None,
                    help="text: batches per epoch (default: one pass over the training characters)")
+    t.add_argument("--augment", help="fashion-mnist training images: none, or crop-flip (shifted up to 2 pixels, "
+                   f"mirrored at random) {_default('augment')}")
     t.add_argument("--calib-batches", type=positive_int,
                    help=f"batches used to calibrate LUT-MLP quantizers {_default('calib_batches')}")
     t.add_argument("--text", type=input_path, default=None, help="text task: a file or folder (default /usr/share/games/fortunes)")

@@ -39,6 +39,31 @@ def load_fashion_mnist(split: str = "train", root=None):
     return _FASHION_CACHE[key]
 
 
+AUGMENTATIONS = ("none", "crop-flip")
+CROP_PAD = 2  # crop-flip: pixels of background added on each side before the 28x28 crop
+
+
+def augment_fashion_mnist(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
+    """A training batch (B, 1, 28, 28), normalised, augmented as `kind` names: "none" returns it
+    as it is; "crop-flip" shifts each image by up to CROP_PAD pixels in each direction (the
+    uncovered border is background, pixel 0) and mirrors it left-right with probability 1/2,
+    the usual augmentation of small ViTs on 28x28 images. Random draws come from `generator`
+    only, so a run stays a function of its seed."""
+    if kind == "none":
+        return x
+    if kind != "crop-flip":
+        raise UserError(f"unknown augmentation {kind!r}; choose one of {', '.join(AUGMENTATIONS)}")
+    b, _, h, w = x.shape
+    background = (0.0 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
+    padded = torch.nn.functional.pad(x, (CROP_PAD,) * 4, value=background)
+    dy, dx = torch.randint(0, 2 * CROP_PAD + 1, (2, b, 1), generator=generator)
+    rows = (dy + torch.arange(h))[:, :, None]  # (B, H, 1)
+    cols = dx + torch.arange(w)  # (B, W)
+    flip = torch.rand(b, generator=generator) < 0.5
+    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, :]  # (B, 1, W)
+    return padded[torch.arange(b)[:, None, None], 0, rows, cols][:, None]
+
+
 # --- text ------------------------------------------------------------------------------------
 
 

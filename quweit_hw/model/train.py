@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ..errors import UserError
 from . import distributed
 from .checkpoint import ARCHS, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, build_model, read_checkpoint, save_checkpoint
-from .data import calibrate_lut_mlps, load_fashion_mnist, random_windows, sequential_windows
+from .data import AUGMENTATIONS, augment_fashion_mnist, calibrate_lut_mlps, load_fashion_mnist, random_windows, sequential_windows
 from .evaluate import evaluate_arrays, load_text_task
 from .vit import MLP_KINDS
 
@@ -182,6 +182,11 @@ def _check_args(args) -> None:
         v = getattr(args, name)
         if v is not None and v < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, not {v!r}")
+    augment = getattr(args, "augment", None) or "none"
+    if augment not in AUGMENTATIONS:
+        raise UserError(f"unknown --augment {augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
+    if augment != "none" and args.task != "fashion-mnist":
+        raise UserError(f"--augment {augment} is for the fashion-mnist task, not {args.task!r}")
     if args.lr <= 0:
         raise UserError(f"--lr must be positive, not {args.lr!r}")
     if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
@@ -196,6 +201,7 @@ class _Task:
     def __init__(self, args, vocab=None):
         self.name = args.task
         self.batch_size = args.batch_size
+        self.augment = getattr(args, "augment", None) or "none"  # runs from before --augment had none
         if self.name == "fashion-mnist":
             self.train_x, self.train_y = load_fashion_mnist("train")
             self.eval_x, self.eval_y = load_fashion_mnist("test")
@@ -232,7 +238,7 @@ class _Task:
             order = torch.randperm(len(self.train_x), generator=g)
             for i in range(self.steps_per_epoch):
                 idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-                yield self.train_x[idx], self.train_y[idx]
+                yield augment_fashion_mnist(self.train_x[idx], self.augment, g), self.train_y[idx]
         else:
             for _ in range(self.steps_per_epoch):
                 yield random_windows(self.train_ids, self.batch_size, self.block_size, generator=g)
