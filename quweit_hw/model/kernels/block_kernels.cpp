@@ -27,26 +27,12 @@ void table_signs(const scalar_t* table, int n, uint8_t* sign) {
   for (int a = 0; a < (1 << n); ++a) sign[a] = table[a] > scalar_t(0) ? 1 : 0;
 }
 
-// aj[b] = sum_l [qrows[l][b] > level[l]] << l;  yj[b] = [table[aj[b]] > 0] (bytes).
-template <typename scalar_t>
-void q_span(const scalar_t* const* qrows, const scalar_t* level, int n, const scalar_t* table, uint8_t* yj,
-            uint8_t* aj, int64_t len) {
-  uint8_t sign[256];
-  table_signs(table, n, sign);
-  for (int64_t b = 0; b < len; ++b) {
-    int a = 0;
-    for (int l = 0; l < n; ++l) a |= int(qrows[l][b] > level[l]) << l;
-    aj[b] = uint8_t(a);
-    yj[b] = sign[a];
-  }
-}
-
-// aj[b] = sum_l [rows[l][b] > level[l]] << l (rows of bytes);  yj[b] = [table[aj[b]] > 0]. Level 0 on
-// 0/1 bytes reads a layer's outputs; level t on thermometer levels (the count of thresholds below q)
-// is the thermometer's bit t.
-template <typename scalar_t>
-void bytes_span_scalar(const uint8_t* const* rows, const uint8_t* level, int n, const scalar_t* table, uint8_t* yj,
-                       uint8_t* aj, int64_t len) {
+// aj[b] = sum_l [rows[l][b] > level[l]] << l;  yj[b] = [table[aj[b]] > 0] (bytes). The rows are the
+// quantised input q (row_t = scalar_t) or bytes: level 0 on 0/1 bytes reads a layer's outputs, level t
+// on thermometer levels (the count of thresholds below q) is the thermometer's bit t.
+template <typename row_t, typename scalar_t>
+void span_scalar(const row_t* const* rows, const row_t* level, int n, const scalar_t* table, uint8_t* yj,
+                 uint8_t* aj, int64_t len) {
   uint8_t sign[256];
   table_signs(table, n, sign);
   for (int64_t b = 0; b < len; ++b) {
@@ -58,9 +44,15 @@ void bytes_span_scalar(const uint8_t* const* rows, const uint8_t* level, int n, 
 }
 
 template <typename scalar_t>
+void q_span(const scalar_t* const* qrows, const scalar_t* level, int n, const scalar_t* table, uint8_t* yj,
+            uint8_t* aj, int64_t len) {
+  span_scalar(qrows, level, n, table, yj, aj, len);
+}
+
+template <typename scalar_t>
 void bytes_span(const uint8_t* const* rows, const uint8_t* level, int n, const scalar_t* table, uint8_t* yj,
                 uint8_t* aj, int64_t len) {
-  bytes_span_scalar(rows, level, n, table, yj, aj, len);
+  span_scalar(rows, level, n, table, yj, aj, len);
 }
 
 #if defined(__AVX2__)
@@ -94,7 +86,7 @@ void q_span<float>(const float* const* qrows, const float* level, int n, const f
 template <>
 void bytes_span<float>(const uint8_t* const* rows, const uint8_t* level, int n, const float* table, uint8_t* yj,
                        uint8_t* aj, int64_t len) {
-  if (n > 6) return bytes_span_scalar(rows, level, n, table, yj, aj, len);
+  if (n > 6) return span_scalar(rows, level, n, table, yj, aj, len);
   __m256i above[kMaxFanIn], bit[kMaxFanIn];  // x > level  <=>  max(x, level + 1) == x (level < 255)
   for (int l = 0; l < n; ++l) {
     above[l] = _mm256_set1_epi8(char(level[l] + 1));
