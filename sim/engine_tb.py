@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly
+from cocotb.triggers import FallingEdge, ReadOnly
 
 from quweit_hw.contract import golden
 from quweit_hw.contract.bundle_files import load_bundle
 from quweit_hw.contract.packing import count_fields, token_word
+
+from stream_reset import start_stream_dut
 
 
 class ReferenceModel:
@@ -140,13 +141,7 @@ async def engine_matches_golden(dut):
     driver = TokenDriver(dut, block.bits, valid_permille, rng)
     monitor = BackpressureMonitor(dut, block, scoreboard, ready_permille, rng)
 
-    Clock(dut.clk, 10, unit="ns").start()
-    dut.rst.value = 1
-    dut.i__valid.value = 0
-    dut.o__ready.value = 0
-    await ClockCycles(dut.clk, 3)
-    await FallingEdge(dut.clk)
-    dut.rst.value = 0
+    await start_stream_dut(dut)
 
     latency = await latency_probe(dut, token_word(tokens[0], block.bits), scoreboard, block)
     expected_latency = int(os.environ.get("QUWEIT_LATENCY", latency))

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly, RisingEdge, with_timeout
+from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge, with_timeout
 
 from quweit_hw.contract import golden_model
 from quweit_hw.contract.model_bundle import load_model_bundle
+
+from stream_reset import start_stream_dut
 
 
 def unpack(word, classes):
@@ -92,13 +93,7 @@ async def model_matches_golden(dut):
     driver = PixelDriver(dut, int(os.environ.get("QUWEIT_VALID", "800")), rng)
     monitor = ResultMonitor(dut, expected.shape[1], int(os.environ.get("QUWEIT_READY", "700")), rng)
 
-    Clock(dut.clk, 10, unit="ns").start()
-    dut.rst.value = 1
-    dut.i__valid.value = 0
-    dut.o__ready.value = 0
-    await ClockCycles(dut.clk, 3)
-    await FallingEdge(dut.clk)
-    dut.rst.value = 0
+    await start_stream_dut(dut)
 
     start = time.perf_counter()
     watch = cocotb.start_soon(monitor.run(len(images), wait_ns=10 * (3 * cycles + 20 * images[0].size + 1000)))
