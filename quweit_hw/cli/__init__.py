@@ -21,6 +21,7 @@ COMMANDS = {
     "export": ("export", "write a checkpoint to a bundle: the whole integer model (version 2) or its LUT-MLP blocks (1)"),
     "eval": ("eval", "evaluate a checkpoint with its MLP blocks on torch, golden, rtl or board"),
     "report": ("report", "count multiplications, LUT lookups and energy, against the dense twin"),
+    "dont-care": ("dont_care", "refill a bundle's LUT tables on addresses the training images never produce (fewer LUT4; changes the model)"),
     "rtl": ("rtl", "generate Verilog and RTLIL for one bundle block"),
     "prove": ("prove", "prove a block's synthesised ECP5 netlist equal to the bundle, and its Verilog to its RTLIL (Yosys)"),
     "synth": ("synth", "build a bitstream for a board from a bundle"),

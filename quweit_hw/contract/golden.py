@@ -36,14 +36,18 @@ def lut_layer(layer, x):
     return _lut_layer_t(layer, np.ascontiguousarray(x.T)).T
 
 
-def _lut_layer_t(layer, xt):
-    # Feature-major (in, N) layout: gathering whole rows is a memcpy per LUT input,
-    # several times faster than gathering columns of (N, in).
+def table_indices(layer, xt):
+    """(out, N) indices into layer.table.ravel(): node j's address per column of the bits
+    `xt` (in, N), plus j * 2**n. Feature-major (in, N) layout: gathering whole rows is a
+    memcpy per LUT input, several times faster than gathering columns of (N, in)."""
     address = np.zeros((layer.out_features, xt.shape[1]), np.int32)  # (out, N)
     for l in range(layer.n):  # column 0 is the address LSB
         address |= xt[layer.mapping[:, l]].astype(np.int32) << l
-    address += (np.arange(layer.out_features, dtype=np.int32) << layer.n)[:, None]
-    return np.take(layer.table.ravel(), address)
+    return address + (np.arange(layer.out_features, dtype=np.int32) << layer.n)[:, None]
+
+
+def _lut_layer_t(layer, xt):
+    return np.take(layer.table.ravel(), table_indices(layer, xt))
 
 
 def group_popcount(block, x):

@@ -70,9 +70,12 @@ def attention(program, blk, x):
     return I.linear(ctx, blk["proj"]["w"], blk["proj"]["b"])
 
 
-def mlp(blk, x):
-    """The MLP branch's accumulators before the residual add: (B, T, d) int64."""
+def mlp(blk, x, trace=None):
+    """The MLP branch's accumulators before the residual add: (B, T, d) int64. `trace`: a
+    list that gets the block's LayerNorm output, the MLP's input (B*T, d) tokens."""
     h = _ln(x, blk["ln2"])  # (B, T, d)
+    if trace is not None:
+        trace.append(h.reshape(-1, h.shape[-1]))
     p = blk["mlp"]
     if p["kind"] == "dense":
         g = I.lookup(_lin(h, p["fc"]), p["gelu"])  # (B, T, 4d)
@@ -96,12 +99,19 @@ def logits(program, pixels, *, chunk=512):
     return np.concatenate(out).astype(np.int32) if out else np.zeros((0, program["config"]["classes"]), np.int32)
 
 
-def _logits(program, pixels):
+def lut_inputs(program, pixels):
+    """Per model block, the (B*T, d) tokens its MLP reads for uint8 `pixels` (B, C, H, W)."""
+    trace = []
+    _logits(program, np.asarray(pixels), trace)
+    return trace
+
+
+def _logits(program, pixels, trace=None):
     x = embed(program, pixels)
     for blk in program["blocks"]:
         x = I.add_aligned(x, attention(program, blk, x), blk["proj"]["m"], blk["proj"]["s"], RESIDUAL_BITS)
         a = mlp_alignment(blk)
-        x = I.add_aligned(x, mlp(blk, x), a["m"], a["s"], RESIDUAL_BITS)
+        x = I.add_aligned(x, mlp(blk, x, trace), a["m"], a["s"], RESIDUAL_BITS)
     h = _ln(x, program["ln_f"])  # (B, T, d)
     if program["config"]["pool"] == "cls":
         pooled = h[:, 0]
