@@ -27,27 +27,31 @@ def images(n, seed):
     return pix
 
 
-def naive_seen(program, pix):
-    """The seen marks recounted token by token and node by node."""
+def naive_counts(program, pix):
+    """The address counts recounted token by token and node by node."""
     out, inputs = [], golden_model.lut_inputs(program, pix)
     for i, block in ddc.lut_blocks(program):
         tokens = inputs[i]
-        marks = [np.zeros((layer.out_features, 2 ** layer.n), bool) for layer in block.layers]
+        marks = [np.zeros((layer.out_features, 2 ** layer.n), np.int64) for layer in block.layers]
         for token in tokens:
             bits = golden.stages(block, token[None])
             for layer, mark, x in zip(block.layers, marks, bits):
                 for j, row in enumerate(layer.mapping):
-                    mark[j, sum(int(x[0, r]) << l for l, r in enumerate(row))] = True
+                    mark[j, sum(int(x[0, r]) << l for l, r in enumerate(row))] += 1
         out.append(marks)
     return out
 
 
-def test_seen_addresses_equal_a_token_by_token_count(program):
+def test_address_counts_equal_a_token_by_token_count(program):
     pix = images(6, 1)
-    seen = ddc.seen_addresses(program, pix, chunk=4)  # two chunks
-    for got, want in zip(seen, naive_seen(program, pix)):
+    counts = ddc.address_counts(program, pix, chunk=4)  # two chunks
+    tokens = len(golden_model.lut_inputs(program, pix)[0])
+    for got, want in zip(counts, naive_counts(program, pix)):
         for g, w in zip(got, want):
-            assert np.array_equal(g, w)
+            assert np.array_equal(g, w) and (g.sum(axis=1) == tokens).all()
+    for per_layer, marks in zip(counts, ddc.seen_addresses(program, pix, min_count=3)):
+        for c, m in zip(per_layer, marks):
+            assert np.array_equal(m, c >= 3) and 0 < m.sum() < (c > 0).sum()
 
 
 def test_refilled_blocks_keep_every_seen_address_and_the_logits_on_those_images(program):

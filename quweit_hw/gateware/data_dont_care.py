@@ -33,23 +33,29 @@ def lut_blocks(program):
     return [(i, b["mlp"]["block"]) for i, b in enumerate(program["blocks"]) if b["mlp"]["kind"] == "lut"]
 
 
-def seen_addresses(program, pixels, *, chunk=128, progress=None):
-    """Per LUT block (as `lut_blocks`), per layer, a bool array (out, 2**n): which addresses
-    of each node the images `pixels` (uint8 (N, C, H, W)) produce in the golden model.
-    `progress`: called with the number of images done after each chunk."""
+def address_counts(program, pixels, *, chunk=128, progress=None):
+    """Per LUT block (as `lut_blocks`), per layer, an int64 array (out, 2**n): how many of
+    the tokens of images `pixels` (uint8 (N, C, H, W)) reach each address of each node in
+    the golden model. `progress`: called with the number of images done after each chunk."""
     blocks = lut_blocks(program)
-    seen = [[np.zeros((layer.out_features, 2 ** layer.n), bool) for layer in block.layers] for _, block in blocks]
+    counts = [[np.zeros((layer.out_features, 2 ** layer.n), np.int64) for layer in block.layers]
+              for _, block in blocks]
     for start in range(0, len(pixels), chunk):
         inputs = golden_model.lut_inputs(program, pixels[start:start + chunk])
-        for (i, block), marks in zip(blocks, seen):
+        for (i, block), per_layer in zip(blocks, counts):
             xt = np.ascontiguousarray(golden.thermometer(block, inputs[i]).T)
-            for layer, mark in zip(block.layers, marks):
+            for layer, count in zip(block.layers, per_layer):
                 index = golden.table_indices(layer, xt)
-                mark.reshape(-1)[index.ravel()] = True
+                count += np.bincount(index.ravel(), minlength=count.size).reshape(count.shape)
                 xt = np.take(layer.table.ravel(), index)
         if progress is not None:
             progress(min(start + chunk, len(pixels)))
-    return seen
+    return counts
+
+
+def seen_addresses(program, pixels, *, min_count=1, **kwargs):
+    """`address_counts` >= min_count: per LUT block, per layer, bool (out, 2**n)."""
+    return [[c >= min_count for c in per_layer] for per_layer in address_counts(program, pixels, **kwargs)]
 
 
 def full_table(node, row):
@@ -104,10 +110,11 @@ def _accuracy(program, pixels, labels):
     return float((golden_model.predictions(program, pixels) == labels).mean())
 
 
-def learn_dont_cares(bundle_path, out, *, images=None, force=False, progress=True):
+def learn_dont_cares(bundle_path, out, *, images=None, min_count=1, force=False, progress=True):
     """Write to `out` the version-2 bundle at `bundle_path` with every LUT node refilled from
     the addresses the first `images` Fashion-MNIST training images (default: all 60,000)
-    produce; returns the figures (also in the new manifest, "data_dont_cares"): per block
+    produce at least `min_count` times (1: every address seen is kept, so the model is
+    unchanged on those images; more frees rare addresses too); returns the figures (also in the new manifest, "data_dont_cares"): per block
     and layer the addresses seen, the entries changed and the LUT4 estimate before and
     after, and the test accuracy of both bundles (golden model, 10,000 images)."""
     bundle_path, out = Path(bundle_path), Path(out)
@@ -115,7 +122,7 @@ def learn_dont_cares(bundle_path, out, *, images=None, force=False, progress=Tru
     program, manifest, _ = load_model_bundle(bundle_path)
     pixels, _ = fashion_mnist_pixels("train", limit=images)
     with tqdm(total=len(pixels), desc="addresses seen", unit="image", disable=not progress, leave=False) as bar:
-        seen = seen_addresses(program, pixels, progress=lambda done: bar.update(done - bar.n))
+        seen = seen_addresses(program, pixels, min_count=min_count, progress=lambda done: bar.update(done - bar.n))
     new_blocks, blocks = {}, []
     for (index, block), marks in zip(lut_blocks(program), seen):
         new_blocks[index], layers = refill_block(block, marks)
@@ -123,7 +130,8 @@ def learn_dont_cares(bundle_path, out, *, images=None, force=False, progress=Tru
                        "lut4_after": _lut4(new_blocks[index])})
     new_program = with_blocks(program, new_blocks)
     test_pixels, test_labels = fashion_mnist_pixels("test")
-    figures = {"source_bundle": str(bundle_path), "training_images": len(pixels), "blocks": blocks,
+    figures = {"source_bundle": str(bundle_path), "training_images": len(pixels), "min_count": min_count,
+               "blocks": blocks,
                "test_accuracy_before": _accuracy(program, test_pixels, test_labels),
                "test_accuracy_after": _accuracy(new_program, test_pixels, test_labels)}
     kept = {k: v for k, v in manifest.items() if k not in ("format", "format_version", "rules", "program", "blocks")}
