@@ -26,7 +26,7 @@ from .engine import MLPEngine
 from .model_program import (A_CTX, A_G, A_H, A_P, A_PIX, A_Q, B_K, B_V, B_W, D_CTX, D_G, D_H, D_HT, D_K,
                             D_LOG, D_Q, D_SC, D_V, D_X, FIELD_NAMES, FILL, LAYERNORM, LUT, MAC, SOFTMAX,
                             compile_program)
-from .model_units import LayerNormUnit, PostOp, SoftmaxUnit, later, post_latency
+from .model_units import BankedROM, LayerNormUnit, PostOp, SoftmaxUnit, later, post_latency
 
 TOP = "model_engine"
 
@@ -46,9 +46,13 @@ class MACArray(wiring.Component):
     the operands are registered out of their memories, the products registered, the sums
     latched into a bank that shifts one sum per clock to `o_pre` (no lanes-to-one mux).
     A group takes max(K, outputs in it) clocks, so the sums of one group have left before the
-    next group's arrive. A sum is on `o` `LATENCY` clocks after its last operand's address."""
+    next group's arrive. The operands come `OPERAND_DELAY` clocks after their addresses (the
+    weight ROM's BankedROM latency, the other memories' outputs registered as long, then a
+    register after the engine's source multiplexer, which is on this side). A sum is on `o`
+    `LATENCY` clocks after its last operand's address."""
 
-    LATENCY = 4  # address; operands out of the memories; registered; product; sum
+    OPERAND_DELAY = 1 + BankedROM.LATENCY
+    LATENCY = OPERAND_DELAY + 2  # product; sum
 
     def __init__(self, ins_layout, lanes, acc_bits, addr_bits, row_bits, out_bits):
         self.lanes, self.acc_bits = lanes, acc_bits
@@ -64,28 +68,40 @@ class MACArray(wiring.Component):
         r, g, slot = Signal.like(self.o_r), Signal(self.o_o.shape().width), Signal(self.o_o.shape().width + 1)
         a_row, b_group, b_k = Signal.like(self.a_addr), Signal.like(self.b_addr), Signal.like(self.b_addr)
         running = Signal()
-        last_g = (ins.O - 1) >> logw
-        in_group = Mux(g == last_g, ins.O - (g << logw), W)
-        slots = Mux(ins.K > in_group, ins.K, in_group)
-        issue = running & (slot < ins.K)
+        # the instruction's counts, registered (it is steady from the clock before `start`):
+        # the last group's index and outputs, each group's slots less 1, the last slot and row
+        last_g, last_n = Signal.like(g, name="last_g"), Signal(range(W + 1), name="last_n")
+        full_m1, part_m1 = Signal.like(slot, name="full_m1"), Signal.like(slot, name="part_m1")
+        k_m1, rows_m1 = Signal.like(slot, name="k_m1"), Signal.like(r, name="rows_m1")
+        outs_m1 = ins.O - 1
+        m.d.sync += [last_g.eq(outs_m1 >> logw), last_n.eq(outs_m1[:logw] + 1), k_m1.eq(ins.K - 1),
+                     full_m1.eq(Mux(ins.K > W, ins.K - 1, W - 1)),
+                     part_m1.eq(Mux(ins.K - 1 > outs_m1[:logw], ins.K - 1, outs_m1[:logw])), rows_m1.eq(ins.rows - 1)]
+        at_last = Signal()  # g == last_g
+        in_group = Mux(at_last, last_n, W)
+        issuing = Signal()  # slot < K
+        issue = running & issuing
         m.d.comb += [self.a_addr.eq(a_row + slot), self.b_addr.eq(b_group + b_k)]
         with m.If(self.start):
-            m.d.sync += [r.eq(0), g.eq(0), slot.eq(0), running.eq(1),
+            m.d.sync += [r.eq(0), g.eq(0), slot.eq(0), running.eq(1), issuing.eq(1),
                          a_row.eq(ins.a_base), b_group.eq(ins.b_base), b_k.eq(0)]
         with m.Elif(running):
             m.d.sync += [slot.eq(slot + 1), b_k.eq(b_k + ins.b_kstride)]
-            with m.If(slot == slots - 1):
-                m.d.sync += [slot.eq(0), b_k.eq(0), g.eq(g + 1), b_group.eq(b_group + ins.b_gstride)]
-                with m.If(g == last_g):
+            with m.If(slot == k_m1):
+                m.d.sync += issuing.eq(0)
+            with m.If(slot == Mux(at_last, part_m1, full_m1)):
+                m.d.sync += [slot.eq(0), b_k.eq(0), g.eq(g + 1), b_group.eq(b_group + ins.b_gstride), issuing.eq(1)]
+                with m.If(at_last):
                     m.d.sync += [g.eq(0), b_group.eq(ins.b_base), r.eq(r + 1), a_row.eq(a_row + ins.a_stride)]
-                    with m.If(r == ins.rows - 1):
+                    with m.If(r == rows_m1):
                         m.d.sync += running.eq(0)
-        # 1: operands out of the memories; 2: registered; 3: products; 4: sums in the bank
-        v2, first2, last2, r2, g2, n2 = (later(m, v, 2, n) for v, n in (
-            (issue, "v"), (slot == 0, "first"), (slot == ins.K - 1, "last"), (r, "r"), (g, "g"), (in_group, "n")))
+        m.d.comb += at_last.eq(g == last_g)
+        # OPERAND_DELAY: operands in (registered); + 1 products; + 2 sums in the bank
+        v2, first2, last2, r2, g2, n2 = (later(m, v, self.OPERAND_DELAY, n) for v, n in (
+            (issue, "v"), (slot == 0, "first"), (slot == k_m1, "last"), (r, "r"), (g, "g"), (in_group, "n")))
         v3, first3, last3, r3, g3, n3 = (later(m, v, 1, n) for v, n in (
             (v2, "v"), (first2, "first"), (last2, "last"), (r2, "r"), (g2, "g"), (n2, "n")))
-        a2, b2 = later(m, self.a_data, 1, "a"), later(m, self.b_data, 1, "b")
+        a2, b2 = self.a_data, self.b_data
         products = [Signal(signed(17), name=f"prod{l}") for l in range(W)]
         sums = [Signal(signed(self.acc_bits), name=f"acc{l}") for l in range(W)]
         bank = [Signal(signed(self.acc_bits), name=f"bank{l}") for l in range(W)]
@@ -109,7 +125,8 @@ class MACArray(wiring.Component):
                 m.d.sync += ser_active.eq(0)
         m.d.comb += [self.o_valid.eq(ser_active), self.o_pre.eq(bank[0]), self.o_r.eq(ser_r),
                      self.o_o.eq((ser_g << logw) | ser),
-                     self.busy.eq(running | Cat(later(m, issue, 1, "in1"), v2, v3).any() | ser_active)]
+                     self.busy.eq(running | Cat(*(later(m, issue, k, f"in{k}") for k in range(1, self.OPERAND_DELAY)),
+                                                v2, v3).any() | ser_active)]
         return m
 
 
@@ -146,24 +163,21 @@ class ModelEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         c = self.compiled
-        T, d, W = c.T, c.d, c.lanes
+        d = c.d
         lay = self.ins_layout
         irom = m.submodules.program = Memory(shape=lay, depth=len(c.instructions), init=[
             {n: getattr(i, n) for n in FIELD_NAMES} for i in c.instructions])
         i_rd = irom.read_port()
         ins = Signal(lay)  # the instruction ROM's output, registered (LATCH) before anything reads it
-        addr_bits = max(len(c.weights), T * max(c.hidden, d, c.patch_len), d * c.GT, c.heads * T * c.GD).bit_length() + 1
-        row_bits, out_bits = max(T, c.classes).bit_length() + 1, max(c.hidden, d, T, c.patch_len).bit_length() + 1
 
         mem = self._memories(m)
         pix, x, h, q, ctx, g, kmem, vmem, wrom, sc, pm, ht = (mem[k] for k in (
             "pix", "x", "h", "q", "ctx", "g", "k", "v", "weights", "sc", "p", "ht"))
 
-        mac = m.submodules.mac = MACArray(lay, W, c.acc_bits, addr_bits, row_bits, out_bits)
-        ln = m.submodules.ln = LayerNormUnit(lay, d, row_bits, addr_bits, c.pre_bits)
-        smx = m.submodules.softmax = SoftmaxUnit(lay, T, c.score_bits)
-        post = m.submodules.post = PostOp(lay, c.params, c.gelu, c.pre_bits, row_bits, out_bits, addr_bits)
-        for unit in (mac, ln, smx, post):
+        units = self.units()
+        mac, ln, smx, post = (units[k] for k in ("mac", "ln", "softmax", "post"))
+        for name, unit in units.items():
+            m.submodules[name] = unit
             m.d.comb += unit.ins.eq(ins)
 
         self._mac_operands(m, ins, mac, {A_PIX: pix, A_H: h, A_Q: q, A_CTX: ctx, A_G: g, A_P: pm},
@@ -201,6 +215,18 @@ class ModelEngine(wiring.Component):
         assert post.latency == self.post_latency
         return m
 
+    def units(self):
+        """Fresh arithmetic units of this engine, by name: the MAC array, the LayerNorm and
+        softmax units, the post-op (bench/model_engine_build.py builds each on its own)."""
+        c, lay = self.compiled, self.ins_layout
+        T, d = c.T, c.d
+        addr_bits = max(len(c.weights), T * max(c.hidden, d, c.patch_len), d * c.GT, c.heads * T * c.GD).bit_length() + 1
+        row_bits, out_bits = max(T, c.classes).bit_length() + 1, max(c.hidden, d, T, c.patch_len).bit_length() + 1
+        return {"mac": MACArray(lay, c.lanes, c.acc_bits, addr_bits, row_bits, out_bits),
+                "ln": LayerNormUnit(lay, d, row_bits, addr_bits, c.pre_bits),
+                "softmax": SoftmaxUnit(lay, T, c.score_bits),
+                "post": PostOp(lay, c.params, c.gelu, c.pre_bits, row_bits, out_bits, addr_bits)}
+
     def _memories(self, m):
         """The engine's memories (module docstring of model_program), by name."""
         c = self.compiled
@@ -215,22 +241,30 @@ class ModelEngine(wiring.Component):
         for name, (shape, depth) in shapes.items():
             if name != "ht" or c.lut_blocks:
                 out[name] = m.submodules[name] = Memory(shape=shape, depth=max(depth, 1), init=[])
-        out["weights"] = m.submodules.weights = Memory(shape=wide, depth=max(len(c.weights), 1), init=[
+        out["weights"] = m.submodules.weights = BankedROM(wide, [
             sum((v & 0xFF) << (8 * lane) for lane, v in enumerate(word)) for word in c.weights])
         return out
 
     @staticmethod
     def _mac_operands(m, ins, mac, a_mems, b_mems):
-        """One read port per operand memory, at the MAC array's addresses; the instruction's
-        sources to the array (their data arrives the clock after the address)."""
+        """One read port per operand memory (the weight ROM a BankedROM), at the MAC array's
+        addresses, each memory's data registered to MACArray.OPERAND_DELAY - 1 clocks after
+        the address; the instruction's source, registered, to the array."""
         for select, sources, addr, data_in in ((ins.a_src, a_mems, mac.a_addr, mac.a_data),
                                                (ins.b_src, b_mems, mac.b_addr, mac.b_data)):
-            ports = {src: memory.read_port() for src, memory in sources.items()}
-            m.d.comb += [port.addr.eq(addr) for port in ports.values()]
+            ready = {}
+            for src, memory in sources.items():
+                if isinstance(memory, BankedROM):
+                    m.d.comb += memory.addr.eq(addr)
+                    ready[src] = memory.data
+                else:
+                    port = memory.read_port()
+                    m.d.comb += port.addr.eq(addr)
+                    ready[src] = later(m, port.data, MACArray.OPERAND_DELAY - 2, f"operand{len(data_in)}_{src}")
             with m.Switch(select):
-                for src, port in ports.items():
+                for src, value in ready.items():
                     with m.Case(src):
-                        m.d.comb += data_in.eq(port.data)
+                        m.d.sync += data_in.eq(value)
 
     def _writes(self, m, post, ins, scalar, wide, ht, sc_max, logits, best, label):
         """The post-op's result into the memory the instruction names (a lane of a wide word)."""
@@ -310,9 +344,13 @@ class ModelEngine(wiring.Component):
         m.d.comb += i_rd.addr.eq(pc)
         # pixel (channel, y, x) -> patch element (t, k): counters, no division
         ch, ty, py, tx, px = (Signal(range(max(n, 2))) for n in (c.config.get("channels", 1), side, p, side, p))
-        pw = pix.write_port()  # written the clock after the handshake (the first read is 3 clocks later)
-        m.d.sync += [pw.addr.eq((ty * side + tx) * c.patch_len + ch * p * p + py * p + px),
-                     pw.data.eq(self.i.payload ^ 0x80), pw.en.eq(self.i.valid & self.i.ready)]
+        # written 2 clocks after the handshake (the patch's base and the offset in it registered,
+        # then their sum); the first read of PIX is 4 clocks after the last pixel's handshake
+        pw = pix.write_port()
+        patch_base, offset = Signal.like(pw.addr, name="patch_base"), Signal.like(pw.addr, name="patch_offset")
+        m.d.sync += [patch_base.eq((ty * side + tx) * c.patch_len), offset.eq(ch * p * p + py * p + px),
+                     pw.addr.eq(patch_base + offset), pw.data.eq(later(m, self.i.payload ^ 0x80, 1, "pixel")),
+                     pw.en.eq(later(m, self.i.valid & self.i.ready, 1, "pixel_valid"))]
         cycles = Signal(32)
         m.d.sync += cycles.eq(cycles + 1)
         unit_busy = Mux(ins.kind == MAC, mac.busy, Mux(ins.kind == LAYERNORM, ln.busy, Mux(

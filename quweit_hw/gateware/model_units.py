@@ -12,7 +12,7 @@ Sequential units take `start` for one clock with their operands valid in that cl
 `busy` until the result is on their output (`latency` clocks later, exactly). No torch.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -25,9 +25,10 @@ class Divider(wiring.Component):
     """q = numerator // den for a constant numerator < 2**num_bits and 1 <= den < 2**den_bits,
     in `num_bits` clocks.
 
-    Restoring division: one quotient bit per clock, from the top; the numerator's bits are
-    read from the constant by the step counter (a register shifting a constant would make
-    Yosys discover its constant bits one optimisation round at a time). `busy` is high from
+    Restoring division: one quotient bit per clock, from the top; the numerator's next bit is
+    read from the constant by the step counter into a register one clock ahead (a register
+    shifting a constant would make Yosys discover its constant bits one optimisation round
+    at a time; a lookup in the step would lengthen the subtraction's path). `busy` is high from
     the clock after `start` for `latency` clocks; `q` holds the quotient from then until the
     next start."""
 
@@ -43,12 +44,14 @@ class Divider(wiring.Component):
         den = Signal(self.den_bits)
         left = Signal(range(self.num_bits + 1))
         trial = Signal(self.den_bits + 2)
-        bit = Const(self.numerator, self.num_bits).bit_select((left - 1)[:len(left)], 1)
+        numerator = Const(self.numerator, self.num_bits + 1)  # a 0 above: the bit after the last
+        bit = Signal()
         m.d.comb += [trial.eq(Cat(bit, rem) - den), self.busy.eq(left != 0)]
         with m.If(self.start):
-            m.d.sync += [rem.eq(0), den.eq(self.den), left.eq(self.num_bits), self.q.eq(0)]
+            m.d.sync += [rem.eq(0), den.eq(self.den), left.eq(self.num_bits), self.q.eq(0),
+                         bit.eq(numerator[self.num_bits - 1])]
         with m.Elif(left != 0):
-            m.d.sync += left.eq(left - 1)
+            m.d.sync += [left.eq(left - 1), bit.eq(numerator.bit_select((left - 2)[:len(left)], 1))]
             with m.If(trial[-1]):  # negative: keep the remainder, quotient bit 0
                 m.d.sync += [rem.eq(Cat(bit, rem)), self.q.eq(self.q << 1)]
             with m.Else():
@@ -191,16 +194,45 @@ def pipelined_shift(m, value, amount, name, step_bits=3):
     return value, latency
 
 
+class BankedROM(wiring.Component):
+    """A read-only memory of `init` (values of `shape`) split into banks of `bank_depth`
+    entries, so that each bank is one block RAM deep and no multiplexer sits between a block
+    RAM's output (5.8 ns of clock-to-out on the ECP5) and its first register: `data` is
+    init[addr] `LATENCY` clocks after `addr` (the bank, its register, the bank multiplexer's
+    register)."""
+
+    LATENCY = 3
+
+    def __init__(self, shape, init, bank_depth=512):
+        assert bank_depth & (bank_depth - 1) == 0
+        self.shape, self.init, self.bank_depth = shape, list(init), bank_depth
+        super().__init__({"addr": In(range(max(len(self.init), 2))), "data": Out(shape)})
+
+    def elaborate(self, platform):
+        m = Module()
+        low = self.bank_depth.bit_length() - 1
+        banks = []
+        for k, lo in enumerate(range(0, max(len(self.init), 1), self.bank_depth)):
+            chunk = self.init[lo:lo + self.bank_depth]
+            memory = m.submodules[f"bank{k}"] = Memory(shape=self.shape, depth=max(len(chunk), 1), init=chunk)
+            port = memory.read_port()
+            m.d.comb += port.addr.eq(self.addr[:low])
+            banks.append(later(m, Value.cast(port.data), 1, f"bank{k}"))
+        which = later(m, self.addr[low:], 2, "which")
+        m.d.sync += self.data.eq(Array(banks)[which] if len(banks) > 1 else banks[0])
+        return m
+
+
 def param_layout():
     return data.StructLayout({"bias": signed(32), "m": unsigned(31), "s": unsigned(6), "g": signed(8)})
 
 
 def post_latency(pre_bits):
     """PostOp's clocks from an input to its memory write (the stages of PostOp.elaborate):
-    inputs, shifts, parameter read (3), pre * g, + bias, * m, >> s, saturate, round, mode, out."""
+    inputs, shifts, parameter read (5), pre * g, + bias, * m, >> s, saturate, round, + X, mode, table, out."""
     lg = product_latency(signed(pre_bits), signed(8))
     lm = product_latency(signed(32), unsigned(31))
-    return 3 + lg + 1 + lm + shift_latency(6) + 2 + 2
+    return 2 + BankedROM.LATENCY + lg + 1 + lm + shift_latency(6) + 2 + 4
 
 
 class PostOp(wiring.Component):
@@ -232,10 +264,10 @@ class PostOp(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         ins = self.ins
-        prom = m.submodules.params = Memory(shape=param_layout(), depth=len(self.params), init=[
+        p_rd = m.submodules.params = BankedROM(param_layout(), [
             {"bias": b, "m": mm, "s": s, "g": g} for b, mm, s, g in self.params])
         grom = m.submodules.gelu = Memory(shape=signed(8), depth=len(self.gelu), init=self.gelu)
-        p_rd, g_rd = prom.read_port(), grom.read_port()
+        g_rd = grom.read_port()
         # 1: inputs registered; 2: row/output shifts and the parameter row offset
         pre1, r1, o1 = (later(m, v, 1, n) for v, n in ((self.i_pre, "pre"), (self.i_r, "r"), (self.i_o, "o")))
         rs2, os2 = Signal.like(r1, name="rs2"), Signal.like(o1, name="os2")
@@ -243,51 +275,61 @@ class PostOp(wiring.Component):
         lane2 = Signal.like(self.w_lane, name="lane2")
         m.d.sync += [rs2.eq(r1 >> ins.d_rsh), os2.eq(o1 >> ins.d_osh), prow2.eq(r1 * ins.p_rstride),
                      lane2.eq((r1 & ins.d_rmask) | (o1 & ins.d_omask))]
-        # 2: the parameter address (data in 3); the destination word's two products (in 3), sum (in 4)
+        # 2: the parameter address (data in 5: BankedROM); the destination word's two products
+        # (in 3), sum (in 4). A block RAM's output (5.8 ns clock-to-out) feeds a register only
         m.d.comb += p_rd.addr.eq(ins.p_base + later(m, o1, 1, "o") + prow2)
         wr3, wo3 = Signal(len(rs2) + len(ins.d_rmul)), Signal(len(os2) + len(ins.d_omul))
         word4 = Signal.like(self.x_addr, name="word4")
         m.d.sync += [wr3.eq(rs2 * ins.d_rmul), wo3.eq(os2 * ins.d_omul), word4.eq(ins.d_base + wr3 + wo3)]
-        pre3, param = later(m, pre1, 2, "pre"), p_rd.data
-        # 3: pre * g; then acc = (pre * g or pre) + bias
+        pre3, param = later(m, pre1, 1 + BankedROM.LATENCY, "pre"), p_rd.data
+        # 5: pre * g; then acc = (pre * g or pre) + bias
         pg, lg = pipelined_product(m, pre3, param.g, "pg")
-        a = 3 + lg
+        a = 2 + BankedROM.LATENCY + lg
         acc = Signal(signed(32), name="acc")  # |acc| < 2**31 (contract.integer.requantize)
         m.d.sync += acc.eq(Mux(ins.use_g, pg, later(m, pre3, lg, "pre")) + later(m, param.bias, lg, "bias"))
         # a + 1: acc * m; then (2 * acc * m) >> s
         prod, lm = pipelined_product(m, acc, later(m, param.m, lg + 1, "m"), "am")
         p = a + 1 + lm
-        shifted, ls = pipelined_shift(m, Cat(Const(0, 1), prod).as_signed(), later(m, param.s, p - 3, "s"), "y")
+        shifted, ls = pipelined_shift(m, Cat(Const(0, 1), prod).as_signed(), later(m, param.s, p - 2 - BankedROM.LATENCY, "s"), "y")
         # y0 = floor + its round bit, saturated to Y_BITS + 1 bits on the way
         fs, half = Signal(signed(self.Y_BITS), name="fs"), Signal(name="half")
         y0 = Signal(signed(self.Y_BITS + 1), name="y0")
         m.d.sync += [fs.eq(saturate_bits(shifted[1:].as_signed(), self.Y_BITS)), half.eq(shifted[0]), y0.eq(fs + half)]
         y = p + ls + 2  # y0's stage
-        # y: the mode; X[word] was read two clocks before (and registered), the GELU table is read here
+        # y: the mode; X[word] was read two clocks before (and registered), the GELU table is read
+        # here (its value registered in y + 2, beside the result)
         words = later(m, word4, y - 4 - 2, "word")
         m.d.comb += self.x_addr.eq(words)
         x_reg = later(m, self.x_data, 1, "x")
+        y1, yx1 = Signal.like(y0, name="y1"), Signal(signed(self.Y_BITS + 2), name="yx1")
+        m.d.sync += [y1.eq(y0), yx1.eq(y0 + x_reg)]
+        # y + 1: the mode's saturation. The instruction's bounds are registered (the
+        # instruction is steady long before its first value gets here)
+        hi, mask = Signal(16, name="sat_hi"), Signal(self.Y_BITS + 1, name="sat_mask")
+        g_at = Signal(range(len(self.gelu) + 129), name="g_at")
+        m.d.sync += [hi.eq((Const(1, 17) << (ins.bits - 1)[:5]) - 1), mask.eq(~hi), g_at.eq(ins.g_base + 128)]
+        over = y1 & mask
         yres = Signal(signed(40), name="yres")
-        raw = later(m, acc, y - (a + 1), "acc")
+        raw = later(m, acc, y + 1 - (a + 1), "acc")
         with m.Switch(ins.mode):
             with m.Case(ADD):
-                m.d.sync += yres.eq(clamp(y0 + x_reg, 16, 16))
+                m.d.sync += yres.eq(saturate_bits(yx1, 16))
             with m.Case(RAW):
                 m.d.sync += yres.eq(raw)
             with m.Case(LOGIT):
-                m.d.sync += yres.eq(clamp(y0, 16, 16))
+                m.d.sync += yres.eq(saturate_bits(y1, 16))
             with m.Default():
-                m.d.sync += yres.eq(clamp(y0, ins.bits, 16))
-        m.d.comb += g_rd.addr.eq(ins.g_base + clamp(y0, 8, 8) + 128)
-        # y + 1: the table's value or the result, registered to the outputs in y + 2
-        assert self.latency == y + 2
+                m.d.sync += yres.eq(Mux((over == 0) | (over == mask), y1, Mux(y1[-1], ~hi.as_signed(), hi)))
+        m.d.comb += g_rd.addr.eq(g_at + saturate_bits(y1, 8))
+        # y + 2: the table's value registered beside the result; both to the outputs in y + 4
+        assert self.latency == y + 4
         inside = [self.i_valid]  # the valid bit of each stage
         for k in range(self.latency):
             inside.append(later(m, inside[-1], 1, f"v{k}"))
         valid = inside[-1]
-        m.d.sync += [self.w_data.eq(Mux(ins.mode == GELU, g_rd.data, yres)),
-                     self.w_addr.eq(later(m, word4, y + 1 - 4, "word")),
-                     self.w_lane.eq(later(m, lane2, y + 1 - 2, "lane"))]
+        m.d.sync += [self.w_data.eq(Mux(ins.mode == GELU, later(m, g_rd.data, 1, "gelu"), later(m, yres, 1, "yres"))),
+                     self.w_addr.eq(later(m, word4, y + 3 - 4, "word")),
+                     self.w_lane.eq(later(m, lane2, y + 3 - 2, "lane"))]
         m.d.comb += [self.w_valid.eq(valid), self.busy.eq(Cat(inside[1:]).any())]
         return m
 
@@ -417,7 +459,7 @@ class SoftmaxUnit(wiring.Component):
         self.delta_bits = min(score_bits, 31)
         layout = data.Layout.cast(ins_layout)
         m_bits, s_bits = layout["imm_m"].shape.width, layout["imm_s"].shape.width
-        self.pipe1 = 3 + product_latency(unsigned(self.delta_bits), unsigned(m_bits)) + shift_latency(s_bits) + 3
+        self.pipe1 = 3 + product_latency(unsigned(self.delta_bits), unsigned(m_bits)) + shift_latency(s_bits) + 4
         self.pipe2 = 2 + product_latency(unsigned(self.e_bits), unsigned(self.r_bits)) + 1
         self.row_cycles = 2 * T + (self.pipe1 + 1) + (self.div.latency + 1) + self.pipe2
         super().__init__({"ins": In(ins_layout), "start": In(1), "busy": Out(1),
@@ -446,12 +488,11 @@ class SoftmaxUnit(wiring.Component):
         floor, u_bits = shifted[1:], I.EXP_U_MAX.bit_length() - 1
         u = Signal(range(I.EXP_U_MAX + 1))
         m.d.sync += u.eq(Mux(floor[u_bits:].any(), I.EXP_U_MAX, floor[:u_bits] + shifted[0]))
-        shift = Signal(range(I.EXP_U_MAX // 2**I.EXP_FRAC_BITS + 1))
-        m.d.comb += x_rd.addr.eq(u[:I.EXP_FRAC_BITS])
-        m.d.sync += shift.eq(u >> I.EXP_FRAC_BITS)
+        m.d.comb += x_rd.addr.eq(u[:I.EXP_FRAC_BITS])  # the table's value registered, beside u >> 6
+        shift = later(m, (u >> I.EXP_FRAC_BITS)[:5], 2, "shift")
         e = Signal(self.e_bits)
-        m.d.sync += e.eq(x_rd.data >> shift)
-        assert 3 + lp + ls + 3 == self.pipe1
+        m.d.sync += e.eq(later(m, x_rd.data, 1, "table") >> shift)
+        assert 3 + lp + ls + 4 == self.pipe1
         v1, j1 = later(m, issue1, self.pipe1, "v"), later(m, j, self.pipe1, "j")
         m.d.comb += [e_wr.addr.eq(j1), e_wr.data.eq(e), e_wr.en.eq(v1)]
         Z = Signal(self.z_bits)
