@@ -52,7 +52,7 @@ class MACArray(wiring.Component):
     `LATENCY` clocks after its last operand's address."""
 
     OPERAND_DELAY = 1 + BankedROM.LATENCY
-    LATENCY = OPERAND_DELAY + 2  # product; sum
+    LATENCY = OPERAND_DELAY + 4  # operands registered at the DSPs; product; product again; sum
 
     def __init__(self, ins_layout, lanes, acc_bits, addr_bits, row_bits, out_bits):
         self.lanes, self.acc_bits = lanes, acc_bits
@@ -96,12 +96,12 @@ class MACArray(wiring.Component):
                     with m.If(r == rows_m1):
                         m.d.sync += running.eq(0)
         m.d.comb += at_last.eq(g == last_g)
-        # OPERAND_DELAY: operands in (registered); + 1 products; + 2 sums in the bank
-        v2, first2, last2, r2, g2, n2 = (later(m, v, self.OPERAND_DELAY, n) for v, n in (
+        # OPERAND_DELAY: operands in; + 1 registered at the DSPs; + 2, + 3 the product (twice), summed; + 4 the bank
+        # the operands registered once more, next to the DSPs, and each product twice: a
+        # MULT18X18D takes 3.9 ns, which leaves no room for a long route on either side
+        v3, first3, last3, r3, g3, n3 = (later(m, v, self.OPERAND_DELAY + 3, n) for v, n in (
             (issue, "v"), (slot == 0, "first"), (slot == k_m1, "last"), (r, "r"), (g, "g"), (in_group, "n")))
-        v3, first3, last3, r3, g3, n3 = (later(m, v, 1, n) for v, n in (
-            (v2, "v"), (first2, "first"), (last2, "last"), (r2, "r"), (g2, "g"), (n2, "n")))
-        a2, b2 = self.a_data, self.b_data
+        a2, b2 = later(m, self.a_data, 1, "a"), later(m, self.b_data, 1, "b")
         products = [Signal(signed(17), name=f"prod{l}") for l in range(W)]
         sums = [Signal(signed(self.acc_bits), name=f"acc{l}") for l in range(W)]
         bank = [Signal(signed(self.acc_bits), name=f"bank{l}") for l in range(W)]
@@ -109,7 +109,7 @@ class MACArray(wiring.Component):
         ser, ser_n, ser_active = Signal(range(W)), Signal.like(slot), Signal()
         for l in range(W):
             m.d.sync += products[l].eq(a2 * b2[8 * l:8 * l + 8].as_signed())
-            total = Mux(first3, 0, sums[l]) + products[l]
+            total = Mux(first3, 0, sums[l]) + later(m, products[l], 1, f"prod{l}")
             with m.If(v3):
                 m.d.sync += sums[l].eq(total)
             with m.If(load):
@@ -125,8 +125,8 @@ class MACArray(wiring.Component):
                 m.d.sync += ser_active.eq(0)
         m.d.comb += [self.o_valid.eq(ser_active), self.o_pre.eq(bank[0]), self.o_r.eq(ser_r),
                      self.o_o.eq((ser_g << logw) | ser),
-                     self.busy.eq(running | Cat(*(later(m, issue, k, f"in{k}") for k in range(1, self.OPERAND_DELAY)),
-                                                v2, v3).any() | ser_active)]
+                     self.busy.eq(running | Cat(*(later(m, issue, k, f"in{k}") for k in range(1, self.OPERAND_DELAY + 3)),
+                                                v3).any() | ser_active)]
         return m
 
 

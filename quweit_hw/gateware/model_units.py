@@ -145,7 +145,7 @@ def _pieces(value):
 def product_latency(a_shape, b_shape):
     """The clocks `pipelined_product` takes for operands of these shapes."""
     terms = len(_pieces(Signal(a_shape))) * len(_pieces(Signal(b_shape)))
-    return 1 + (terms - 1).bit_length()
+    return 3 + (terms - 1).bit_length()
 
 
 def shift_latency(amount_bits, step_bits=3):
@@ -157,16 +157,21 @@ def pipelined_product(m, a, b, name):
     """(a * b, latency): the product of two Values (signed or unsigned) as a Signal `latency`
     clocks after a and b. The 18x18 partial products (one MULT18X18D each) are registered,
     then summed by a tree of registered two-input adds, so no path holds more than one
-    multiplier or one adder (Yosys would otherwise build one long multiplier-and-adder path)."""
+    multiplier or one adder (Yosys would otherwise build one long multiplier-and-adder path).
+    Each multiplier has a register on its inputs and a second one on its product besides:
+    the MULT18X18D's own 3.9 ns leave no room for a long route on either side, and nextpnr
+    places such a register next to the DSP."""
     a, b = Value.cast(a), Value.cast(b)
     width = len(a) + len(b) + 2  # holds any partial sum of the pieces' products
+    a_regs = [(sa, later(m, pa, 1, f"{name}_a{k}")) for k, (sa, pa) in enumerate(_pieces(a))]
+    b_regs = [(sb, later(m, pb, 1, f"{name}_b{k}")) for k, (sb, pb) in enumerate(_pieces(b))]
     terms = []
-    for sa, pa in _pieces(a):
-        for sb, pb in _pieces(b):
+    for sa, pa in a_regs:
+        for sb, pb in b_regs:
             p = Signal(signed(36), name=f"{name}_pp{len(terms)}")
             m.d.sync += p.eq(pa * pb)
-            terms.append((sa + sb, p))
-    latency, level, expected = 1, 0, product_latency(a.shape(), b.shape())
+            terms.append((sa + sb, later(m, p, 1, f"{name}_pp{len(terms)}")))
+    latency, level, expected = 3, 0, product_latency(a.shape(), b.shape())
     while len(terms) > 1:
         terms.sort(key=lambda t: t[0])
         nxt = []
