@@ -26,7 +26,7 @@ from .engine import MLPEngine
 from .model_program import (A_CTX, A_G, A_H, A_P, A_PIX, A_Q, B_K, B_V, B_W, D_CTX, D_G, D_H, D_HT, D_K,
                             D_LOG, D_Q, D_SC, D_V, D_X, FIELD_NAMES, FILL, LAYERNORM, LUT, MAC, SOFTMAX,
                             compile_program)
-from .model_units import LayerNormUnit, PostOp, SoftmaxUnit
+from .model_units import BankedROM, LayerNormUnit, PostOp, SoftmaxUnit, later, post_latency
 
 TOP = "model_engine"
 
@@ -42,8 +42,17 @@ class MACArray(wiring.Component):
     A[a_base + r*a_stride + k] * B[b_base + g*b_gstride + k*b_kstride][l] over k < K; the
     group's sums then leave one per clock (o_pre, with row r and output o = g*lanes + l).
 
+    The addresses are counters stepped by the strides (no multiplier on the address path);
+    the operands are registered out of their memories, the products registered, the sums
+    latched into a bank that shifts one sum per clock to `o_pre` (no lanes-to-one mux).
     A group takes max(K, outputs in it) clocks, so the sums of one group have left before the
-    next group's arrive. A sum is on `o` 3 clocks after its last operand's address."""
+    next group's arrive. The operands come `OPERAND_DELAY` clocks after their addresses (the
+    weight ROM's BankedROM latency, the other memories' outputs registered as long, then a
+    register after the engine's source multiplexer, which is on this side). A sum is on `o`
+    `LATENCY` clocks after its last operand's address."""
+
+    OPERAND_DELAY = 1 + BankedROM.LATENCY
+    LATENCY = OPERAND_DELAY + 4  # operands registered at the DSPs; product; product again; sum
 
     def __init__(self, ins_layout, lanes, acc_bits, addr_bits, row_bits, out_bits):
         self.lanes, self.acc_bits = lanes, acc_bits
@@ -57,50 +66,67 @@ class MACArray(wiring.Component):
         W, ins = self.lanes, self.ins
         logw = W.bit_length() - 1
         r, g, slot = Signal.like(self.o_r), Signal(self.o_o.shape().width), Signal(self.o_o.shape().width + 1)
+        a_row, b_group, b_k = Signal.like(self.a_addr), Signal.like(self.b_addr), Signal.like(self.b_addr)
         running = Signal()
-        last_g = (ins.O - 1) >> logw
-        in_group = Mux(g == last_g, ins.O - (g << logw), W)
-        slots = Mux(ins.K > in_group, ins.K, in_group)
-        issue = running & (slot < ins.K)
-        m.d.comb += [self.a_addr.eq(ins.a_base + r * ins.a_stride + slot),
-                     self.b_addr.eq(ins.b_base + g * ins.b_gstride + slot * ins.b_kstride)]
+        # the instruction's counts, registered (it is steady from the clock before `start`):
+        # the last group's index and outputs, each group's slots less 1, the last slot and row
+        last_g, last_n = Signal.like(g, name="last_g"), Signal(range(W + 1), name="last_n")
+        full_m1, part_m1 = Signal.like(slot, name="full_m1"), Signal.like(slot, name="part_m1")
+        k_m1, rows_m1 = Signal.like(slot, name="k_m1"), Signal.like(r, name="rows_m1")
+        outs_m1 = ins.O - 1
+        m.d.sync += [last_g.eq(outs_m1 >> logw), last_n.eq(outs_m1[:logw] + 1), k_m1.eq(ins.K - 1),
+                     full_m1.eq(Mux(ins.K > W, ins.K - 1, W - 1)),
+                     part_m1.eq(Mux(ins.K - 1 > outs_m1[:logw], ins.K - 1, outs_m1[:logw])), rows_m1.eq(ins.rows - 1)]
+        at_last = Signal()  # g == last_g
+        in_group = Mux(at_last, last_n, W)
+        issuing = Signal()  # slot < K
+        issue = running & issuing
+        m.d.comb += [self.a_addr.eq(a_row + slot), self.b_addr.eq(b_group + b_k)]
         with m.If(self.start):
-            m.d.sync += [r.eq(0), g.eq(0), slot.eq(0), running.eq(1)]
+            m.d.sync += [r.eq(0), g.eq(0), slot.eq(0), running.eq(1), issuing.eq(1),
+                         a_row.eq(ins.a_base), b_group.eq(ins.b_base), b_k.eq(0)]
         with m.Elif(running):
-            m.d.sync += slot.eq(slot + 1)
-            with m.If(slot == slots - 1):
-                m.d.sync += [slot.eq(0), g.eq(g + 1)]
-                with m.If(g == last_g):
-                    m.d.sync += [g.eq(0), r.eq(r + 1)]
-                    with m.If(r == ins.rows - 1):
+            m.d.sync += [slot.eq(slot + 1), b_k.eq(b_k + ins.b_kstride)]
+            with m.If(slot == k_m1):
+                m.d.sync += issuing.eq(0)
+            with m.If(slot == Mux(at_last, part_m1, full_m1)):
+                m.d.sync += [slot.eq(0), b_k.eq(0), g.eq(g + 1), b_group.eq(b_group + ins.b_gstride), issuing.eq(1)]
+                with m.If(at_last):
+                    m.d.sync += [g.eq(0), b_group.eq(ins.b_base), r.eq(r + 1), a_row.eq(a_row + ins.a_stride)]
+                    with m.If(r == rows_m1):
                         m.d.sync += running.eq(0)
-        # operands arrive the clock after their addresses; products are registered once
-        v1, first1, last1 = Signal(), Signal(), Signal()
-        v2, first2, last2 = Signal(), Signal(), Signal()
-        r1, g1, n1 = Signal.like(r), Signal.like(g), Signal.like(slot)
-        r2, g2, n2 = Signal.like(r), Signal.like(g), Signal.like(slot)
-        m.d.sync += [v1.eq(issue), first1.eq(slot == 0), last1.eq(slot == ins.K - 1), r1.eq(r), g1.eq(g), n1.eq(in_group),
-                     v2.eq(v1), first2.eq(first1), last2.eq(last1), r2.eq(r1), g2.eq(g1), n2.eq(n1)]
+        m.d.comb += at_last.eq(g == last_g)
+        # OPERAND_DELAY: operands in; + 1 registered at the DSPs; + 2, + 3 the product (twice), summed; + 4 the bank
+        # the operands registered once more, next to the DSPs, and each product twice: a
+        # MULT18X18D takes 3.9 ns, which leaves no room for a long route on either side
+        v3, first3, last3, r3, g3, n3 = (later(m, v, self.OPERAND_DELAY + 3, n) for v, n in (
+            (issue, "v"), (slot == 0, "first"), (slot == k_m1, "last"), (r, "r"), (g, "g"), (in_group, "n")))
+        a2, b2 = later(m, self.a_data, 1, "a"), later(m, self.b_data, 1, "b")
         products = [Signal(signed(17), name=f"prod{l}") for l in range(W)]
         sums = [Signal(signed(self.acc_bits), name=f"acc{l}") for l in range(W)]
-        bank = Array(Signal(signed(self.acc_bits), name=f"bank{l}") for l in range(W))
-        for l in range(W):
-            m.d.sync += products[l].eq(self.a_data * self.b_data[8 * l:8 * l + 8].as_signed())
-            total = Mux(first2, 0, sums[l]) + products[l]
-            with m.If(v2):
-                m.d.sync += sums[l].eq(total)
-                with m.If(last2):
-                    m.d.sync += bank[l].eq(total)
+        bank = [Signal(signed(self.acc_bits), name=f"bank{l}") for l in range(W)]
+        load = v3 & last3
         ser, ser_n, ser_active = Signal(range(W)), Signal.like(slot), Signal()
+        for l in range(W):
+            m.d.sync += products[l].eq(a2 * b2[8 * l:8 * l + 8].as_signed())
+            total = Mux(first3, 0, sums[l]) + later(m, products[l], 1, f"prod{l}")
+            with m.If(v3):
+                m.d.sync += sums[l].eq(total)
+            with m.If(load):
+                m.d.sync += bank[l].eq(total)
+            with m.Elif(ser_active):  # the bank shifts toward lane 0, whose sum is on o_pre
+                m.d.sync += bank[l].eq(bank[l + 1] if l + 1 < W else 0)
         ser_r, ser_g = Signal.like(r), Signal.like(g)
-        with m.If(v2 & last2):
-            m.d.sync += [ser.eq(0), ser_n.eq(n2), ser_r.eq(r2), ser_g.eq(g2), ser_active.eq(1)]
+        with m.If(load):
+            m.d.sync += [ser.eq(0), ser_n.eq(n3), ser_r.eq(r3), ser_g.eq(g3), ser_active.eq(1)]
         with m.Elif(ser_active):
             m.d.sync += ser.eq(ser + 1)
             with m.If(ser == ser_n - 1):
                 m.d.sync += ser_active.eq(0)
-        m.d.comb += [self.o_valid.eq(ser_active), self.o_pre.eq(bank[ser]), self.o_r.eq(ser_r),
-                     self.o_o.eq((ser_g << logw) | ser), self.busy.eq(running | v1 | v2 | ser_active)]
+        m.d.comb += [self.o_valid.eq(ser_active), self.o_pre.eq(bank[0]), self.o_r.eq(ser_r),
+                     self.o_o.eq((ser_g << logw) | ser),
+                     self.busy.eq(running | Cat(*(later(m, issue, k, f"in{k}") for k in range(1, self.OPERAND_DELAY + 3)),
+                                                v3).any() | ser_active)]
         return m
 
 
@@ -119,7 +145,9 @@ class ModelEngine(wiring.Component):
         self.ins_layout = instruction_layout(c.instructions)
         self.pixels = c.config.get("channels", 1) * c.config["image_size"] ** 2
         self.label_bits = max((c.classes - 1).bit_length(), 1)
-        self.ln_row_cycles = LayerNormUnit(self.ins_layout, c.d, 1, 1, 1).row_cycles
+        ln = LayerNormUnit(self.ins_layout, c.d, 1, 1, 1)
+        self.ln_row_cycles, self.ln_out_latency = ln.row_cycles, ln.out_latency
+        self.post_latency = post_latency(c.pre_bits)
         self.softmax_row_cycles = SoftmaxUnit(self.ins_layout, c.T, c.score_bits).row_cycles
         super().__init__({
             "i": In(stream.Signature(unsigned(8))),
@@ -135,24 +163,21 @@ class ModelEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         c = self.compiled
-        T, d, W = c.T, c.d, c.lanes
+        d = c.d
         lay = self.ins_layout
         irom = m.submodules.program = Memory(shape=lay, depth=len(c.instructions), init=[
             {n: getattr(i, n) for n in FIELD_NAMES} for i in c.instructions])
         i_rd = irom.read_port()
-        ins = i_rd.data
-        addr_bits = max(len(c.weights), T * max(c.hidden, d, c.patch_len), d * c.GT, c.heads * T * c.GD).bit_length() + 1
-        row_bits, out_bits = max(T, c.classes).bit_length() + 1, max(c.hidden, d, T, c.patch_len).bit_length() + 1
+        ins = Signal(lay)  # the instruction ROM's output, registered (LATCH) before anything reads it
 
         mem = self._memories(m)
         pix, x, h, q, ctx, g, kmem, vmem, wrom, sc, pm, ht = (mem[k] for k in (
             "pix", "x", "h", "q", "ctx", "g", "k", "v", "weights", "sc", "p", "ht"))
 
-        mac = m.submodules.mac = MACArray(lay, W, c.acc_bits, addr_bits, row_bits, out_bits)
-        ln = m.submodules.ln = LayerNormUnit(lay, d, row_bits, addr_bits, c.pre_bits)
-        smx = m.submodules.softmax = SoftmaxUnit(lay, T, c.score_bits)
-        post = m.submodules.post = PostOp(lay, c.params, c.gelu, c.pre_bits, row_bits, out_bits, addr_bits)
-        for unit in (mac, ln, smx, post):
+        units = self.units()
+        mac, ln, smx, post = (units[k] for k in ("mac", "ln", "softmax", "post"))
+        for name, unit in units.items():
+            m.submodules[name] = unit
             m.d.comb += unit.ins.eq(ins)
 
         self._mac_operands(m, ins, mac, {A_PIX: pix, A_H: h, A_Q: q, A_CTX: ctx, A_G: g, A_P: pm},
@@ -187,7 +212,20 @@ class ModelEngine(wiring.Component):
         self._writes(m, post, ins, {D_X: x, D_H: h, D_Q: q, D_CTX: ctx, D_G: g, D_SC: sc},
                      {D_K: kmem, D_V: vmem}, ht, sc_max, logits, best, label)
         self._sequencer(m, i_rd, ins, mac, ln, smx, post, lut, fill_o, fill_active, pix, logits, label)
+        assert post.latency == self.post_latency
         return m
+
+    def units(self):
+        """Fresh arithmetic units of this engine, by name: the MAC array, the LayerNorm and
+        softmax units, the post-op (bench/model_engine_build.py builds each on its own)."""
+        c, lay = self.compiled, self.ins_layout
+        T, d = c.T, c.d
+        addr_bits = max(len(c.weights), T * max(c.hidden, d, c.patch_len), d * c.GT, c.heads * T * c.GD).bit_length() + 1
+        row_bits, out_bits = max(T, c.classes).bit_length() + 1, max(c.hidden, d, T, c.patch_len).bit_length() + 1
+        return {"mac": MACArray(lay, c.lanes, c.acc_bits, addr_bits, row_bits, out_bits),
+                "ln": LayerNormUnit(lay, d, row_bits, addr_bits, c.pre_bits),
+                "softmax": SoftmaxUnit(lay, T, c.score_bits),
+                "post": PostOp(lay, c.params, c.gelu, c.pre_bits, row_bits, out_bits, addr_bits)}
 
     def _memories(self, m):
         """The engine's memories (module docstring of model_program), by name."""
@@ -203,22 +241,30 @@ class ModelEngine(wiring.Component):
         for name, (shape, depth) in shapes.items():
             if name != "ht" or c.lut_blocks:
                 out[name] = m.submodules[name] = Memory(shape=shape, depth=max(depth, 1), init=[])
-        out["weights"] = m.submodules.weights = Memory(shape=wide, depth=max(len(c.weights), 1), init=[
+        out["weights"] = m.submodules.weights = BankedROM(wide, [
             sum((v & 0xFF) << (8 * lane) for lane, v in enumerate(word)) for word in c.weights])
         return out
 
     @staticmethod
     def _mac_operands(m, ins, mac, a_mems, b_mems):
-        """One read port per operand memory, at the MAC array's addresses; the instruction's
-        sources to the array (their data arrives the clock after the address)."""
+        """One read port per operand memory (the weight ROM a BankedROM), at the MAC array's
+        addresses, each memory's data registered to MACArray.OPERAND_DELAY - 1 clocks after
+        the address; the instruction's source, registered, to the array."""
         for select, sources, addr, data_in in ((ins.a_src, a_mems, mac.a_addr, mac.a_data),
                                                (ins.b_src, b_mems, mac.b_addr, mac.b_data)):
-            ports = {src: memory.read_port() for src, memory in sources.items()}
-            m.d.comb += [port.addr.eq(addr) for port in ports.values()]
+            ready = {}
+            for src, memory in sources.items():
+                if isinstance(memory, BankedROM):
+                    m.d.comb += memory.addr.eq(addr)
+                    ready[src] = memory.data
+                else:
+                    port = memory.read_port()
+                    m.d.comb += port.addr.eq(addr)
+                    ready[src] = later(m, port.data, MACArray.OPERAND_DELAY - 2, f"operand{len(data_in)}_{src}")
             with m.Switch(select):
-                for src, port in ports.items():
+                for src, value in ready.items():
                     with m.Case(src):
-                        m.d.comb += data_in.eq(port.data)
+                        m.d.sync += data_in.eq(value)
 
     def _writes(self, m, post, ins, scalar, wide, ht, sc_max, logits, best, label):
         """The post-op's result into the memory the instruction names (a lane of a wide word)."""
@@ -254,7 +300,7 @@ class ModelEngine(wiring.Component):
         rd = ht.read_port()
         fed, got = Signal(range(c.T + 1)), Signal(range(c.T + 1))
         tok_valid = Signal()
-        counts = Array(Signal(16, name=f"count{j}") for j in range(c.d))
+        counts = [Signal(16, name=f"count{j}") for j in range(c.d)]  # shift toward count0, on `pre`
         ser, ser_active = Signal(range(c.d)), Signal()
         take = Signal()
         accepted = Signal()
@@ -262,6 +308,8 @@ class ModelEngine(wiring.Component):
         running = Signal()
         with m.If(out["start"]):
             m.d.sync += [fed.eq(0), got.eq(0), running.eq(1), tok_valid.eq(0)]
+        with m.If(ser_active):  # a new token's counts (below) take precedence
+            m.d.sync += [counts[j].eq(counts[j + 1]) for j in range(c.d - 1)]
         for index, engine in enumerate(self.engines):
             m.submodules[f"lut_engine{index}"] = engine
             mine = ins.x_row == index
@@ -285,7 +333,7 @@ class ModelEngine(wiring.Component):
                 m.d.sync += ser_active.eq(0)
         with m.If(running & (got == ins.rows) & ~ser_active):
             m.d.sync += running.eq(0)
-        m.d.comb += [out["valid"].eq(ser_active), out["pre"].eq(counts[ser]), out["o"].eq(ser),
+        m.d.comb += [out["valid"].eq(ser_active), out["pre"].eq(counts[0]), out["o"].eq(ser),
                      out["busy"].eq(running | ser_active)]
         return out
 
@@ -296,9 +344,13 @@ class ModelEngine(wiring.Component):
         m.d.comb += i_rd.addr.eq(pc)
         # pixel (channel, y, x) -> patch element (t, k): counters, no division
         ch, ty, py, tx, px = (Signal(range(max(n, 2))) for n in (c.config.get("channels", 1), side, p, side, p))
+        # written 2 clocks after the handshake (the patch's base and the offset in it registered,
+        # then their sum); the first read of PIX is 4 clocks after the last pixel's handshake
         pw = pix.write_port()
-        m.d.comb += [pw.addr.eq((ty * side + tx) * c.patch_len + ch * p * p + py * p + px),
-                     pw.data.eq(self.i.payload ^ 0x80), pw.en.eq(self.i.valid & self.i.ready)]
+        patch_base, offset = Signal.like(pw.addr, name="patch_base"), Signal.like(pw.addr, name="patch_offset")
+        m.d.sync += [patch_base.eq((ty * side + tx) * c.patch_len), offset.eq(ch * p * p + py * p + px),
+                     pw.addr.eq(patch_base + offset), pw.data.eq(later(m, self.i.payload ^ 0x80, 1, "pixel")),
+                     pw.en.eq(later(m, self.i.valid & self.i.ready, 1, "pixel_valid"))]
         cycles = Signal(32)
         m.d.sync += cycles.eq(cycles + 1)
         unit_busy = Mux(ins.kind == MAC, mac.busy, Mux(ins.kind == LAYERNORM, ln.busy, Mux(
@@ -315,6 +367,9 @@ class ModelEngine(wiring.Component):
                         m.d.sync += [pc.eq(0), cycles.eq(0), loading.eq(0)]
                         m.next = "FETCH"
             with m.State("FETCH"):
+                m.next = "LATCH"
+            with m.State("LATCH"):
+                m.d.sync += ins.eq(i_rd.data)
                 m.next = "START"
             with m.State("START"):
                 m.d.comb += [mac.start.eq(ins.kind == MAC), ln.start.eq(ins.kind == LAYERNORM),
@@ -353,22 +408,25 @@ class ModelEngine(wiring.Component):
 
 def instruction_cycles(engine):
     """Clocks each instruction takes, from its fetch to the next fetch (exact: the test measures
-    them). MAC: one clock per operand slot, less the trailing bubbles of the last group, then its
-    sums through the serializer and the post-op; LayerNorm and softmax: their units' row clocks;
-    LUT: the engine's latency, then d clocks per token."""
+    them). Every instruction: fetch, latch and start (3 clocks), then its unit, then the
+    post-op's pipeline (`post_latency`) drains. MAC: one clock per operand slot, less the
+    trailing bubbles of the last group, then the array's latency and the last group's sums
+    through the serializer; LayerNorm and softmax: their units' row clocks; LUT: the engine's
+    latency, then d clocks per token."""
     c = engine.compiled
+    issue, post = 3, engine.post_latency
     out = []
     for ins in c.instructions:
         if ins.kind == MAC:
             groups = [min(c.lanes, ins.O - g * c.lanes) for g in range(-(-ins.O // c.lanes))]
             slots = ins.rows * sum(max(ins.K, n) for n in groups)
-            out.append(slots - max(0, groups[-1] - ins.K) + groups[-1] + 11)
+            out.append(issue + slots - max(0, groups[-1] - ins.K) + groups[-1] + MACArray.LATENCY + post)
         elif ins.kind == LAYERNORM:
-            out.append(ins.rows * engine.ln_row_cycles + 13)
+            out.append(issue + ins.rows * engine.ln_row_cycles + engine.ln_out_latency + post + 1)
         elif ins.kind == SOFTMAX:
-            out.append(engine.softmax_row_cycles + 3)
+            out.append(issue + engine.softmax_row_cycles + 1)
         elif ins.kind == LUT:
-            out.append(ins.rows * ins.O + engine.engines[ins.x_row].latency + 11)
+            out.append(issue + ins.rows * ins.O + engine.engines[ins.x_row].latency + post + 3)
         else:
-            out.append(ins.O + 9)
+            out.append(issue + ins.O + post + 1)
     return out

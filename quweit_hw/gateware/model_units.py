@@ -12,7 +12,7 @@ Sequential units take `start` for one clock with their operands valid in that cl
 `busy` until the result is on their output (`latency` clocks later, exactly). No torch.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -25,9 +25,10 @@ class Divider(wiring.Component):
     """q = numerator // den for a constant numerator < 2**num_bits and 1 <= den < 2**den_bits,
     in `num_bits` clocks.
 
-    Restoring division: one quotient bit per clock, from the top; the numerator's bits are
-    read from the constant by the step counter (a register shifting a constant would make
-    Yosys discover its constant bits one optimisation round at a time). `busy` is high from
+    Restoring division: one quotient bit per clock, from the top; the numerator's next bit is
+    read from the constant by the step counter into a register one clock ahead (a register
+    shifting a constant would make Yosys discover its constant bits one optimisation round
+    at a time; a lookup in the step would lengthen the subtraction's path). `busy` is high from
     the clock after `start` for `latency` clocks; `q` holds the quotient from then until the
     next start."""
 
@@ -43,12 +44,14 @@ class Divider(wiring.Component):
         den = Signal(self.den_bits)
         left = Signal(range(self.num_bits + 1))
         trial = Signal(self.den_bits + 2)
-        bit = Const(self.numerator, self.num_bits).bit_select((left - 1)[:len(left)], 1)
+        numerator = Const(self.numerator, self.num_bits + 1)  # a 0 above: the bit after the last
+        bit = Signal()
         m.d.comb += [trial.eq(Cat(bit, rem) - den), self.busy.eq(left != 0)]
         with m.If(self.start):
-            m.d.sync += [rem.eq(0), den.eq(self.den), left.eq(self.num_bits), self.q.eq(0)]
+            m.d.sync += [rem.eq(0), den.eq(self.den), left.eq(self.num_bits), self.q.eq(0),
+                         bit.eq(numerator[self.num_bits - 1])]
         with m.Elif(left != 0):
-            m.d.sync += left.eq(left - 1)
+            m.d.sync += [left.eq(left - 1), bit.eq(numerator.bit_select((left - 2)[:len(left)], 1))]
             with m.If(trial[-1]):  # negative: keep the remainder, quotient bit 0
                 m.d.sync += [rem.eq(Cat(bit, rem)), self.q.eq(self.q << 1)]
             with m.Else():
@@ -102,12 +105,143 @@ def clamp(value, bits, max_bits):
     return Mux(value > hi, hi, Mux(value < lo, lo, value))
 
 
+def saturate_bits(value, bits):
+    """A signed `value` clamped to the signed `bits`-bit range by a check of its top bits (no
+    comparator: the bits above bits-1 all equal the sign exactly when it is in range)."""
+    value = Value.cast(value)
+    if len(value) <= bits:
+        return value.as_signed()
+    top = value[bits - 1:]
+    hi, lo = (1 << (bits - 1)) - 1, -(1 << (bits - 1))
+    return Mux(top.all() | ~top.any(), value[:bits].as_signed(), Mux(value[-1], lo, hi))
+
+
+def later(m, value, clocks, name):
+    """`value` delayed by `clocks` registers (0: the value itself)."""
+    for k in range(clocks):
+        reg = Signal.like(value, name=f"{name}_d{k + 1}")
+        m.d.sync += reg.eq(value)
+        value = reg
+    return value
+
+
+PIECE = 17  # an operand piece: 17 bits zero-extended (or the top one signed) fit a MULT18X18D's 18
+
+
+def _pieces(value):
+    """(shift, 18-bit signed piece) of `value`, least significant first: value = sum piece << shift."""
+    value = Value.cast(value)
+    signed_, width = value.shape().signed, len(value)
+    if width <= (18 if signed_ else PIECE):
+        return [(0, value.as_signed() if signed_ else Cat(value, Const(0, 1)).as_signed())]
+    out = []
+    for lo in range(0, width, PIECE):
+        piece = value[lo:min(lo + PIECE, width)]
+        top = lo + PIECE >= width
+        out.append((lo, piece.as_signed() if top and signed_ else Cat(piece, Const(0, 1)).as_signed()))
+    return out
+
+
+def product_latency(a_shape, b_shape):
+    """The clocks `pipelined_product` takes for operands of these shapes."""
+    terms = len(_pieces(Signal(a_shape))) * len(_pieces(Signal(b_shape)))
+    return 3 + (terms - 1).bit_length()
+
+
+def shift_latency(amount_bits, step_bits=3):
+    """The clocks `pipelined_shift` takes for an amount of `amount_bits` bits."""
+    return -(-amount_bits // step_bits)
+
+
+def pipelined_product(m, a, b, name):
+    """(a * b, latency): the product of two Values (signed or unsigned) as a Signal `latency`
+    clocks after a and b. The 18x18 partial products (one MULT18X18D each) are registered,
+    then summed by a tree of registered two-input adds, so no path holds more than one
+    multiplier or one adder (Yosys would otherwise build one long multiplier-and-adder path).
+    Each multiplier has a register on its inputs and a second one on its product besides:
+    the MULT18X18D's own 3.9 ns leave no room for a long route on either side, and nextpnr
+    places such a register next to the DSP."""
+    a, b = Value.cast(a), Value.cast(b)
+    width = len(a) + len(b) + 2  # holds any partial sum of the pieces' products
+    a_regs = [(sa, later(m, pa, 1, f"{name}_a{k}")) for k, (sa, pa) in enumerate(_pieces(a))]
+    b_regs = [(sb, later(m, pb, 1, f"{name}_b{k}")) for k, (sb, pb) in enumerate(_pieces(b))]
+    terms = []
+    for sa, pa in a_regs:
+        for sb, pb in b_regs:
+            p = Signal(signed(36), name=f"{name}_pp{len(terms)}")
+            m.d.sync += p.eq(pa * pb)
+            terms.append((sa + sb, later(m, p, 1, f"{name}_pp{len(terms)}")))
+    latency, level, expected = 3, 0, product_latency(a.shape(), b.shape())
+    while len(terms) > 1:
+        terms.sort(key=lambda t: t[0])
+        nxt = []
+        for k in range(0, len(terms), 2):
+            (s0, t0), rest = terms[k], terms[k + 1:k + 2]
+            total = Signal(signed(width - s0), name=f"{name}_s{level}_{k // 2}")
+            m.d.sync += total.eq(t0 + (rest[0][1] << (rest[0][0] - s0)) if rest else t0)
+            nxt.append((s0, total))
+        terms, latency, level = nxt, latency + 1, level + 1
+    assert latency == expected
+    return terms[0][1], latency
+
+
+def pipelined_shift(m, value, amount, name, step_bits=3):
+    """(value >> amount, latency): an arithmetic right shift by a per-value `amount`, `step_bits`
+    bits of the amount per registered stage (the amount travels beside the value)."""
+    value, amount = Value.cast(value), Value.cast(amount)
+    latency = 0
+    for lo in reversed(range(0, len(amount), step_bits)):
+        part = amount[lo:lo + step_bits]
+        shifted = Signal.like(value, name=f"{name}_sh{lo}")
+        rest = Signal.like(amount, name=f"{name}_amt{lo}")
+        m.d.sync += [shifted.eq(value >> (part << lo) if lo else value >> part), rest.eq(amount)]
+        value, amount, latency = shifted, rest, latency + 1
+    return value, latency
+
+
+class BankedROM(wiring.Component):
+    """A read-only memory of `init` (values of `shape`) split into banks of `bank_depth`
+    entries, so that each bank is one block RAM deep and no multiplexer sits between a block
+    RAM's output (5.8 ns of clock-to-out on the ECP5) and its first register: `data` is
+    init[addr] `LATENCY` clocks after `addr` (the bank, its register, the bank multiplexer's
+    register)."""
+
+    LATENCY = 3
+
+    def __init__(self, shape, init, bank_depth=512):
+        assert bank_depth & (bank_depth - 1) == 0
+        self.shape, self.init, self.bank_depth = shape, list(init), bank_depth
+        super().__init__({"addr": In(range(max(len(self.init), 2))), "data": Out(shape)})
+
+    def elaborate(self, platform):
+        m = Module()
+        low = self.bank_depth.bit_length() - 1
+        banks = []
+        for k, lo in enumerate(range(0, max(len(self.init), 1), self.bank_depth)):
+            chunk = self.init[lo:lo + self.bank_depth]
+            memory = m.submodules[f"bank{k}"] = Memory(shape=self.shape, depth=max(len(chunk), 1), init=chunk)
+            port = memory.read_port()
+            m.d.comb += port.addr.eq(self.addr[:low])
+            banks.append(later(m, Value.cast(port.data), 1, f"bank{k}"))
+        which = later(m, self.addr[low:], 2, "which")
+        m.d.sync += self.data.eq(Array(banks)[which] if len(banks) > 1 else banks[0])
+        return m
+
+
 def param_layout():
     return data.StructLayout({"bias": signed(32), "m": unsigned(31), "s": unsigned(6), "g": signed(8)})
 
 
+def post_latency(pre_bits):
+    """PostOp's clocks from an input to its memory write (the stages of PostOp.elaborate):
+    inputs, shifts, parameter read (5), pre * g, + bias, * m, >> s, saturate, round, + X, mode, table, out."""
+    lg = product_latency(signed(pre_bits), signed(8))
+    lm = product_latency(signed(32), unsigned(31))
+    return 2 + BankedROM.LATENCY + lg + 1 + lm + shift_latency(6) + 2 + 4
+
+
 class PostOp(wiring.Component):
-    """Accumulator in, memory write out, `POST_LATENCY` clocks later, one value per clock:
+    """Accumulator in, memory write out, `latency` clocks later, one value per clock:
 
         acc = (pre * g if use_g else pre) + bias          (g, bias, m, s: parameter entry
         y0  = round_half_up(acc * m / 2**s)                p_base + o + r * p_rstride)
@@ -115,10 +249,16 @@ class PostOp(wiring.Component):
         GELU: gelu[g_base + saturate(y0, 8) + 128]          LOGIT: saturate(y0, 16)
 
     The destination word is d_base + (r >> d_rsh) * d_rmul + (o >> d_osh) * d_omul, its lane
-    (r & d_rmask) | (o & d_omask). `busy` while any value is inside."""
+    (r & d_rmask) | (o & d_omask). `busy` while any value is inside. Every stage holds at most
+    one 18x18 multiplier, one adder or 3 bits of a shift (pipelined_product, pipelined_shift);
+    round half up is floor((acc*m*2) >> s) halves plus its last bit, and y0 is saturated to
+    18 bits first (exact: every later saturation is to 16 bits or fewer)."""
+
+    Y_BITS = 18
 
     def __init__(self, ins_layout, params, gelu, pre_bits, row_bits, out_bits, word_bits):
         self.params, self.gelu, self.pre_bits = params, gelu, pre_bits
+        self.latency = post_latency(pre_bits)
         super().__init__({
             "ins": In(ins_layout), "i_valid": In(1), "i_pre": In(signed(pre_bits)),
             "i_r": In(row_bits), "i_o": In(out_bits),
@@ -129,56 +269,73 @@ class PostOp(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         ins = self.ins
-        prom = m.submodules.params = Memory(shape=param_layout(), depth=len(self.params), init=[
+        p_rd = m.submodules.params = BankedROM(param_layout(), [
             {"bias": b, "m": mm, "s": s, "g": g} for b, mm, s, g in self.params])
         grom = m.submodules.gelu = Memory(shape=signed(8), depth=len(self.gelu), init=self.gelu)
-        p_rd, g_rd = prom.read_port(), grom.read_port()
-        valid = [Signal(name=f"v{i}") for i in range(7)]
-        m.d.comb += valid[0].eq(self.i_valid)
-        m.d.sync += [valid[i + 1].eq(valid[i]) for i in range(6)]
-
-        def carry(value, stages, name):
-            """value delayed by 1..stages clocks: [value, d1, d2, ...]."""
-            out = [value]
-            for i in range(stages):
-                reg = Signal.like(value, name=f"{name}{i + 1}")
-                m.d.sync += reg.eq(out[-1])
-                out.append(reg)
-            return out
-
-        word = ins.d_base + ((self.i_r >> ins.d_rsh) * ins.d_rmul) + ((self.i_o >> ins.d_osh) * ins.d_omul)
-        words = carry(Signal.like(self.x_addr, init=0), 6, "word")
-        m.d.comb += [words[0].eq(word), p_rd.addr.eq(ins.p_base + self.i_o + self.i_r * ins.p_rstride)]
-        lanes = carry((self.i_r & ins.d_rmask) | (self.i_o & ins.d_omask), 6, "lane")
-        pre1 = carry(self.i_pre, 1, "pre")[1]
-        param = p_rd.data
-        pre2 = Signal(signed(self.pre_bits + 9))
-        bias2, m2, s2 = Signal(signed(32)), Signal(31), Signal(6)
-        m.d.sync += [pre2.eq(Mux(ins.use_g, pre1 * param.g, pre1)), bias2.eq(param.bias), m2.eq(param.m), s2.eq(param.s)]
-        acc3 = Signal(signed(self.pre_bits + 10))
-        m3, s3 = carry(m2, 1, "m")[1], carry(s2, 1, "s")[1]
-        m.d.sync += acc3.eq(pre2 + bias2)
-        prod4 = Signal(signed(self.pre_bits + 42))
-        s4 = carry(s3, 1, "s_")[1]
-        m.d.sync += prod4.eq(acc3 * m3)
-        acc5 = carry(acc3, 2, "acc")[2]
-        y05 = Signal(signed(self.pre_bits + 42))
-        m.d.sync += y05.eq(rshift_round(prod4, s4))
-        m.d.comb += self.x_addr.eq(words[4])
-        y6 = Signal(signed(40))
+        g_rd = grom.read_port()
+        # 1: inputs registered; 2: row/output shifts and the parameter row offset
+        pre1, r1, o1 = (later(m, v, 1, n) for v, n in ((self.i_pre, "pre"), (self.i_r, "r"), (self.i_o, "o")))
+        rs2, os2 = Signal.like(r1, name="rs2"), Signal.like(o1, name="os2")
+        prow2 = Signal(len(r1) + len(ins.p_rstride), name="prow2")
+        lane2 = Signal.like(self.w_lane, name="lane2")
+        m.d.sync += [rs2.eq(r1 >> ins.d_rsh), os2.eq(o1 >> ins.d_osh), prow2.eq(r1 * ins.p_rstride),
+                     lane2.eq((r1 & ins.d_rmask) | (o1 & ins.d_omask))]
+        # 2: the parameter address (data in 5: BankedROM); the destination word's two products
+        # (in 3), sum (in 4). A block RAM's output (5.8 ns clock-to-out) feeds a register only
+        m.d.comb += p_rd.addr.eq(ins.p_base + later(m, o1, 1, "o") + prow2)
+        wr3, wo3 = Signal(len(rs2) + len(ins.d_rmul)), Signal(len(os2) + len(ins.d_omul))
+        word4 = Signal.like(self.x_addr, name="word4")
+        m.d.sync += [wr3.eq(rs2 * ins.d_rmul), wo3.eq(os2 * ins.d_omul), word4.eq(ins.d_base + wr3 + wo3)]
+        pre3, param = later(m, pre1, 1 + BankedROM.LATENCY, "pre"), p_rd.data
+        # 5: pre * g; then acc = (pre * g or pre) + bias
+        pg, lg = pipelined_product(m, pre3, param.g, "pg")
+        a = 2 + BankedROM.LATENCY + lg
+        acc = Signal(signed(32), name="acc")  # |acc| < 2**31 (contract.integer.requantize)
+        m.d.sync += acc.eq(Mux(ins.use_g, pg, later(m, pre3, lg, "pre")) + later(m, param.bias, lg, "bias"))
+        # a + 1: acc * m; then (2 * acc * m) >> s
+        prod, lm = pipelined_product(m, acc, later(m, param.m, lg + 1, "m"), "am")
+        p = a + 1 + lm
+        shifted, ls = pipelined_shift(m, Cat(Const(0, 1), prod).as_signed(), later(m, param.s, p - 2 - BankedROM.LATENCY, "s"), "y")
+        # y0 = floor + its round bit, saturated to Y_BITS + 1 bits on the way
+        fs, half = Signal(signed(self.Y_BITS), name="fs"), Signal(name="half")
+        y0 = Signal(signed(self.Y_BITS + 1), name="y0")
+        m.d.sync += [fs.eq(saturate_bits(shifted[1:].as_signed(), self.Y_BITS)), half.eq(shifted[0]), y0.eq(fs + half)]
+        y = p + ls + 2  # y0's stage
+        # y: the mode; X[word] was read two clocks before (and registered), the GELU table is read
+        # here (its value registered in y + 2, beside the result)
+        words = later(m, word4, y - 4 - 2, "word")
+        m.d.comb += self.x_addr.eq(words)
+        x_reg = later(m, self.x_data, 1, "x")
+        y1, yx1 = Signal.like(y0, name="y1"), Signal(signed(self.Y_BITS + 2), name="yx1")
+        m.d.sync += [y1.eq(y0), yx1.eq(y0 + x_reg)]
+        # y + 1: the mode's saturation. The instruction's bounds are registered (the
+        # instruction is steady long before its first value gets here)
+        hi, mask = Signal(16, name="sat_hi"), Signal(self.Y_BITS + 1, name="sat_mask")
+        g_at = Signal(range(len(self.gelu) + 129), name="g_at")
+        m.d.sync += [hi.eq((Const(1, 17) << (ins.bits - 1)[:5]) - 1), mask.eq(~hi), g_at.eq(ins.g_base + 128)]
+        over = y1 & mask
+        yres = Signal(signed(40), name="yres")
+        raw = later(m, acc, y + 1 - (a + 1), "acc")
         with m.Switch(ins.mode):
             with m.Case(ADD):
-                m.d.sync += y6.eq(clamp(y05 + self.x_data, 16, 16))
+                m.d.sync += yres.eq(saturate_bits(yx1, 16))
             with m.Case(RAW):
-                m.d.sync += y6.eq(acc5)
+                m.d.sync += yres.eq(raw)
             with m.Case(LOGIT):
-                m.d.sync += y6.eq(clamp(y05, 16, 16))
+                m.d.sync += yres.eq(saturate_bits(y1, 16))
             with m.Default():
-                m.d.sync += y6.eq(clamp(y05, ins.bits, 16))
-        m.d.comb += g_rd.addr.eq(ins.g_base + clamp(y05, 8, 8) + 128)
-        m.d.comb += [self.w_valid.eq(valid[6]), self.w_addr.eq(words[6]), self.w_lane.eq(lanes[6]),
-                     self.w_data.eq(Mux(ins.mode == GELU, g_rd.data, y6)),
-                     self.busy.eq(Cat(valid[1:]).any())]
+                m.d.sync += yres.eq(Mux((over == 0) | (over == mask), y1, Mux(y1[-1], ~hi.as_signed(), hi)))
+        m.d.comb += g_rd.addr.eq(g_at + saturate_bits(y1, 8))
+        # y + 2: the table's value registered beside the result; both to the outputs in y + 4
+        assert self.latency == y + 4
+        inside = [self.i_valid]  # the valid bit of each stage
+        for k in range(self.latency):
+            inside.append(later(m, inside[-1], 1, f"v{k}"))
+        valid = inside[-1]
+        m.d.sync += [self.w_data.eq(Mux(ins.mode == GELU, later(m, g_rd.data, 1, "gelu"), later(m, yres, 1, "yres"))),
+                     self.w_addr.eq(later(m, word4, y + 3 - 4, "word")),
+                     self.w_lane.eq(later(m, lane2, y + 3 - 2, "lane"))]
+        m.d.comb += [self.w_valid.eq(valid), self.busy.eq(Cat(inside[1:]).any())]
         return m
 
 
@@ -188,16 +345,20 @@ class LayerNormUnit(wiring.Component):
     Per row: pass 1 reads x and sums S = sum x and Q = sum x**2; sigma = max(1, isqrt(d*Q - S*S))
     (= isqrt(V // d) of the golden model: V = sum (d*x - S)**2 = d * (d*Q - S*S)); r = 2**40 //
     sigma; pass 2 reads x again and sends z = round_half_up((d*x - S) * r / 2**30) to the
-    post-op, which applies gamma, beta and the requantization. Clocks per row: 2d + 4 + d's
-    square-root and division latencies (`row_cycles`)."""
+    post-op, which applies gamma, beta and the requantization. Every memory output is
+    registered first, products are `pipelined_product`s. Clocks per row: `row_cycles`."""
 
     def __init__(self, ins_layout, d, row_bits, word_bits, z_bits):
-        self.d = d
+        self.d, self.z_bits = d, z_bits
         self.q_bits = 2 * 15 + d.bit_length() + 1            # Q <= d * 2**30
+        self.s_bits = 16 + d.bit_length() + 1
         self.sqrt = IntegerSqrt(self.q_bits + d.bit_length())  # n = d*Q - S*S <= d*Q
         self.div = Divider(1 << I.LN_RECIP_BITS, self.sqrt.bits // 2)
-        self.row_cycles = 2 * d + 4 + self.sqrt.latency + self.div.latency
-        self.tail = 3
+        self.ss_latency = product_latency(signed(self.s_bits), signed(self.s_bits))
+        self.settle = 3 + self.ss_latency  # from the clock after the last pass-1 read to the square root's start
+        # pass-2 read to o_valid: read, register, d*x - S, the product dv * r, the rounding
+        self.out_latency = 3 + product_latency(signed(self.s_bits + 2), unsigned(I.LN_RECIP_BITS + 1)) + 1
+        self.row_cycles = 2 * d + 3 + self.settle + self.sqrt.latency + self.div.latency
         super().__init__({"ins": In(ins_layout), "start": In(1), "busy": Out(1),
                           "x_addr": Out(word_bits), "x_data": In(signed(16)),
                           "o_valid": Out(1), "o_pre": Out(signed(z_bits)), "o_r": Out(row_bits), "o_o": Out(range(d))})
@@ -207,41 +368,54 @@ class LayerNormUnit(wiring.Component):
         d = self.d
         m.submodules.sqrt, m.submodules.div = self.sqrt, self.div
         r, c = Signal.like(self.o_r), Signal(range(d))
-        S, Q = Signal(signed(16 + d.bit_length() + 1)), Signal(self.q_bits)
+        S, Q = Signal(signed(self.s_bits)), Signal(self.q_bits)
         rr = Signal(I.LN_RECIP_BITS + 1)
-        acc_v = Signal()  # pass 1: x_data is a value to add (the row's first: acc_first)
-        acc_first = Signal()
-        issue2 = Signal()  # pass 2: x_data is a value to normalise
-        c1, r1 = Signal.like(c), Signal.like(r)
+        issue1, first, issue2 = Signal(), Signal(), Signal()  # this clock's read: pass 1 (its row's first), pass 2
         m.d.comb += self.x_addr.eq(r * d + c)
-        m.d.sync += [acc_v.eq(0), acc_first.eq(0), issue2.eq(0), c1.eq(c), r1.eq(r)]
-        with m.If(acc_v):  # S and Q change only here: pass 2 of the row before has read them
-            m.d.sync += [S.eq(Mux(acc_first, 0, S) + self.x_data),
-                         Q.eq(Mux(acc_first, 0, Q) + self.x_data * self.x_data)]
-        # pass 2 pipeline: dv = d*x - S; prod = dv * rr; z = round(prod / 2**30)
-        dv = Signal(signed(len(S) + 2))
-        prod = Signal(signed(len(dv) + len(rr) + 1))
-        v2, v3 = Signal(), Signal()
-        c2, c3, r2, r3 = Signal.like(c), Signal.like(c), Signal.like(r), Signal.like(r)
-        m.d.sync += [dv.eq(self.x_data * d - S), v2.eq(issue2), c2.eq(c1), r2.eq(r1),
-                     prod.eq(dv * rr), v3.eq(v2), c3.eq(c2), r3.eq(r2),
-                     self.o_pre.eq(rshift_round(prod, I.LN_RECIP_BITS - I.LN_FRAC_BITS)),
-                     self.o_valid.eq(v3), self.o_o.eq(c3), self.o_r.eq(r3)]
-        tail = Signal(range(self.tail + 1))
+        # 1: x out of the memory; 2: registered
+        x2 = later(m, self.x_data, 1, "x")
+        acc2, first2, norm2 = (later(m, v, 2, n) for v, n in ((issue1, "acc"), (first, "first"), (issue2, "norm")))
+        c2, r2 = later(m, c, 2, "c"), later(m, r, 2, "r")
+        # pass 1: S in 2, x*x registered in 2 and summed into Q in 3. S and Q change only here:
+        # pass 2 of the row before has read them
+        sq3 = Signal(32, name="sq3")
+        acc3, first3 = later(m, acc2, 1, "acc"), later(m, first2, 1, "first")
+        m.d.sync += sq3.eq(x2 * x2)
+        with m.If(acc2):
+            m.d.sync += S.eq(Mux(first2, 0, S) + x2)
+        with m.If(acc3):
+            m.d.sync += Q.eq(Mux(first3, 0, Q) + sq3)
+        ss, lss = pipelined_product(m, S, S, "ss")
+        assert lss == self.ss_latency
+        n_reg = Signal(self.sqrt.bits, name="n")
+        m.d.sync += n_reg.eq(Q * d - ss)
+        # pass 2: dv = d*x - S in 3; prod = dv * rr; z = round(prod / 2**30) one clock later
+        dv = Signal(signed(self.s_bits + 2))
+        m.d.sync += dv.eq(x2 * d - S)
+        prod, lp = pipelined_product(m, dv, rr, "dvr")
+        t = prod[I.LN_RECIP_BITS - I.LN_FRAC_BITS - 1:][:self.z_bits + 1].as_signed()  # |z| < 2**(z_bits-1)
+        m.d.sync += self.o_pre.eq((t >> 1) + t[0])
+        assert self.out_latency == 3 + lp + 1
+        m.d.sync += [self.o_valid.eq(later(m, norm2, 1 + lp, "norm")), self.o_o.eq(later(m, c2, 1 + lp, "c")),
+                     self.o_r.eq(later(m, r2, 1 + lp, "r"))]
+        tail = Signal(range(self.out_latency + 1))
+        wait = Signal(range(self.settle + 1))
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [r.eq(0), c.eq(0)]
                     m.next = "PASS1"
             with m.State("PASS1"):
-                m.d.sync += [acc_v.eq(1), acc_first.eq(c == 0), c.eq(Mux(c == d - 1, 0, c + 1))]
+                m.d.comb += [issue1.eq(1), first.eq(c == 0)]
+                m.d.sync += c.eq(Mux(c == d - 1, 0, c + 1))
                 with m.If(c == d - 1):
+                    m.d.sync += wait.eq(self.settle)
                     m.next = "WAIT"
-            with m.State("WAIT"):
-                m.next = "NORM"
-            with m.State("NORM"):
-                m.d.comb += [self.sqrt.start.eq(1), self.sqrt.n.eq(Q * d - S * S)]
-                m.next = "SQRT"
+            with m.State("WAIT"):  # until n = d*Q - S*S holds the row's statistics
+                m.d.sync += wait.eq(wait - 1)
+                with m.If(wait == 0):
+                    m.d.comb += [self.sqrt.start.eq(1), self.sqrt.n.eq(n_reg)]
+                    m.next = "SQRT"
             with m.State("SQRT"):
                 with m.If(~self.sqrt.busy):
                     m.d.comb += [self.div.start.eq(1),
@@ -252,10 +426,11 @@ class LayerNormUnit(wiring.Component):
                     m.d.sync += rr.eq(self.div.q)
                     m.next = "PASS2"
             with m.State("PASS2"):
-                m.d.sync += [issue2.eq(1), c.eq(Mux(c == d - 1, 0, c + 1))]
+                m.d.comb += issue2.eq(1)
+                m.d.sync += c.eq(Mux(c == d - 1, 0, c + 1))
                 with m.If(c == d - 1):
                     with m.If(r == self.ins.rows - 1):
-                        m.d.sync += tail.eq(self.tail)
+                        m.d.sync += tail.eq(self.out_latency - 1)
                         m.next = "TAIL"
                     with m.Else():
                         m.d.sync += r.eq(r + 1)
@@ -273,16 +448,25 @@ class SoftmaxUnit(wiring.Component):
 
     Pass 1 per score: delta = min(max - s, DELTA_MAX); u = min(round(delta * m / 2**s'),
     EXP_U_MAX); e = EXP2_TABLE[u & 63] >> (u >> 6), kept in E, summed into Z. Then R = 255 *
-    2**30 // Z (the row's one division), and pass 2: p = (e * R + 2**29) >> 30. Clocks:
-    `row_cycles`."""
-
-    PIPE1 = 5  # pass 1: read, delta, product, exponent, table
+    2**30 // Z (the row's one division), and pass 2: p = (e * R + 2**29) >> 30. Both passes
+    are pipelines with one multiplier, adder or 3-bit shift step per stage: `pipe1` clocks
+    from a score's read to its e's write, `pipe2` from an e's read to its p's write. Clocks
+    per row: `row_cycles`."""
 
     def __init__(self, ins_layout, T, score_bits):
         self.T, self.score_bits = T, score_bits
         self.z_bits = (T << I.EXP_ONE_BITS).bit_length()
         self.div = Divider(I.PROB_MAX << I.PROB_RECIP_BITS, self.z_bits)
-        self.row_cycles = 2 * T + (self.PIPE1 + 1) + (self.div.latency + 1) + 1
+        # Z >= 2**15 (the row maximum's e), so R < 255 * 2**15
+        self.r_bits = ((I.PROB_MAX << I.PROB_RECIP_BITS) >> I.EXP_ONE_BITS).bit_length()
+        self.e_bits = I.EXP_ONE_BITS + 1
+        # delta = max - s < 2**score_bits; DELTA_MAX matters only above 31 bits
+        self.delta_bits = min(score_bits, 31)
+        layout = data.Layout.cast(ins_layout)
+        m_bits, s_bits = layout["imm_m"].shape.width, layout["imm_s"].shape.width
+        self.pipe1 = 3 + product_latency(unsigned(self.delta_bits), unsigned(m_bits)) + shift_latency(s_bits) + 4
+        self.pipe2 = 2 + product_latency(unsigned(self.e_bits), unsigned(self.r_bits)) + 1
+        self.row_cycles = 2 * T + (self.pipe1 + 1) + (self.div.latency + 1) + self.pipe2
         super().__init__({"ins": In(ins_layout), "start": In(1), "busy": Out(1),
                           "sc_addr": Out(range(T)), "sc_data": In(signed(score_bits)), "sc_max": In(signed(score_bits)),
                           "p_we": Out(1), "p_addr": Out(range(T)), "p_data": Out(8)})
@@ -291,40 +475,46 @@ class SoftmaxUnit(wiring.Component):
         m = Module()
         T, ins = self.T, self.ins
         m.submodules.div = self.div
-        exp_rom = m.submodules.exp2 = Memory(shape=unsigned(I.EXP_ONE_BITS + 1), depth=len(I.EXP2_TABLE),
+        exp_rom = m.submodules.exp2 = Memory(shape=unsigned(self.e_bits), depth=len(I.EXP2_TABLE),
                                              init=[int(v) for v in I.EXP2_TABLE])
-        e_mem = m.submodules.e = Memory(shape=unsigned(I.EXP_ONE_BITS + 1), depth=T, init=[])
+        e_mem = m.submodules.e = Memory(shape=unsigned(self.e_bits), depth=T, init=[])
         x_rd, e_wr, e_rd = exp_rom.read_port(), e_mem.write_port(), e_mem.read_port()
         j = Signal(range(T))
         issue1, issue2 = Signal(), Signal()
-        v = [issue1] + [Signal(name=f"sv{i}") for i in range(1, self.PIPE1 + 1)]
-        jj = [j] + [Signal(range(T), name=f"sj{i}") for i in range(1, self.PIPE1 + 1)]
-        m.d.sync += [v[i + 1].eq(v[i]) for i in range(self.PIPE1)] + [jj[i + 1].eq(jj[i]) for i in range(self.PIPE1)]
-        delta = Signal(32)
-        prod = Signal(63)
+        m.d.comb += [self.sc_addr.eq(j), e_rd.addr.eq(j)]
+        # pass 1. 1: the score out of SC; 2: registered; 3: delta
+        sc2 = later(m, self.sc_data, 1, "sc")
+        delta = Signal(self.delta_bits)
+        diff = self.sc_max - sc2
+        m.d.sync += delta.eq(Mux(diff > I.DELTA_MAX, I.DELTA_MAX, diff) if self.score_bits > 31 else diff)
+        prod, lp = pipelined_product(m, delta, ins.imm_m, "dm")
+        shifted, ls = pipelined_shift(m, Cat(Const(0, 1), prod).as_signed(), ins.imm_s, "u")
+        # u = min(floor + round bit, EXP_U_MAX): floor >= EXP_U_MAX already gives EXP_U_MAX
+        floor, u_bits = shifted[1:], I.EXP_U_MAX.bit_length() - 1
         u = Signal(range(I.EXP_U_MAX + 1))
-        shift = Signal(range(I.EXP_U_MAX // 2**I.EXP_FRAC_BITS + 1))
+        m.d.sync += u.eq(Mux(floor[u_bits:].any(), I.EXP_U_MAX, floor[:u_bits] + shifted[0]))
+        m.d.comb += x_rd.addr.eq(u[:I.EXP_FRAC_BITS])  # the table's value registered, beside u >> 6
+        shift = later(m, (u >> I.EXP_FRAC_BITS)[:5], 2, "shift")
+        e = Signal(self.e_bits)
+        m.d.sync += e.eq(later(m, x_rd.data, 1, "table") >> shift)
+        assert 3 + lp + ls + 4 == self.pipe1
+        v1, j1 = later(m, issue1, self.pipe1, "v"), later(m, j, self.pipe1, "j")
+        m.d.comb += [e_wr.addr.eq(j1), e_wr.data.eq(e), e_wr.en.eq(v1)]
         Z = Signal(self.z_bits)
-        diff = self.sc_max - self.sc_data
-        rounded = rshift_round(prod, ins.imm_s)
-        m.d.comb += self.sc_addr.eq(j)
-        m.d.sync += [delta.eq(Mux(diff > I.DELTA_MAX, I.DELTA_MAX, diff)),
-                     prod.eq(delta * ins.imm_m),
-                     u.eq(Mux(rounded > I.EXP_U_MAX, I.EXP_U_MAX, rounded)),
-                     shift.eq(u >> I.EXP_FRAC_BITS)]
-        m.d.comb += x_rd.addr.eq(u[:I.EXP_FRAC_BITS])
-        e = x_rd.data >> shift
-        m.d.comb += [e_wr.addr.eq(jj[5]), e_wr.data.eq(e), e_wr.en.eq(v[5])]
-        with m.If(v[5]):
-            m.d.sync += Z.eq(Mux(jj[5] == 0, 0, Z) + e)
-        R = Signal(self.div.num_bits)
-        # pass 2: p = (e * R + 2**29) >> 30, written the clock after the read
-        j2, w2 = Signal(range(T)), Signal()
-        m.d.comb += e_rd.addr.eq(j)
-        m.d.sync += [j2.eq(j), w2.eq(issue2)]
-        m.d.comb += [self.p_we.eq(w2), self.p_addr.eq(j2),
-                     self.p_data.eq(rshift_round(e_rd.data * R, I.PROB_RECIP_BITS))]
-        wait = Signal(range(self.PIPE1 + 2))
+        with m.If(v1):
+            m.d.sync += Z.eq(Mux(j1 == 0, 0, Z) + e)
+        R = Signal(self.r_bits)
+        # pass 2. 1: e out of E; 2: registered; then e * R; p = (e * R + 2**29) >> 30 registered
+        er = later(m, e_rd.data, 1, "e")
+        pr, lq = pipelined_product(m, er, R, "er")
+        t = pr[I.PROB_RECIP_BITS - 1:][:10]  # p <= 255
+        p = Signal(8)
+        m.d.sync += p.eq((t >> 1) + t[0])
+        assert 2 + lq + 1 == self.pipe2
+        w2 = later(m, issue2, self.pipe2, "w")
+        m.d.comb += [self.p_we.eq(w2), self.p_addr.eq(later(m, j, self.pipe2, "pj")), self.p_data.eq(p)]
+        wait = Signal(range(self.pipe1 + 2))
+        tail = Signal(range(self.pipe2 + 1))
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
@@ -334,7 +524,7 @@ class SoftmaxUnit(wiring.Component):
                 m.d.comb += issue1.eq(1)
                 m.d.sync += j.eq(Mux(j == T - 1, 0, j + 1))
                 with m.If(j == T - 1):
-                    m.d.sync += wait.eq(self.PIPE1 + 1)
+                    m.d.sync += wait.eq(self.pipe1 + 1)
                     m.next = "WAIT"
             with m.State("WAIT"):
                 m.d.sync += wait.eq(wait - 1)
@@ -349,8 +539,11 @@ class SoftmaxUnit(wiring.Component):
                 m.d.comb += issue2.eq(1)
                 m.d.sync += j.eq(Mux(j == T - 1, 0, j + 1))
                 with m.If(j == T - 1):
+                    m.d.sync += tail.eq(self.pipe2)
                     m.next = "TAIL"
-            with m.State("TAIL"):  # the last probability is written here
-                m.next = "IDLE"
+            with m.State("TAIL"):  # the last probability is written in its last clock
+                m.d.sync += tail.eq(tail - 1)
+                with m.If(tail == 1):
+                    m.next = "IDLE"
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE") | w2)
         return m
