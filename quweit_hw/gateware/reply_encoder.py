@@ -10,10 +10,11 @@ from .frame_decoder import KIND_INFO, KIND_RESULT, event_layout, queue_write
 
 
 class ReplyEncoder(wiring.Component):
-    """Sends one reply frame per event, in the order of its queue: SOF, type, block, length,
-    payload, CRC (`protocol.CRC`'s `Processor`). An INFO reply's payload is `info` (a
-    constant); an ERROR reply's the event's code; a RESULT reply's payload streams from the
-    event's engine socket, one count per `pull`, each arriving on `result` some cycles later.
+    """Sends one reply frame per event, in the order of its queue: SOF, type (the event's
+    `reply`), block, length, payload, CRC (`protocol.CRC`'s `Processor`). An INFO reply's
+    payload is `info` (a constant); an ERROR reply's the event's code; a RESULT reply's
+    payload (the event's `length` bytes, at least 1) streams from the event's slot, one byte
+    per `pull`, each arriving on `result` some cycles later.
 
     Timing: the UART transmitter is busy for 10 * divisor cycles after taking a byte, so the
     payload byte and the CRC are computed through registers a few cycles behind and are
@@ -73,8 +74,6 @@ class ReplyEncoder(wiring.Component):
         pull, asked = Signal(), Signal()  # ask the event's socket for a count; asked, not yet come
         for k in range(self.n_slots):
             m.d.comb += self.pull[k].eq(pull & (ev.slot == k))
-        reply_kind = Array([C(protocol.REPLY_RESULT, 8), C(protocol.REPLY_INFO, 8), C(protocol.REPLY_ERROR, 8),
-                            C(protocol.REPLY_ERROR, 8)])[ev.kind]
         sent = self.o.valid & self.o.ready
         with m.FSM(name="encoder") as fsm:
             with m.State("IDLE"):
@@ -84,7 +83,7 @@ class ReplyEncoder(wiring.Component):
                                  e_len.eq(Mux(ev_next.kind == KIND_RESULT, ev_next.length,
                                               Mux(ev_next.kind == KIND_INFO, len(self.info), 1)))]
                     m.next = "SOF"
-            header = [("SOF", C(protocol.SOF_REPLY, 8), False, "KIND"), ("KIND", reply_kind, True, "BLOCK"),
+            header = [("SOF", C(protocol.SOF_REPLY, 8), False, "KIND"), ("KIND", ev.reply, True, "BLOCK"),
                       ("BLOCK", ev.block, True, "LEN0"), ("LEN0", e_len[:8], True, "LEN1"),
                       ("LEN1", e_len[8:], True, "PAYLOAD")]
             for state, value, counted, nxt in header:
