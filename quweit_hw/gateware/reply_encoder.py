@@ -27,7 +27,10 @@ class ReplyEncoder(wiring.Component):
     count_width : int
         Bits per count (at most 8: a count is a byte on the wire).
     info : bytes
-        The INFO reply's payload (`protocol.BoardInfo.encode()`).
+        The INFO reply's payload (`protocol.BoardInfo.encode()`, `protocol.ModelInfo.encode()`).
+    slot_bits : int
+        The events' slot width (the frame decoder's); default: enough for `n_slots`. With one
+        slot, every RESULT reply pulls from it whatever the event's slot.
 
     Attributes
     ----------
@@ -47,9 +50,9 @@ class ReplyEncoder(wiring.Component):
 
     EVENT_QUEUE = 4
 
-    def __init__(self, *, n_slots, count_width, info):
+    def __init__(self, *, n_slots, count_width, info, slot_bits=None):
         self.n_slots, self.count_width, self.info = n_slots, count_width, bytes(info)
-        self.event = event_layout(max(1, (n_slots - 1).bit_length()))
+        self.event = event_layout(slot_bits or max(1, (n_slots - 1).bit_length()))
         super().__init__({
             "events": In(queue_write(self.event)),
             "o": Out(stream.Signature(8)),
@@ -73,7 +76,7 @@ class ReplyEncoder(wiring.Component):
         crc = self._crc(m, crc_on)
         pull, asked = Signal(), Signal()  # ask the event's socket for a count; asked, not yet come
         for k in range(self.n_slots):
-            m.d.comb += self.pull[k].eq(pull & (ev.slot == k))
+            m.d.comb += self.pull[k].eq(pull & ((ev.slot == k) if self.n_slots > 1 else 1))
         sent = self.o.valid & self.o.ready
         with m.FSM(name="encoder") as fsm:
             with m.State("IDLE"):
@@ -119,8 +122,9 @@ class ReplyEncoder(wiring.Component):
         `have`, set by the FSM, says the pulled count has arrived."""
         have = Signal()  # the RESULT payload byte has arrived from the socket
         info_rom = Array(Const(b, 8) for b in self.info)
-        result = Array(self.result[k] for k in range(self.n_slots))[ev.slot]
-        result_valid = Array(self.result_valid[k] for k in range(self.n_slots))[ev.slot]
+        source = ev.slot if self.n_slots > 1 else 0
+        result = Array(self.result[k] for k in range(self.n_slots))[source]
+        result_valid = Array(self.result_valid[k] for k in range(self.n_slots))[source]
         payload_byte = Signal(8)
         with m.Switch(ev.kind):
             with m.Case(KIND_RESULT):
