@@ -24,16 +24,20 @@ def add_board_options(parser, out_default="hw/<bundle>/<board>/"):
                         help="nextpnr placer seed (default: nextpnr's)")
 
 
-def board_from(args):
-    """The BoardConfig the options ask for, its clocks and baud rate checked (PLL, UART divisor)."""
+def board_from(args, whole_model=False):
+    """The BoardConfig the options ask for, its clocks and baud rate checked (PLL, UART divisor).
+    whole_model: for the whole-model top (`--engine-clock-mhz` is its engine's clock, and the
+    board's `engine_clock_hz` is set to it: `BoardConfig.for_whole_model`)."""
     from ..contract.boards import check_clocks, load_board
 
     clock = round(args.clock_mhz * 1e6) if args.clock_mhz else None
     engine_clock = round(args.engine_clock_mhz * 1e6) if args.engine_clock_mhz else None
+    clocks = {"model_engine_clock_hz" if whole_model else "engine_clock_hz": engine_clock}
     given = " ".join(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}" for flag, value in (("--clock-mhz", args.clock_mhz),
                      ("--engine-clock-mhz", args.engine_clock_mhz), ("--baud", args.baud)) if value is not None)
     try:
-        board = load_board(args.board, clock_hz=clock, baud=args.baud, engine_clock_hz=engine_clock)
+        board = load_board(args.board, clock_hz=clock, baud=args.baud, **clocks)
+        board = board.for_whole_model() if whole_model else board
         check_clocks(board, board.platform_class()().default_clk_frequency)
     except ValueError as e:
         raise UserError(f"{given + ': ' if given else ''}{e}") from None
