@@ -8,8 +8,11 @@ from .options import nonnegative_int, output_folder, positive_float, positive_in
 
 def add_board_options(parser, out_default="hw/<bundle>/<board>/"):
     parser.add_argument("--board", default="ulx3s", help="board variant from boards/ (ulx3s = 85F)")
+    parser.add_argument("--mlp-only", action="store_true",
+                        help="build the MLP-only top (the bundle's LUT-MLP blocks, protocol version 1) instead of "
+                             "the whole model (the default for a version 2 bundle)")
     parser.add_argument("--block", type=nonnegative_int, action="append", default=None, metavar="I",
-                        help="build only bundle block I (repeatable; default: all blocks when they fit)")
+                        help="--mlp-only: build only bundle block I (repeatable; default: all blocks when they fit)")
     parser.add_argument("--clock-mhz", type=positive_float, default=None,
                         help="system clock: link and UART, and the engines unless --engine-clock-mhz "
                              "(default: the board's clock_hz)")
@@ -22,6 +25,21 @@ def add_board_options(parser, out_default="hw/<bundle>/<board>/"):
                         help=f"build folder, replaced only when a build succeeds (default {out_default})")
     parser.add_argument("--seed", type=nonnegative_int, default=None,
                         help="nextpnr placer seed (default: nextpnr's)")
+
+
+def check_top(args, bundle_path):
+    """Whether the options ask for the whole-model top (True) or the MLP-only one; UserError for
+    a whole-model build of a version 1 bundle and for --block without --mlp-only."""
+    from ..contract.bundle_files import format_version
+
+    if args.mlp_only:
+        return False
+    if format_version(bundle_path) == 1:
+        raise UserError(f"{bundle_path} is a version 1 bundle (the LUT-MLP blocks only): the whole-model top needs "
+                        "a version 2 bundle (export an integer checkpoint); for the MLP-only top add --mlp-only")
+    if args.block is not None:
+        raise UserError("--block picks the MLP-only top's engines: add --mlp-only")
+    return True
 
 
 def board_from(args, whole_model=False):

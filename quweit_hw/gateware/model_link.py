@@ -318,6 +318,11 @@ class ModelLinkCore(wiring.Component):
                               c.classes, c.lanes, batch, engine.cycles_per_image, engine_clock_hz, bundle_id)
         super().__init__()
 
+    def runner_fields(self):
+        """What the build report says of this top's engine (the generator's figures)."""
+        return {"protocol": self.info.version, "lanes": self.info.lanes, "cycles_per_image": self.info.cycles_per_image,
+                "batch_images": self.batch, "pixels": self.engine.pixels, "classes": self.info.classes}
+
     def elaborate(self, platform):
         m = Module()
         m.submodules.uart_rx = urx = UARTRx(self.divisor)
