@@ -2,8 +2,8 @@
 
 Checkpoint -> bundle (torch side) -> RTL and an Amaranth-simulation check against the
 golden model -> Yosys, nextpnr-ecp5, ecppack and the report (gateware side). An integer
-checkpoint (a version 2 bundle) builds the whole-model top; `mlp_only` the MLP-only top
-of its LUT-MLP blocks.
+checkpoint (a version 2 bundle) builds the whole-model top, a float one (version 1) the
+MLP-only top of its LUT-MLP blocks; `whole_model` asks for one of them.
 
 Nothing half-finishes: the bundle and the build folder are filled in temporary folders and
 moved into place only when every step has succeeded, so a failure or Ctrl-C leaves the
@@ -45,15 +45,15 @@ def work_dir(checkpoint):
 
 
 def build(checkpoint, board, *, bundle_out=None, force=False, out=None, blocks=None, check_tokens=256, seed=None,
-          mlp_only=False, check_images=0):
+          whole_model=None, check_images=0):
     """Checkpoint -> bitstream on `board` (a BoardConfig); returns the report (also written to
     OUT/report.json and report.md). The default work folder is hw/<run>/ (see `work_dir`); its
     bundle (hw/<run>/bundle) is build output, replaced each build; the build folder is
     OUT (default hw/<run>/<board>/), with the RTL of each block in OUT/rtl/block<I> (MLP-only)
-    or of the whole model in OUT/rtl (`board` then from `BoardConfig.for_whole_model`;
-    `check_images` test images through the engine in Amaranth's simulator against the
-    golden model). UserError, nothing written, when the checkpoint exports a version 1
-    bundle and `mlp_only` is not set."""
+    or of the whole model in OUT/rtl (`check_images` test images through the engine in
+    Amaranth's simulator against the golden model). whole_model: True the whole-model top
+    (UserError, nothing written, when the checkpoint exports a version 1 bundle), False the
+    MLP-only top, None as the export's version says."""
     check_tools()
     timer = StepTimer()
     work = work_dir(checkpoint)
@@ -68,11 +68,15 @@ def build(checkpoint, board, *, bundle_out=None, force=False, out=None, blocks=N
         export_checkpoint(checkpoint, staged_bundle, force=True)
         bundle = dataclasses.replace(load_bundle(staged_bundle), path=bundle_out)
         timer.done("export", t)
-        if not mlp_only:
-            if bundle.manifest.get("format_version") != 2:
-                raise UserError(f"{checkpoint} exports a version 1 bundle (a float model's LUT-MLP blocks): the "
-                                "whole-model top needs an integer checkpoint; for the MLP-only top add --mlp-only")
-            report = _build_whole_model(staged_bundle, bundle, board, tmp, out, timer, check_images, seed)
+        version = bundle.manifest.get("format_version")
+        if whole_model and version != 2:
+            raise UserError(f"{checkpoint} exports a version 1 bundle (a float model's LUT-MLP blocks): the "
+                            "whole-model top needs an integer checkpoint; drop --whole-model for the MLP-only top")
+        if whole_model or (whole_model is None and version == 2):
+            if blocks is not None:
+                raise UserError("--block picks the MLP-only top's engines: add --mlp-only")
+            report = _build_whole_model(staged_bundle, bundle, board.for_whole_model(), tmp, out, timer,
+                                        check_images, seed)
             report["steps_seconds"] = timer.steps
             report["checkpoint_to_bitstream_seconds"] = timer.total
             write_report(tmp, report)

@@ -4,6 +4,8 @@ through real UART bit streams: images in, every logit, class and cycle count equ
 golden model and the generator; the batch benchmark; every error path followed by a good
 frame; the host driver (host_model) against the simulated gateware."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -15,12 +17,14 @@ from quweit_hw.gateware.link_sim import SimulatedSerial
 from quweit_hw.gateware.model_engine import ModelEngine, instruction_cycles
 from quweit_hw.gateware.model_link import ModelLinkCore
 from quweit_hw.host import LinkError
-from quweit_hw.host_model import ModelLink, board_bench
+from quweit_hw.contract.model_bundle import model_board_id, write_model_bundle
+from quweit_hw.host_model import ModelLink, check_board_bundle
 from quweit_hw.model import data
 from quweit_hw.model.checkpoint import build_model
 from quweit_hw.model.integer_program import integer_program
 from quweit_hw.model.lutmlp import LUTMLPConfig
 from quweit_hw.model.vit import ViTConfig
+from quweit_hw.whole_model_eval import evaluate_on_board
 
 DIVISOR = 4       # the real UART logic at a rate the Python simulator can afford
 TIMEOUT = 300     # link clocks of silence that abort a frame
@@ -61,9 +65,9 @@ def images():
     return edge_images()
 
 
-def make_core(program, engine_domain="sync"):
+def make_core(program, engine_domain="sync", bundle_id=0x0BADF00D):
     return ModelLinkCore(ModelEngine(program, lanes=8), divisor=DIVISOR, batch=BATCH, timeout=TIMEOUT, stretch=8,
-                         bundle_id=0x0BADF00D, engine_domain=engine_domain, engine_clock_hz=100_000_000)
+                         bundle_id=bundle_id, engine_domain=engine_domain, engine_clock_hz=100_000_000)
 
 
 def exchange(serial, *steps):
@@ -151,20 +155,20 @@ def test_every_error_gets_a_reply_and_the_link_recovers(program, images):
     assert [(f.kind, f.block, f.payload) for f in frames] == expected
 
 
-def test_host_driver_against_the_simulated_board(program, images):
-    """ModelLink over the simulated gateware: classify with two frames in flight, the batch
-    benchmark with its checksum; refused requests raise LinkError and the link goes on."""
-    core = make_core(program)
+def test_board_backend_against_the_simulated_board(program, images, tmp_path):
+    """eval's board backend (ModelLink) over the simulated gateware: the model id checked,
+    images with two frames in flight, the batch benchmark with its checksum; refused requests
+    raise LinkError and the link goes on."""
+    path = write_model_bundle(tmp_path / "tiny", program)
+    manifest = json.loads((path / "manifest.json").read_text())
+    core = make_core(program, bundle_id=model_board_id(manifest))
     link = ModelLink(serial_port=SimulatedSerial(core, DIVISOR), timeout=20.0)
-    info = link.info()
-    assert (info.version, info.pixels, info.batch) == (2, 16, BATCH)
-    logits, labels, cycles = link.classify(images[:4])
+    logits, labels, cycles, figures, bench = evaluate_on_board(path, program, manifest, images[:4], None, 3, link, None)
     gold = golden_model.logits(program, images[:4])
     assert np.array_equal(logits, gold) and np.array_equal(labels, gold.argmax(1))
-    assert cycles.tolist() == [core.engine.cycles_per_image] * 4
-    figures = board_bench(link, program, images[:2], repeats=3)
-    assert figures["checksum_ok"] and figures["images"] == 6
-    assert figures["images_per_second"] == pytest.approx(6 * 100e6 / figures["cycles"])
+    assert cycles.tolist() == [core.engine.cycles_per_image] * 4 == [figures["cycles_per_image"]] * 4
+    assert bench["checksum_ok"] and bench["images"] == BATCH * 3
+    assert bench["images_per_second"] == pytest.approx(BATCH * 3 * 100e6 / bench["cycles"])
     with pytest.raises(LinkError, match=r"error 3 \(block not on the board\)"):
         link.bench(BATCH + 1, 1)
     with pytest.raises(UserError, match="batch memory holds 1 to 3 images"):
@@ -172,6 +176,9 @@ def test_host_driver_against_the_simulated_board(program, images):
     with pytest.raises(UserError, match="16 pixels each"):
         link.classify(np.zeros((1, 1, 5, 5), np.uint8))
     assert np.array_equal(link.classify(images[5:6])[0], golden_model.logits(program, images[5:6]))
+    other = dict(manifest, rules={**manifest["rules"], "x": 1})
+    with pytest.raises(UserError, match=r"carries another model \(id [0-9a-f]{8}, expected [0-9a-f]{8} for "):
+        check_board_bundle(link, other, path)
 
 
 def test_the_host_refuses_the_other_top(program):
@@ -199,3 +206,91 @@ def test_request_table_and_frames():
     r = ModelResult(3, 70000, (-(1 << 31), -1, 0, (1 << 31) - 1))
     assert ModelResult.decode(r.encode(), 4) == r
     assert protocol.bench_checksum([[1 << 31, 1 << 31], [-1, 0]], 3) == (3 * ((1 << 32) - 1)) % (1 << 32)
+
+
+# --- the build path: the whole-model top by default for a version 2 bundle ----------------------
+
+def test_smoke_build_of_the_whole_model_top(program, tmp_path):
+    """synth elaborates the whole-model top (no tools run): the PLL's second output clocks the
+    engine at the board's model_engine_clock_hz, AsyncFIFOs cross to it, INFO says so."""
+    from quweit_hw.contract.boards import load_board
+    from quweit_hw.contract.bundle_files import load_bundle
+    from quweit_hw.gateware.synth import build_dir, make_model_top, synth
+
+    path = write_model_bundle(tmp_path / "tiny", program)
+    board = load_board("ulx3s", model_lanes=8).for_whole_model()
+    assert (board.clock_hz, board.engine_hz) == (75_000_000, 100_000_000)
+    il = synth(load_bundle(path), board, out=tmp_path / "b", do_build=False, whole_model=True).files["top.il"]
+    assert "EHXPLLL" in il and "CLKOS_DIV" in il and "engine_clk" in il
+    assert "top.core.inbound.produce_cdc" in il and "top.core.outbound.consume_cdc" in il  # AsyncFIFOs' pointers
+    _, core = make_model_top(path, board)
+    assert (core.info.engine_clock_hz, core.info.lanes, core.info.batch) == (100_000_000, 8, board.batch_images)
+    assert build_dir(load_bundle(path), board, True).name == "ulx3s"
+    assert build_dir(load_bundle(path), board, False).name == "ulx3s-mlp-only"
+    from quweit_hw.resources import REFERENCE
+    with pytest.raises(UserError, match="is a version-1 bundle"):
+        make_model_top(REFERENCE, board)
+
+
+@pytest.fixture
+def place(tmp_path, monkeypatch):
+    """A current folder with a version 1 bundle, a version 2 bundle and a float checkpoint."""
+    from quweit_hw.contract import bundle_files, synthetic
+
+    monkeypatch.chdir(tmp_path)
+    block = synthetic.random_block(d=2, thresholds=4, n=3, hidden=(), group_size=4, seed=3)
+    bundle_files.write_bundle(tmp_path / "v1", [block])
+    write_model_bundle(tmp_path / "v2", small_program())
+    return tmp_path
+
+
+def written(root):
+    return sorted((str(p.relative_to(root)), p.stat().st_mtime_ns) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["synth", "--bundle", "v1", "--whole-model", "--no-build", "-o", "b"], "the whole-model top needs a version 2"),
+    (["synth", "--bundle", "v2", "--block", "0", "--no-build", "-o", "b"], "--block picks the MLP-only top"),
+    (["build", "CKPT", "--whole-model", "-o", "b", "--bundle-out", "bo"], "exports a version 1 bundle"),
+    (["eval", "v2", "--backend", "board"], "--backend board needs --port"),
+    (["eval", "v2", "--backend", "golden", "--bench", "3"], "--bench runs on the board"),
+])
+def test_whole_model_errors_are_one_line_and_write_nothing(argv, needle, place, capsys):
+    from quweit_hw import cli
+    from quweit_hw.resources import REFERENCE_CHECKPOINT
+
+    argv = [str(REFERENCE_CHECKPOINT) if a == "CKPT" else a for a in argv]
+    before = written(place)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err, err
+    assert written(place) == before, "something was written"
+
+
+def test_synth_picks_the_top_by_the_bundle(place, capsys):
+    """No flag: a version 2 bundle gives the whole-model top, a version 1 bundle the MLP-only
+    one; --mlp-only builds the MLP-only top of a version 2 bundle's LUT blocks."""
+    from quweit_hw import cli
+
+    for argv, top in ((["--bundle", "v2"], "model_link"), (["--bundle", "v1"], "socket0"),
+                      (["--bundle", "v2", "--mlp-only"], "socket0")):
+        assert cli.main(["synth", *argv, "--no-build", "-o", "b"]) == 0, capsys.readouterr().err
+        il = (place / "b" / "top.il").read_text()
+        assert ("runner" in il) == (top == "model_link") and ("socket0" in il) == (top == "socket0"), argv
+
+
+def test_the_makefile_defaults_build_the_whole_model():
+    """make synth and make demo: the integer reference bundle (version 2), and the checkpoint it
+    was exported from; MLP_ONLY=1 passes --mlp-only."""
+    import re
+    from pathlib import Path
+
+    from quweit_hw.contract.bundle_files import format_version
+
+    root = Path(__file__).resolve().parent.parent
+    make = (root / "Makefile").read_text()
+    bundle = re.search(r"^BUNDLE\s*\?=\s*(\S+)", make, re.M).group(1)
+    ckpt = re.search(r"^CKPT\s*\?=\s*(\S+)", make, re.M).group(1)
+    assert format_version(root / bundle) == 2
+    assert json.loads((root / bundle / "manifest.json").read_text())["source_checkpoint"]["path"] == ckpt
+    assert "$(if $(MLP_ONLY),--mlp-only)" in make and make.count("$(TOP_FLAGS)") == 3

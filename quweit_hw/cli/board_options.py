@@ -8,9 +8,13 @@ from .options import nonnegative_int, output_folder, positive_float, positive_in
 
 def add_board_options(parser, out_default="hw/<bundle>/<board>/"):
     parser.add_argument("--board", default="ulx3s", help="board variant from boards/ (ulx3s = 85F)")
-    parser.add_argument("--mlp-only", action="store_true",
-                        help="build the MLP-only top (the bundle's LUT-MLP blocks, protocol version 1) instead of "
-                             "the whole model (the default for a version 2 bundle)")
+    top = parser.add_mutually_exclusive_group()
+    top.add_argument("--whole-model", action="store_true",
+                     help="build the whole-model top (protocol version 2; a version 2 bundle only). Default: the "
+                          "whole model for a version 2 bundle, the MLP-only top for a version 1 bundle")
+    top.add_argument("--mlp-only", action="store_true",
+                     help="build the MLP-only top (the bundle's LUT-MLP blocks, protocol version 1), also of a "
+                          "version 2 bundle")
     parser.add_argument("--block", type=nonnegative_int, action="append", default=None, metavar="I",
                         help="--mlp-only: build only bundle block I (repeatable; default: all blocks when they fit)")
     parser.add_argument("--clock-mhz", type=positive_float, default=None,
@@ -27,36 +31,34 @@ def add_board_options(parser, out_default="hw/<bundle>/<board>/"):
                         help="nextpnr placer seed (default: nextpnr's)")
 
 
-def check_top(args, bundle_path):
-    """Whether the options ask for the whole-model top (True) or the MLP-only one; UserError for
-    a whole-model build of a version 1 bundle and for --block without --mlp-only."""
-    from ..contract.bundle_files import format_version
-
-    if args.mlp_only:
-        return False
-    if format_version(bundle_path) == 1:
-        raise UserError(f"{bundle_path} is a version 1 bundle (the LUT-MLP blocks only): the whole-model top needs "
-                        "a version 2 bundle (export an integer checkpoint); for the MLP-only top add --mlp-only")
-    if args.block is not None:
+def requested_top(args, version):
+    """Whether to build the whole-model top (True), the MLP-only one (False) or to decide by the
+    bundle (None, `version` unknown yet); UserError for a whole-model build of a version 1
+    bundle and for --block with the whole model."""
+    whole = True if args.whole_model else False if args.mlp_only else None if version is None else version == 2
+    if whole and version == 1:
+        raise UserError("the whole-model top needs a version 2 bundle (an integer checkpoint's export); this one "
+                        "is version 1 (the LUT-MLP blocks only): drop --whole-model for the MLP-only top")
+    if whole and args.block is not None:
         raise UserError("--block picks the MLP-only top's engines: add --mlp-only")
-    return True
+    return whole
 
 
-def board_from(args, whole_model=False):
-    """The BoardConfig the options ask for, its clocks and baud rate checked (PLL, UART divisor).
-    whole_model: for the whole-model top (`--engine-clock-mhz` is its engine's clock, and the
-    board's `engine_clock_hz` is set to it: `BoardConfig.for_whole_model`)."""
+def board_from(args):
+    """The BoardConfig the options ask for, its clocks and baud rate checked (PLL, UART divisor)
+    for both tops (`--engine-clock-mhz` sets the MLP engines' and the whole model's engine clock;
+    `BoardConfig.for_whole_model` picks the latter)."""
     from ..contract.boards import check_clocks, load_board
 
     clock = round(args.clock_mhz * 1e6) if args.clock_mhz else None
     engine_clock = round(args.engine_clock_mhz * 1e6) if args.engine_clock_mhz else None
-    clocks = {"model_engine_clock_hz" if whole_model else "engine_clock_hz": engine_clock}
+    clocks = {"engine_clock_hz": engine_clock, "model_engine_clock_hz": engine_clock}
     given = " ".join(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}" for flag, value in (("--clock-mhz", args.clock_mhz),
                      ("--engine-clock-mhz", args.engine_clock_mhz), ("--baud", args.baud)) if value is not None)
     try:
         board = load_board(args.board, clock_hz=clock, baud=args.baud, **clocks)
-        board = board.for_whole_model() if whole_model else board
-        check_clocks(board, board.platform_class()().default_clk_frequency)
+        for top in (board, board.for_whole_model()):
+            check_clocks(top, board.platform_class()().default_clk_frequency)
     except ValueError as e:
         raise UserError(f"{given + ': ' if given else ''}{e}") from None
     return board

@@ -1,6 +1,6 @@
 """`quweit-hw build`."""
 
-from .board_options import add_board_options, board_from, print_report
+from .board_options import add_board_options, board_from, print_report, requested_top
 from .options import input_file, nonnegative_int, output_folder, positive_int
 
 
@@ -20,15 +20,13 @@ def configure(parser):
 
 def run(args):
     from ..build import build
-    from ..errors import UserError
     from ..gateware.toolchain import check_tools
 
     check_tools()  # before the checkpoint is exported or an engine elaborated
-    if args.block is not None and not args.mlp_only:
-        raise UserError("--block picks the MLP-only top's engines: add --mlp-only")
-    report = build(args.checkpoint, board_from(args, whole_model=not args.mlp_only), bundle_out=args.bundle_out,
-                   force=args.force, out=args.out, blocks=args.block, check_tokens=args.check_tokens, seed=args.seed,
-                   mlp_only=args.mlp_only, check_images=args.check_images)
+    whole = requested_top(args, None)  # None: as the checkpoint exports (an integer one: version 2)
+    report = build(args.checkpoint, board_from(args), bundle_out=args.bundle_out, force=args.force, out=args.out,
+                   blocks=args.block, check_tokens=args.check_tokens, seed=args.seed, whole_model=whole,
+                   check_images=args.check_images)
     print(f"checkpoint -> bitstream in {report['checkpoint_to_bitstream_seconds']} s")
     print_report(report)
     return 0

@@ -9,7 +9,8 @@ from .options import input_folder
 def configure(parser):
     parser.add_argument("--board", default="ulx3s", help="board variant from boards/ (default ulx3s = 85F)")
     parser.add_argument("--bundle", type=input_folder, default=None, help="bundle folder (default: the shipped integer reference bundle)")
-    parser.add_argument("--mlp-only", action="store_true", help="the MLP-only top's bitstream (synth --mlp-only)")
+    parser.add_argument("--mlp-only", action="store_true",
+                        help="the MLP-only top's bitstream of a version 2 bundle (synth --mlp-only)")
     parser.add_argument("-o", "--out", type=input_folder, default=None, help="build folder (default hw/<bundle>/<board>/)")
 
 
