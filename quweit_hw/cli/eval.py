@@ -30,10 +30,10 @@ def configure(parser):
                              "checkpoint's MLP blocks on --mlp-backend)")
     parser.add_argument("--bench", type=positive_int, default=None, metavar="R",
                         help="--backend board: also run the board's batch benchmark: the first test images, as "
-                             "many as its batch memory holds, R times over back to back, timed in engine cycles")
+                             "many as its batch memory holds, R times over back to back, timed in engine cycles (default: none)")
     parser.add_argument("--lanes", type=positive_power_of_two, default=32, metavar="N",
                         help="--backend rtl: multipliers of the engine's MAC array (default: 32)")
-    parser.add_argument("--port", help="serial port of the board (--mlp-backend board, --backend board; required there)")
+    parser.add_argument("--port", help="serial port of the board (--mlp-backend board, --backend board; default: none, required there)")
     parser.add_argument("--sim", choices=("verilator", "icarus"), help="simulator for --mlp-backend rtl (default verilator)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar (there is none anyway when stderr is not a terminal)")
