@@ -9,19 +9,22 @@ STAMP      := $(VENV)/.installed
 APT_PKGS   := iverilog dataset-fashion-mnist fortunes-min openfpgaloader g++ make perl
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BOARD      ?= ulx3s
-BUNDLE     ?= export/reference
-CKPT       ?= export/reference/checkpoint.pt
+BUNDLE     ?= export/reference-integer
+CKPT       ?= export/reference-integer/checkpoint.pt
+MLP_ONLY   ?=
+TOP_FLAGS  := $(if $(MLP_ONLY),--mlp-only)
 SIM        ?= icarus verilator
 PYTEST_ARGS ?=
 
 .PHONY: help setup apt-deps demo test test-fast sim synth program bench clean
 
 help:
-	@echo "make demo                  checkpoint -> bundle -> RTL -> simulation check -> bitstream (reference model)"
+	@echo "make demo                  checkpoint -> bundle -> RTL -> bitstream of the whole model (integer reference model)"
 	@echo "make test                  all tests: units, golden model, Amaranth simulation, cocotb on Icarus and Verilator"
 	@echo "make test-fast             the tests without the cocotb simulator runs"
 	@echo "make sim SIM=icarus|verilator   the cocotb testbenches on one simulator"
-	@echo "make synth BOARD=ulx3s [BUNDLE=export/reference]   bitstream and report (BOARD=ulx3s-25f etc. for other variants)"
+	@echo "make synth BOARD=ulx3s [BUNDLE=export/reference-integer]   whole-model bitstream and report (BOARD=ulx3s-25f etc. for other variants)"
+	@echo "make synth MLP_ONLY=1 [BUNDLE=export/reference]   the MLP-only top (the LUT-MLP blocks; also make demo MLP_ONLY=1 CKPT=...)"
 	@echo "make program BOARD=ulx3s   load the bitstream with openFPGALoader"
 	@echo "make bench                 the benchmarks in bench/ (print figures)"
 
@@ -42,7 +45,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/quweit-hw build $(CKPT) --board $(BOARD)
+	$(BIN)/quweit-hw build $(CKPT) --board $(BOARD) $(TOP_FLAGS)
 
 test: setup
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
@@ -54,10 +57,10 @@ sim: setup
 	SIM="$(SIM)" $(BIN)/python -m pytest sim $(PYTEST_ARGS)
 
 synth: setup
-	$(BIN)/quweit-hw synth --board $(BOARD) --bundle $(BUNDLE)
+	$(BIN)/quweit-hw synth --board $(BOARD) --bundle $(BUNDLE) $(TOP_FLAGS)
 
 program: setup
-	$(BIN)/quweit-hw program --board $(BOARD) --bundle $(BUNDLE)
+	$(BIN)/quweit-hw program --board $(BOARD) --bundle $(BUNDLE) $(TOP_FLAGS)
 
 bench: setup
 	$(BIN)/python bench/train_step.py

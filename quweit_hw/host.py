@@ -1,4 +1,5 @@
-"""Host side of the board link: the pyserial driver (`BoardLink`) and the board MLP backend.
+"""Host side of the board link: a framed serial link (`FramedLink`), the MLP-only top's driver
+(`BoardLink`) and the board MLP backend; `host_model` drives the whole-model top.
 
 Speaks the wire protocol of `quweit_hw.contract.protocol` (docs/uart-protocol.md).
 """
@@ -11,7 +12,7 @@ import numpy as np
 from .contract.boards import load_board
 from .contract.bundle import board_id
 from .contract.protocol import (
-    CMD_INFO, ERRORS, PROTOCOL_VERSION, REPLY_ERROR, REPLY_INFO, REPLY_RESULT, RETRYABLE, BoardInfo, FrameParser,
+    CMD_INFO, ERRORS, MODEL_PROTOCOL_VERSION, PROTOCOL_VERSION, REPLY_ERROR, REPLY_INFO, REPLY_RESULT, RETRYABLE, BoardInfo, FrameParser,
     encode_frame, infer_frame,
 )
 from .errors import UserError
@@ -21,11 +22,12 @@ class LinkError(UserError):
     """The board answered with an error, or did not answer in time."""
 
 
-class BoardLink:
-    """A framed link to a board top over a serial port (docs/uart-protocol.md).
+class FramedLink:
+    """Frames to and replies from a board top over a serial port (docs/uart-protocol.md).
 
     `serial_port` may be any object with pyserial's write/read/in_waiting/
-    reset_input_buffer/close (tests pass a fake); otherwise `port` is opened.
+    reset_input_buffer/close (tests pass a fake, or the simulated gateware of
+    `gateware.link_sim`); otherwise `port` is opened.
     """
 
     def __init__(self, port=None, *, baud=3_000_000, timeout=2.0, retries=2, window=2, serial_port=None):
@@ -71,37 +73,31 @@ class BoardLink:
         self.parser.reset()
         self._pending.clear()
 
-    def info(self):
-        """The board's BoardInfo (cached after the first call)."""
-        if self._info is None:
-            self.serial.write(encode_frame(CMD_INFO, 0))
-            reply = self._read_reply()
-            if not reply.crc_ok or reply.kind != REPLY_INFO:
-                self.resync()
-                raise LinkError(f"expected an INFO reply, got kind 0x{reply.kind:02x} (crc ok: {reply.crc_ok})")
-            self._info = BoardInfo.decode(reply.payload)
-            if self._info.version != PROTOCOL_VERSION:
-                raise LinkError(f"board speaks protocol version {self._info.version}, host {PROTOCOL_VERSION}")
-        return self._info
+    def info_payload(self, version):
+        """The INFO reply's payload; LinkError unless its first byte, the protocol version, is `version`."""
+        self.serial.write(encode_frame(CMD_INFO, 0))
+        reply = self._read_reply()
+        if not reply.crc_ok or reply.kind != REPLY_INFO:
+            self.resync()
+            raise LinkError(f"expected an INFO reply, got kind 0x{reply.kind:02x} (crc ok: {reply.crc_ok})")
+        if not reply.payload or reply.payload[0] != version:
+            got = reply.payload[0] if reply.payload else None
+            tops = {PROTOCOL_VERSION: "the MLP-only top", MODEL_PROTOCOL_VERSION: "the whole-model top"}
+            raise LinkError(f"board speaks protocol version {got} ({tops.get(got, 'unknown')}), this command "
+                            f"needs {version} ({tops[version]}): build and program that top")
+        return reply.payload
 
-    def infer(self, block, q):
-        """Counts (N, d) int64 for tokens q (N, d) on bundle block `block`.
 
-        Sends frames of up to max_tokens tokens, `window` of them in flight; a frame
-        refused for line trouble (CRC, timeout, overflow) is resent up to `retries` times.
-        """
-        info = self.info()
-        q = np.asarray(q)
-        if q.ndim != 2 or q.shape[1] != info.d:
-            raise ValueError(f"tokens must have shape (N, {info.d}), got {q.shape}")
-        chunks = [q[i:i + info.max_tokens] for i in range(0, len(q), info.max_tokens)]
-        results = [None] * len(chunks)
-        tries = [0] * len(chunks)
-        todo, inflight = deque(range(len(chunks))), deque()
+    def transact(self, frames, kind, what=""):
+        """The replies to request `frames`, in order, `window` of them in flight; a frame refused
+        for line trouble (CRC, timeout, overflow) is resent up to `retries` times. LinkError on
+        any other error code, on a reply that fails its CRC and on one not of type `kind`."""
+        replies, tries = [None] * len(frames), [0] * len(frames)
+        todo, inflight = deque(range(len(frames))), deque()
         while todo or inflight:
             while todo and len(inflight) < self.window:
                 i = todo.popleft()
-                self.serial.write(infer_frame(block, chunks[i], info.bits))
+                self.serial.write(frames[i])
                 inflight.append(i)
             i = inflight.popleft()
             reply = self._read_reply()
@@ -112,16 +108,43 @@ class BoardLink:
                 code = reply.error
                 tries[i] += 1
                 if code not in RETRYABLE or tries[i] > self.retries:
-                    raise LinkError(f"board refused a frame for block {block}: error {code} "
-                                    f"({ERRORS.get(code, 'unknown')})")
+                    raise LinkError(f"board refused a frame{what}: error {code} ({ERRORS.get(code, 'unknown')})")
                 todo.appendleft(i)
                 continue
-            n = len(chunks[i])
-            if reply.kind != REPLY_RESULT or reply.block != block or len(reply.payload) != n * info.d:
+            if reply.kind != kind:
+                self.resync()
+                raise LinkError(f"unexpected reply: kind 0x{reply.kind:02x}, expected 0x{kind:02x}")
+            replies[i] = reply
+        return replies
+
+
+class BoardLink(FramedLink):
+    """The MLP-only top's link (protocol version 1): INFO and INFER."""
+
+    def info(self):
+        """The board's BoardInfo (cached after the first call)."""
+        if self._info is None:
+            self._info = BoardInfo.decode(self.info_payload(PROTOCOL_VERSION))
+        return self._info
+
+    def infer(self, block, q):
+        """Counts (N, d) int64 for tokens q (N, d) on bundle block `block`, in frames of up to
+        max_tokens tokens (`FramedLink.transact`)."""
+        info = self.info()
+        q = np.asarray(q)
+        if q.ndim != 2 or q.shape[1] != info.d:
+            raise ValueError(f"tokens must have shape (N, {info.d}), got {q.shape}")
+        chunks = [q[i:i + info.max_tokens] for i in range(0, len(q), info.max_tokens)]
+        replies = self.transact([infer_frame(block, c, info.bits) for c in chunks], REPLY_RESULT,
+                                f" for block {block}")
+        results = []
+        for chunk, reply in zip(chunks, replies):
+            n = len(chunk)
+            if reply.block != block or len(reply.payload) != n * info.d:
                 self.resync()
                 raise LinkError(f"unexpected reply: kind 0x{reply.kind:02x}, block {reply.block}, "
                                 f"{len(reply.payload)} bytes for {n} tokens")
-            results[i] = np.frombuffer(reply.payload, np.uint8).reshape(n, info.d)
+            results.append(np.frombuffer(reply.payload, np.uint8).reshape(n, info.d))
         if not results:
             return np.zeros((0, info.d), np.int64)
         return np.concatenate(results).astype(np.int64)

@@ -1,6 +1,7 @@
-"""`eval BUNDLE --backend golden|rtl`: a version 2 (whole integer model) bundle on Fashion-MNIST
-pixels, by the golden model or by the whole-model engine's Verilog under Verilator (checked
-against the golden model), optionally beside torch's integer eval of its source checkpoint."""
+"""`eval BUNDLE --backend golden|rtl|board`: a version 2 (whole integer model) bundle on
+Fashion-MNIST pixels, by the golden model, by the whole-model engine's Verilog under Verilator
+or by the whole-model board top over its UART (both checked against the golden model),
+optionally beside torch's integer eval of its source checkpoint."""
 
 import numpy as np
 
@@ -9,7 +10,7 @@ from .contract.fashion_mnist import fashion_mnist_pixels
 from .contract.model_bundle import load_model_bundle
 from .errors import UserError
 
-WHOLE_MODEL_BACKENDS = ("golden", "rtl")
+WHOLE_MODEL_BACKENDS = ("golden", "rtl", "board")
 
 
 def torch_integer_logits(manifest, pixels, batch_size=500):
@@ -50,10 +51,33 @@ def rtl_logits(bundle_path, pixels, lanes=32):
     return logits, labels, cycles, {"cycles_per_image": summary["cycles_per_image"], **sim.last_run}
 
 
-def evaluate_model_bundle(bundle_path, backend="golden", *, split="test", limit=None, compare=False, lanes=32):
-    """{"accuracy", "n", "predictions", "logits"}; rtl also "differing_from_golden" (logits),
-    "cycles" (the engine's counter, per image), "rtl" (run figures); with compare:
-    "differing_logits", "differing_predictions", "torch_accuracy"."""
+def evaluate_on_board(bundle_path, program, manifest, pixels, port, bench, link, progress):
+    """The board backend: (logits, classes, cycles, link figures, benchmark figures or None) of
+    every image over the link (on `port`, or `link`, a ModelLink), once the board's model id
+    matches the bundle's; then the batch benchmark with `bench` repeats when not 0."""
+    from .contract.boards import load_board
+    from .host_model import ModelLink, board_bench, board_logits, check_board_bundle
+
+    if link is None:
+        if not port:
+            raise UserError("--backend board needs --port (the board's serial port)")
+        link = ModelLink(port, baud=load_board("ulx3s").baud)
+    with link:
+        info = check_board_bundle(link, manifest, bundle_path)
+        logits, classes, cycles, figures = board_logits(link, pixels, progress)
+        figures["cycles_per_image"] = info.cycles_per_image
+        bench_figures = board_bench(link, program, pixels[:info.batch], bench) if bench else None
+    return logits, classes, cycles, figures, bench_figures
+
+
+def evaluate_model_bundle(bundle_path, backend="golden", *, split="test", limit=None, compare=False, lanes=32,
+                          port=None, bench=0, link=None, progress=None):
+    """{"accuracy", "n", "predictions", "logits"}; rtl and board also "differing_from_golden"
+    (logits), "class_output_differs", "cycles" (the engine's counter, per image), "rtl" or
+    "board" (run figures); board with `bench` repeats also "bench" (`host_model.board_bench`
+    on the first images, as many as the board's batch memory holds); with compare:
+    "differing_logits", "differing_predictions", "torch_accuracy". The board is on serial
+    `port` (or `link`, a ModelLink)."""
     if backend not in WHOLE_MODEL_BACKENDS:
         raise UserError(f"unknown whole-model backend {backend!r}; expected one of {WHOLE_MODEL_BACKENDS}")
     program, manifest, _ = load_model_bundle(bundle_path)
@@ -67,6 +91,13 @@ def evaluate_model_bundle(bundle_path, backend="golden", *, split="test", limit=
         logits, classes, cycles, info = rtl_logits(bundle_path, pixels, lanes)
         extra = {"differing_from_golden": int((logits != gold).sum()), "cycles": cycles, "rtl": info,
                  "class_output_differs": int((classes != logits.argmax(-1)).sum())}
+    elif backend == "board":
+        gold = logits
+        logits, classes, cycles, figures, bench_figures = evaluate_on_board(bundle_path, program, manifest, pixels, port,
+                                                                    bench, link, progress)
+        extra = {"differing_from_golden": int((logits != gold).sum()), "cycles": cycles, "board": figures,
+                 "class_output_differs": int((classes != logits.argmax(-1)).sum()),
+                 **({"bench": bench_figures} if bench else {})}
     pred = logits.argmax(-1)
     out = {"accuracy": float((pred == labels).mean()), "n": len(labels), "predictions": pred, "logits": logits, **extra}
     if compare:

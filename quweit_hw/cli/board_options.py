@@ -8,8 +8,15 @@ from .options import nonnegative_int, output_folder, positive_float, positive_in
 
 def add_board_options(parser, out_default="hw/<bundle>/<board>/"):
     parser.add_argument("--board", default="ulx3s", help="board variant from boards/ (ulx3s = 85F)")
+    top = parser.add_mutually_exclusive_group()
+    top.add_argument("--whole-model", action="store_true",
+                     help="build the whole-model top (protocol version 2; a version 2 bundle only). Default: the "
+                          "whole model for a version 2 bundle, the MLP-only top for a version 1 bundle")
+    top.add_argument("--mlp-only", action="store_true",
+                     help="build the MLP-only top (the bundle's LUT-MLP blocks, protocol version 1), also of a "
+                          "version 2 bundle")
     parser.add_argument("--block", type=nonnegative_int, action="append", default=None, metavar="I",
-                        help="build only bundle block I (repeatable; default: all blocks when they fit)")
+                        help="--mlp-only: build only bundle block I (repeatable; default: all blocks when they fit)")
     parser.add_argument("--clock-mhz", type=positive_float, default=None,
                         help="system clock: link and UART, and the engines unless --engine-clock-mhz "
                              "(default: the board's clock_hz)")
@@ -24,17 +31,34 @@ def add_board_options(parser, out_default="hw/<bundle>/<board>/"):
                         help="nextpnr placer seed (default: nextpnr's)")
 
 
+def requested_top(args, version):
+    """Whether to build the whole-model top (True), the MLP-only one (False) or to decide by the
+    bundle (None, `version` unknown yet); UserError for a whole-model build of a version 1
+    bundle and for --block with the whole model."""
+    whole = True if args.whole_model else False if args.mlp_only else None if version is None else version == 2
+    if whole and version == 1:
+        raise UserError("the whole-model top needs a version 2 bundle (an integer checkpoint's export); this one "
+                        "is version 1 (the LUT-MLP blocks only): drop --whole-model for the MLP-only top")
+    if whole and args.block is not None:
+        raise UserError("--block picks the MLP-only top's engines: add --mlp-only")
+    return whole
+
+
 def board_from(args):
-    """The BoardConfig the options ask for, its clocks and baud rate checked (PLL, UART divisor)."""
+    """The BoardConfig the options ask for, its clocks and baud rate checked (PLL, UART divisor)
+    for both tops (`--engine-clock-mhz` sets the MLP engines' and the whole model's engine clock;
+    `BoardConfig.for_whole_model` picks the latter)."""
     from ..contract.boards import check_clocks, load_board
 
     clock = round(args.clock_mhz * 1e6) if args.clock_mhz else None
     engine_clock = round(args.engine_clock_mhz * 1e6) if args.engine_clock_mhz else None
+    clocks = {"engine_clock_hz": engine_clock, "model_engine_clock_hz": engine_clock}
     given = " ".join(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}" for flag, value in (("--clock-mhz", args.clock_mhz),
                      ("--engine-clock-mhz", args.engine_clock_mhz), ("--baud", args.baud)) if value is not None)
     try:
-        board = load_board(args.board, clock_hz=clock, baud=args.baud, engine_clock_hz=engine_clock)
-        check_clocks(board, board.platform_class()().default_clk_frequency)
+        board = load_board(args.board, clock_hz=clock, baud=args.baud, **clocks)
+        for top in (board, board.for_whole_model()):
+            check_clocks(top, board.platform_class()().default_clk_frequency)
     except ValueError as e:
         raise UserError(f"{given + ': ' if given else ''}{e}") from None
     return board

@@ -22,20 +22,28 @@ def configure(parser):
     parser.add_argument("--batch-size", type=positive_int, default=256, help="inputs per batch")
     parser.add_argument("--compare", action="store_true",
                         help="also run torch: check every token's counts and every prediction; exit 1 on any difference")
-    parser.add_argument("--backend", choices=("golden", "rtl"),
+    parser.add_argument("--backend", choices=("golden", "rtl", "board"),
                         help="whole integer model: the positional argument is a version 2 bundle, evaluated by "
-                             "the golden model, or (rtl) by the whole-model engine's Verilog under Verilator, checked "
-                             "against the golden model (--compare: beside torch's integer eval of its source "
-                             "checkpoint; default: none, the checkpoint's MLP blocks on --mlp-backend)")
+                             "the golden model, by the whole-model engine's Verilog under Verilator (rtl) or by the "
+                             "whole-model board top on --port (board), both checked against the golden model "
+                             "(--compare: beside torch's integer eval of its source checkpoint; default: none, the "
+                             "checkpoint's MLP blocks on --mlp-backend)")
+    parser.add_argument("--bench", type=positive_int, default=None, metavar="R",
+                        help="--backend board: also run the board's batch benchmark: the first test images, as "
+                             "many as its batch memory holds, R times over back to back, timed in engine cycles (default: none)")
     parser.add_argument("--lanes", type=positive_power_of_two, default=32, metavar="N",
                         help="--backend rtl: multipliers of the engine's MAC array (default: 32)")
-    parser.add_argument("--port", help="serial port of the board (--mlp-backend board; default: none, required there)")
+    parser.add_argument("--port", help="serial port of the board (--mlp-backend board, --backend board; default: none, required there)")
     parser.add_argument("--sim", choices=("verilator", "icarus"), help="simulator for --mlp-backend rtl (default verilator)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar (there is none anyway when stderr is not a terminal)")
 
 
 def run(args):
+    if args.bench and args.backend != "board":
+        raise UserError("--bench runs on the board: add --backend board --port PORT")
+    if args.backend == "board" and not args.port:
+        raise UserError("--backend board needs --port (the board's serial port)")
     if args.backend is not None:  # numpy only: the golden model needs no torch
         _positional(input_folder, args.checkpoint, f"--backend {args.backend} evaluates a version 2 bundle: ")
         return run_whole_model(args)
@@ -69,7 +77,7 @@ def run_whole_model(args):
     from ..whole_model_eval import evaluate_model_bundle
 
     r = evaluate_model_bundle(args.checkpoint, args.backend, split=args.split, limit=args.limit, compare=args.compare,
-                              lanes=args.lanes)
+                              lanes=args.lanes, port=args.port, bench=args.bench or 0)
     correct = round(r["accuracy"] * r["n"])
     print(f"{args.backend} (whole integer model): accuracy {r['accuracy'] * 100:.2f} % ({correct}/{r['n']})")
     exact = True
@@ -79,9 +87,29 @@ def run_whole_model(args):
         print(f"rtl vs golden: {r['differing_from_golden']} of {r['logits'].size} logits differ, "
               f"{r['class_output_differs']} class outputs differ from the logits' argmax; cycles per image {cycles} "
               f"(generator: {r['rtl']['cycles_per_image']}); {r['rtl']['cycles']:,} clocks in {r['rtl']['seconds']} s")
+    if args.backend == "board":
+        exact = _print_board(r)
     if not args.compare:
         return 0 if exact else 1
     print(f"torch integer eval: accuracy {r['torch_accuracy'] * 100:.2f} %")
     print(f"logits differing from torch: {r['differing_logits']} of {r['logits'].size}; "
           f"predictions differing: {r['differing_predictions']} of {r['n']}")
     return 0 if r["differing_logits"] == 0 and exact else 1
+
+
+def _print_board(r):
+    """The board run's lines; whether every logit, class, cycle count (and the benchmark's checksum) held."""
+    b, cycles = r["board"], sorted(set(r["cycles"].tolist()))
+    exact = r["differing_from_golden"] == 0 and r["class_output_differs"] == 0 and cycles == [b["cycles_per_image"]]
+    print(f"board vs golden: {r['differing_from_golden']} of {r['logits'].size} logits differ, "
+          f"{r['class_output_differs']} class outputs differ from the logits' argmax; cycles per image {cycles} "
+          f"(generator: {b['cycles_per_image']}); {b['images_per_second']:.1f} images/s over the link "
+          f"({r['n']} in {b['seconds']} s)")
+    if "bench" in r:
+        x = r["bench"]
+        rate = f"{x['images_per_second']:,.0f} images/s" if x["images_per_second"] else "images/s unknown (no clock)"
+        print(f"on-chip benchmark: {x['images']} images back to back in {x['cycles']:,} engine cycles "
+              f"({x['cycles_per_image']:,.1f} per image): {rate} at {x['engine_clock_hz'] / 1e6:g} MHz; "
+              f"checksum {'equal to the golden model' if x['checksum_ok'] else 'DIFFERS from the golden model'}")
+        exact = exact and x["checksum_ok"]
+    return exact

@@ -1,13 +1,13 @@
 """`quweit-hw synth`."""
 
-from ..resources import REFERENCE
-from .board_options import add_board_options, board_from, print_report
+from ..resources import REFERENCE_INTEGER
+from .board_options import add_board_options, board_from, print_report, requested_top
 from .options import input_folder
 
 
 def configure(parser):
     parser.add_argument("--bundle", type=input_folder, default=None,
-                        help="bundle folder (default: the shipped reference bundle)")
+                        help="bundle folder (default: the shipped integer reference, a version 2 bundle: the whole model)")
     parser.add_argument("--no-build", action="store_true",
                         help="elaborate the board top and write its build files (RTLIL, constraints, the tool "
                              "script) to the build folder without running Yosys or nextpnr")
@@ -15,19 +15,22 @@ def configure(parser):
 
 
 def run(args):
-    from ..contract.bundle_files import load_bundle
+    from ..contract.bundle_files import format_version, load_bundle
     from ..gateware.synth import build_dir, build_folder, synth
     from ..gateware.toolchain import BUILD_TOOLS, check_tools
 
     check_tools(("YOSYS",) if args.no_build else BUILD_TOOLS)  # before the bundle is read or a top elaborated
+    path = args.bundle or REFERENCE_INTEGER
+    whole = requested_top(args, format_version(path))
     board = board_from(args)
-    bundle = load_bundle(args.bundle or REFERENCE)
+    board = board.for_whole_model() if whole else board
+    bundle = load_bundle(path)
     if args.no_build:
-        out = args.out or build_dir(bundle, board)
-        plan = synth(bundle, board, blocks=args.block, out=out, do_build=False)
+        out = args.out or build_dir(bundle, board, whole)
+        plan = synth(bundle, board, blocks=args.block, out=out, do_build=False, whole_model=whole)
         with build_folder(out) as tmp:
             plan.extract(str(tmp))
         print(f"build files for {board.name} in {out} (not built: run build_top.sh there, or drop --no-build)")
         return 0
-    print_report(synth(bundle, board, blocks=args.block, out=args.out, seed=args.seed))
+    print_report(synth(bundle, board, blocks=args.block, out=args.out, seed=args.seed, whole_model=whole))
     return 0

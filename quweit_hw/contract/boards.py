@@ -2,6 +2,7 @@
 (UART divisor, ECP5 PLL dividers). Plain Python: the gateware reads these, the host too.
 """
 
+import dataclasses
 import importlib
 import tomllib
 from dataclasses import dataclass
@@ -27,10 +28,18 @@ class BoardConfig:
     nextpnr_opts: tuple
     synth_opts: tuple = ()    # extra options of Yosys's synth_ecp5 (Amaranth's synth_opts)
     engine_clock_hz: int = 0  # the engines' own clock (PLL second output); 0: clock_hz, one clock
+    model_engine_clock_hz: int = 0  # the whole-model engine's clock (the whole-model top); 0: clock_hz
+    model_lanes: int = 32     # the whole-model engine's MAC-array width (multipliers)
+    batch_images: int = 32    # images the whole-model top's batch memory holds (BENCH)
 
     @property
     def engine_hz(self):
         return self.engine_clock_hz or self.clock_hz
+
+    def for_whole_model(self):
+        """This board with the whole-model top's engine clock in `engine_clock_hz` (which the
+        board top and the PLL read)."""
+        return dataclasses.replace(self, engine_clock_hz=self.model_engine_clock_hz)
 
     def __post_init__(self):
         if self.luts <= 0 or self.clock_hz <= 0 or self.baud <= 0 or self.max_tokens <= 0:
@@ -38,6 +47,12 @@ class BoardConfig:
         if self.engine_clock_hz and self.engine_clock_hz < self.clock_hz:
             raise ValueError(f"board {self.name!r}: engine_clock_hz ({self.engine_clock_hz}) must be at least "
                              f"clock_hz ({self.clock_hz}); raise it too (--engine-clock-mhz)")
+        if self.model_engine_clock_hz and self.model_engine_clock_hz < self.clock_hz:
+            raise ValueError(f"board {self.name!r}: model_engine_clock_hz ({self.model_engine_clock_hz}) must be at "
+                             f"least clock_hz ({self.clock_hz})")
+        if not 1 <= self.batch_images <= 255 or self.model_lanes < 1 or self.model_lanes & (self.model_lanes - 1):
+            raise ValueError(f"board {self.name!r}: batch_images must lie in 1 .. 255 and model_lanes be a power "
+                             f"of two, got {self.batch_images!r} and {self.model_lanes!r}")
         if not 0 < self.fit_fraction <= 1:
             raise ValueError(f"board {self.name!r}: fit_fraction must lie in (0, 1], got {self.fit_fraction!r}")
 

@@ -162,3 +162,19 @@ def load_model_bundle(path):
             raise
         raise UserError(f"bundle {root}: {e}") from None
     return program, manifest, blocks
+
+
+def model_id(manifest):
+    """A version 2 bundle's identity: sha256 (hex) of what the hardware computes: the rules,
+    the program tree (every array by its sha256, dtype and shape) and the LUT blocks' files
+    and sizes. Not hashed: names, paths of the source checkpoint, metrics, the exporter. The
+    whole-model board top carries its first 32 bits (`model_board_id`)."""
+    blocks = [{k: v for k, v in entry.items() if k != "name"} for entry in manifest.get("blocks", [])]
+    doc = {"format_version": manifest.get("format_version"), "rules": manifest.get("rules"),
+           "program": manifest.get("program"), "blocks": blocks}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def model_board_id(manifest):
+    """The 32-bit id a whole-model board top carries (the first 4 bytes of `model_id`, little-endian)."""
+    return int.from_bytes(bytes.fromhex(model_id(manifest))[:4], "little")

@@ -14,13 +14,14 @@ KIND_RESULT, KIND_INFO, KIND_ERROR = 0, 1, 2
 
 
 def event_layout(slot_bits):
-    """A reply to send: its kind, error code, bundle block, engine slot and payload length."""
-    return data.StructLayout({"kind": 2, "code": 8, "block": 8, "slot": slot_bits, "length": 16})
+    """A reply to send: its kind, reply type byte, error code, bundle block, slot and payload length."""
+    return data.StructLayout({"kind": 2, "reply": 8, "code": 8, "block": 8, "slot": slot_bits, "length": 16})
 
 
-def job_layout(slot_bits):
-    """Work for the feeder: the engine slot and how many tokens of the payload buffer it takes."""
-    return data.StructLayout({"slot": slot_bits, "tokens": 16})
+def job_layout(slot_bits, command_bits=1):
+    """Work for the feeder: the request (its index among the decoder's work commands), the
+    slot and how many tokens of the payload buffer it takes."""
+    return data.StructLayout({"command": command_bits, "slot": slot_bits, "tokens": 16})
 
 
 def queue_write(shape):
@@ -30,10 +31,18 @@ def queue_write(shape):
     return wiring.Signature({"data": Out(shape), "en": Out(1), "rdy": In(1)})
 
 
+def decoder_sizes(requests):
+    """(slot_bits, command_bits) of a decoder for `requests` (protocol.Request)."""
+    slots = max((len(q.blocks) for q in requests if q.blocks is not None), default=1)
+    work = sum(not q.info for q in requests)
+    return max(1, (slots - 1).bit_length()), max(1, (work - 1).bit_length())
+
+
 class FrameDecoder(wiring.Component):
     """Checks request frames byte by byte (CRC, command, block, length, an inter-byte timeout)
-    and turns each into exactly one reply event, in order; an accepted INFER frame's payload
-    goes into the payload buffer, and a job for the feeder goes with its reply.
+    against a table of `protocol.Request`s (`protocol.mlp_requests`, `protocol.model_requests`)
+    and turns each into exactly one reply event, in order; an accepted frame's payload goes
+    into the payload buffer, and a job for the feeder goes with its reply.
 
     Timing: a byte arrives at most once per 10 * divisor cycles and the receiver holds it for
     at least 1.5 * divisor cycles after its `valid`, so the decoder acts on it two cycles later
@@ -46,12 +55,10 @@ class FrameDecoder(wiring.Component):
 
     Parameters
     ----------
-    blocks : list of int
-        The bundle block index of each engine slot, in slot order.
+    requests : tuple of protocol.Request
+        The commands accepted: their codes, lengths, blocks and replies.
     d : int
-        Bytes per token.
-    frame_bytes : int
-        The longest INFER payload (max_tokens * d).
+        Bytes per token (a work frame's payload must be a whole number of them; 1: any).
     depth : int
         Bytes in the payload buffer (a power of 2, at least two frames).
     timeout : int
@@ -68,20 +75,25 @@ class FrameDecoder(wiring.Component):
         empty); the decoder never overwrites a byte at or after it.
     events : Out(queue_write(event_layout(slot_bits)))
         One reply event per frame, to the reply encoder's queue (registered).
-    jobs : Out(queue_write(job_layout(slot_bits)))
-        One job per accepted INFER frame, to the feeder's queue (registered).
+    jobs : Out(queue_write(job_layout(slot_bits, command_bits)))
+        One job per accepted work frame, to the feeder's queue (registered); its `command` is
+        the request's index among the work (non-INFO) requests, in table order.
     refused : Out(1)
         The last finished frame was refused (set by an error reply, cleared by an accepted
-        INFER frame).
+        work frame).
     dropped : Out(1)
         A reply or an accepted frame had to be dropped, its queue being full; sticky until reset.
     """
 
-    def __init__(self, blocks, *, d, frame_bytes, depth, timeout):
-        self.blocks, self.d, self.frame_bytes, self.depth, self.timeout = list(blocks), d, frame_bytes, depth, timeout
+    def __init__(self, requests, *, d, depth, timeout):
+        self.requests, self.d, self.depth, self.timeout = tuple(requests), d, depth, timeout
+        codes = [q.code for q in self.requests]
+        if len(set(codes)) != len(codes):
+            raise ValueError(f"request codes {codes!r} repeat")
+        self.work = [q for q in self.requests if not q.info]
         self.abits = depth.bit_length() - 1
-        self.slot_bits = max(1, (len(self.blocks) - 1).bit_length())
-        self.event, self.job = event_layout(self.slot_bits), job_layout(self.slot_bits)
+        self.slot_bits, self.command_bits = decoder_sizes(self.requests)
+        self.event, self.job = event_layout(self.slot_bits), job_layout(self.slot_bits, self.command_bits)
         super().__init__({
             "i": In(stream.Signature(8, always_ready=True)),
             "buffer": In(WritePort.Signature(addr_width=self.abits, shape=8)),
@@ -116,6 +128,10 @@ class FrameDecoder(wiring.Component):
             (8, "cmd"), (8, "blk"), (16, "length"), (16, "remaining"), (16, "tokens")))
         r.in_token = Signal(range(self.d))
         r.slot_ok, r.overflow = Signal(), Signal()
+        # the request table's entry for the command byte, decoded into registers as it arrives
+        r.known, r.info, r.same_length = Signal(), Signal(), Signal()
+        r.reply_code, r.reply_length = Signal(8), Signal(16)
+        r.command = Signal(self.command_bits)
         r.slot_of = Signal(self.slot_bits)
         r.silent = Signal(range(self.timeout + 1))
         # the writes leave through registers: data without reset, one-cycle enables
@@ -132,11 +148,14 @@ class FrameDecoder(wiring.Component):
 
     def _flags(self, m, r, crc):
         """Every flag a decision looks at, a register computed from the byte before `step`."""
-        r.crc_ok, r.len_zero, r.len_long, r.buf_full, r.last_byte, r.token_end, r.token_open, r.expired = (
-            Signal(name=n) for n in ("crc_ok", "len_zero", "len_long", "buf_full", "last_byte", "token_end",
+        r.crc_ok, r.len_bad, r.buf_full, r.last_byte, r.token_end, r.token_open, r.expired = (
+            Signal(name=n) for n in ("crc_ok", "len_bad", "buf_full", "last_byte", "token_end",
                                      "token_open", "expired"))
+        with m.Switch(r.cmd):  # the length's limits of the command's request
+            for q in self.requests:
+                with m.Case(q.code):
+                    m.d.sync += r.len_bad.eq((r.full < q.min_length) | (r.full > q.max_length))
         m.d.sync += [r.crc_ok.eq(crc.match_detected),  # the CRC register holds the residue (0)
-                     r.len_zero.eq(r.full == 0), r.len_long.eq(r.full > self.frame_bytes),
                      r.last_byte.eq(r.remaining == 1), r.token_end.eq(r.in_token == self.d - 1),
                      r.token_open.eq(r.in_token != 0),
                      # rd_ptr one cycle old at worst: it only grows, so "full" errs on the safe side
@@ -145,7 +164,9 @@ class FrameDecoder(wiring.Component):
     def _reply(self, m, r, kind, code=0):
         """Queue a reply for the frame now ending."""
         m.d.sync += [r.ev_in.kind.eq(kind), r.ev_in.code.eq(code), r.ev_in.block.eq(r.blk),
-                     r.ev_in.slot.eq(r.slot_of), r.ev_in.length.eq(r.length), r.ev_we.eq(1)]
+                     r.ev_in.reply.eq(protocol.REPLY_ERROR if kind == KIND_ERROR else r.reply_code),
+                     r.ev_in.slot.eq(r.slot_of), r.ev_in.length.eq(Mux(r.same_length, r.length, r.reply_length)),
+                     r.ev_we.eq(1)]
         with m.If(~self.events.rdy):
             m.d.sync += self.dropped.eq(1)
 
@@ -180,18 +201,30 @@ class FrameDecoder(wiring.Component):
         with m.State("CMD"):
             timed_out()
             with m.If(step):
-                m.d.sync += r.cmd.eq(byte)
+                m.d.sync += [r.cmd.eq(byte), r.known.eq(0)]
+                with m.Switch(byte):
+                    for q in self.requests:
+                        with m.Case(q.code):
+                            m.d.sync += [r.known.eq(1), r.info.eq(q.info), r.reply_code.eq(q.reply),
+                                         r.same_length.eq(q.reply_length is None),
+                                         r.reply_length.eq(q.reply_length or 0),
+                                         r.command.eq(self.work.index(q) if not q.info else 0)]
                 m.next = "BLOCK"
         with m.State("BLOCK"):
-            # the engine slot is decoded as the byte arrives (off the timing path; and a
-            # comb decode of a register that never changes stays X in Icarus)
+            # the slot is decoded as the byte arrives (off the timing path; and a comb decode
+            # of a register that never changes stays X in Icarus)
             timed_out()
             with m.If(step):
-                m.d.sync += [r.blk.eq(byte), r.slot_ok.eq(0), r.slot_of.eq(0)]
-                with m.Switch(byte):
-                    for k, index in enumerate(self.blocks):
-                        with m.Case(index):
-                            m.d.sync += [r.slot_ok.eq(1), r.slot_of.eq(k)]
+                m.d.sync += [r.blk.eq(byte), r.slot_ok.eq(1), r.slot_of.eq(0)]
+                with m.Switch(r.cmd):
+                    for q in self.requests:
+                        if q.blocks is not None:
+                            with m.Case(q.code):
+                                m.d.sync += r.slot_ok.eq(0)
+                                with m.Switch(byte):
+                                    for k, index in enumerate(q.blocks):
+                                        with m.Case(index):
+                                            m.d.sync += [r.slot_ok.eq(1), r.slot_of.eq(k)]
                 m.next = "LEN0"
         with m.State("LEN0"):
             timed_out()
@@ -202,23 +235,17 @@ class FrameDecoder(wiring.Component):
             timed_out()
             with m.If(step):
                 m.d.sync += [r.length[8:].eq(byte), r.remaining.eq(r.full)]
-                with m.If(r.cmd == protocol.CMD_INFER):
-                    with m.If(r.len_zero | r.len_long):
-                        self._error(m, r, protocol.ERR_LENGTH)
-                        m.next = "HUNT"
-                    with m.Elif(~r.slot_ok):
-                        self._error(m, r, protocol.ERR_BLOCK)
-                        m.next = "HUNT"
-                    with m.Else():
-                        m.next = "PAYLOAD"
-                with m.Elif(r.cmd == protocol.CMD_INFO):
-                    m.next = "CRC0"
-                    with m.If(~r.len_zero):
-                        self._error(m, r, protocol.ERR_LENGTH)
-                        m.next = "HUNT"
-                with m.Else():
+                m.next = "HUNT"
+                with m.If(~r.known):
                     self._error(m, r, protocol.ERR_COMMAND)
-                    m.next = "HUNT"
+                with m.Elif(r.len_bad):
+                    self._error(m, r, protocol.ERR_LENGTH)
+                with m.Elif(~r.slot_ok):
+                    self._error(m, r, protocol.ERR_BLOCK)
+                with m.Elif(r.info):  # no payload (its length is 0 by the table)
+                    m.next = "CRC0"
+                with m.Else():
+                    m.next = "PAYLOAD"
 
     def _payload_and_crc(self, m, r, step, timed_out):
         """The payload into the buffer, then the CRC; the frame's one reply (and job)."""
@@ -245,7 +272,7 @@ class FrameDecoder(wiring.Component):
                 m.next = "HUNT"
                 with m.If(~r.crc_ok):
                     self._error(m, r, protocol.ERR_CRC)
-                with m.Elif(r.cmd == protocol.CMD_INFO):
+                with m.Elif(r.info):
                     self._reply(m, r, KIND_INFO)
                 with m.Elif(r.overflow):
                     self._error(m, r, protocol.ERR_OVERFLOW)
@@ -255,5 +282,6 @@ class FrameDecoder(wiring.Component):
                     m.d.sync += [r.wr_ptr.eq(r.commit_ptr), self.dropped.eq(1)]
                 with m.Else():
                     self._reply(m, r, KIND_RESULT)
-                    m.d.sync += [r.job_in.slot.eq(r.slot_of), r.job_in.tokens.eq(r.tokens), r.job_we.eq(1),
+                    m.d.sync += [r.job_in.command.eq(r.command), r.job_in.slot.eq(r.slot_of),
+                                 r.job_in.tokens.eq(r.tokens), r.job_we.eq(1),
                                  r.commit_ptr.eq(r.wr_ptr), self.refused.eq(0)]

@@ -104,8 +104,8 @@ class LinkCore(wiring.Component):
         frame_bytes = self.max_tokens * d
         depth = 1 << (2 * frame_bytes - 1).bit_length()
         m.submodules.buffer = buf = Memory(shape=8, depth=depth, init=[])
-        m.submodules.decoder = decoder = FrameDecoder([i for i, _ in self.engines], d=d, frame_bytes=frame_bytes,
-                                                      depth=depth, timeout=self.timeout)
+        requests = protocol.mlp_requests([i for i, _ in self.engines], frame_bytes)
+        m.submodules.decoder = decoder = FrameDecoder(requests, d=d, depth=depth, timeout=self.timeout)
         spacing = max(s.spacing for s in sockets)  # a folded engine takes a token every `fold` clocks
         if spacing > 1 and self.engine_domain != "sync":
             spacing += 4  # the crossing may move a push by a few engine clocks (<= link clocks)

@@ -10,10 +10,11 @@ from .frame_decoder import KIND_INFO, KIND_RESULT, event_layout, queue_write
 
 
 class ReplyEncoder(wiring.Component):
-    """Sends one reply frame per event, in the order of its queue: SOF, type, block, length,
-    payload, CRC (`protocol.CRC`'s `Processor`). An INFO reply's payload is `info` (a
-    constant); an ERROR reply's the event's code; a RESULT reply's payload streams from the
-    event's engine socket, one count per `pull`, each arriving on `result` some cycles later.
+    """Sends one reply frame per event, in the order of its queue: SOF, type (the event's
+    `reply`), block, length, payload, CRC (`protocol.CRC`'s `Processor`). An INFO reply's
+    payload is `info` (a constant); an ERROR reply's the event's code; a RESULT reply's
+    payload (the event's `length` bytes, at least 1) streams from the event's slot, one byte
+    per `pull`, each arriving on `result` some cycles later.
 
     Timing: the UART transmitter is busy for 10 * divisor cycles after taking a byte, so the
     payload byte and the CRC are computed through registers a few cycles behind and are
@@ -26,7 +27,10 @@ class ReplyEncoder(wiring.Component):
     count_width : int
         Bits per count (at most 8: a count is a byte on the wire).
     info : bytes
-        The INFO reply's payload (`protocol.BoardInfo.encode()`).
+        The INFO reply's payload (`protocol.BoardInfo.encode()`, `protocol.ModelInfo.encode()`).
+    slot_bits : int
+        The events' slot width (the frame decoder's); default: enough for `n_slots`. With one
+        slot, every RESULT reply pulls from it whatever the event's slot.
 
     Attributes
     ----------
@@ -46,9 +50,9 @@ class ReplyEncoder(wiring.Component):
 
     EVENT_QUEUE = 4
 
-    def __init__(self, *, n_slots, count_width, info):
+    def __init__(self, *, n_slots, count_width, info, slot_bits=None):
         self.n_slots, self.count_width, self.info = n_slots, count_width, bytes(info)
-        self.event = event_layout(max(1, (n_slots - 1).bit_length()))
+        self.event = event_layout(slot_bits or max(1, (n_slots - 1).bit_length()))
         super().__init__({
             "events": In(queue_write(self.event)),
             "o": Out(stream.Signature(8)),
@@ -72,9 +76,7 @@ class ReplyEncoder(wiring.Component):
         crc = self._crc(m, crc_on)
         pull, asked = Signal(), Signal()  # ask the event's socket for a count; asked, not yet come
         for k in range(self.n_slots):
-            m.d.comb += self.pull[k].eq(pull & (ev.slot == k))
-        reply_kind = Array([C(protocol.REPLY_RESULT, 8), C(protocol.REPLY_INFO, 8), C(protocol.REPLY_ERROR, 8),
-                            C(protocol.REPLY_ERROR, 8)])[ev.kind]
+            m.d.comb += self.pull[k].eq(pull & ((ev.slot == k) if self.n_slots > 1 else 1))
         sent = self.o.valid & self.o.ready
         with m.FSM(name="encoder") as fsm:
             with m.State("IDLE"):
@@ -84,7 +86,7 @@ class ReplyEncoder(wiring.Component):
                                  e_len.eq(Mux(ev_next.kind == KIND_RESULT, ev_next.length,
                                               Mux(ev_next.kind == KIND_INFO, len(self.info), 1)))]
                     m.next = "SOF"
-            header = [("SOF", C(protocol.SOF_REPLY, 8), False, "KIND"), ("KIND", reply_kind, True, "BLOCK"),
+            header = [("SOF", C(protocol.SOF_REPLY, 8), False, "KIND"), ("KIND", ev.reply, True, "BLOCK"),
                       ("BLOCK", ev.block, True, "LEN0"), ("LEN0", e_len[:8], True, "LEN1"),
                       ("LEN1", e_len[8:], True, "PAYLOAD")]
             for state, value, counted, nxt in header:
@@ -120,8 +122,9 @@ class ReplyEncoder(wiring.Component):
         `have`, set by the FSM, says the pulled count has arrived."""
         have = Signal()  # the RESULT payload byte has arrived from the socket
         info_rom = Array(Const(b, 8) for b in self.info)
-        result = Array(self.result[k] for k in range(self.n_slots))[ev.slot]
-        result_valid = Array(self.result_valid[k] for k in range(self.n_slots))[ev.slot]
+        source = ev.slot if self.n_slots > 1 else 0
+        result = Array(self.result[k] for k in range(self.n_slots))[source]
+        result_valid = Array(self.result_valid[k] for k in range(self.n_slots))[source]
         payload_byte = Signal(8)
         with m.Switch(ev.kind):
             with m.Case(KIND_RESULT):

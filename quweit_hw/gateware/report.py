@@ -40,12 +40,6 @@ def make_report(out, bundle, board, core, seconds):
     # the engines' clock: the one nextpnr names after the engine domain (engine_clk), else the only one
     engine_clock = min(v["achieved_mhz"] for k, v in fmax.items()
                        if core.engine_domain == "sync" or core.engine_domain in k)
-    engines = [{"block": index, "name": e.block.name, "lut_nodes": e.block.lut_nodes,
-                "lut4_estimate": e.summary()["ecp5_lut4_estimate"]["total"], "latency_cycles": e.latency,
-                "tokens_per_cycle": e.tokens_per_cycle,
-                "tokens_per_s_at_fmax": round(engine_clock * 1e6 * e.tokens_per_cycle)}
-               for index, e in core.engines]
-    frame = core.d * core.max_tokens + 7  # bytes of a full INFER frame, and of its reply
     return {
         "board": board.name, "device": board.platform_class().device, "bundle": str(bundle.path),
         "bitstream": str(Path(out) / f"{TOP}.bit"),
@@ -55,12 +49,27 @@ def make_report(out, bundle, board, core, seconds):
         "fmax": fmax,
         "resources": resources,
         "nextpnr_utilization": util,
-        "engines": engines,
-        "uart_tokens_per_s": round(board.baud / 10 / frame * core.max_tokens),
+        **(_model_fields(core) if hasattr(core, "runner_fields") else _mlp_fields(core, board, engine_clock)),
         "build_seconds": round(seconds, 1),
         "sources": {"utilization and fmax": f"{NEXTPNR_REPORT} (nextpnr --report)",
                     "cell counts": f"{TOP}.json (the netlist nextpnr placed)"},
     }
+
+
+def _mlp_fields(core, board, engine_clock):
+    """The MLP-only top's engines and what its UART carries."""
+    engines = [{"block": index, "name": e.block.name, "lut_nodes": e.block.lut_nodes,
+                "lut4_estimate": e.summary()["ecp5_lut4_estimate"]["total"], "latency_cycles": e.latency,
+                "tokens_per_cycle": e.tokens_per_cycle,
+                "tokens_per_s_at_fmax": round(engine_clock * 1e6 * e.tokens_per_cycle)}
+               for index, e in core.engines]
+    frame = core.d * core.max_tokens + 7  # bytes of a full INFER frame, and of its reply
+    return {"engines": engines, "uart_tokens_per_s": round(board.baud / 10 / frame * core.max_tokens)}
+
+
+def _model_fields(core):
+    """The whole-model top's engine: what the generator says of it (`ModelLinkCore.runner_fields`)."""
+    return {"whole_model": core.runner_fields()}
 
 
 def report_markdown(r):
@@ -73,14 +82,20 @@ def report_markdown(r):
               f"{r['nextpnr_utilization'].get('TRELLIS_COMB', {}).get('used')} used.", "",
               "| clock | Fmax (MHz) | constraint (MHz) |", "| --- | ---: | ---: |"]
     lines += [f"| `{k}` | {v['achieved_mhz']} | {v['constraint_mhz']} |" for k, v in r["fmax"].items()]
-    lines += ["", f"Timing met: {'yes' if r['timing_met'] else 'NO - lower clock_hz or engine_clock_hz in boards/'}.", "",
-              "| block | LUT nodes | LUT4 estimate | latency (cycles) | tokens/s at Fmax |",
-              "| ---: | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {e['block']} | {e['lut_nodes']} | {e['lut4_estimate']} | {e['latency_cycles']} | "
-              f"{e['tokens_per_s_at_fmax']:,} |" for e in r["engines"]]
-    lines += ["", f"UART: {r['baud']:,} baud (divisor {r['uart_divisor']} at {r['clock_mhz']:g} MHz), "
-              f"{r['uart_tokens_per_s']:,} tokens/s with full frames.", "",
-              f"Sources: {r['sources']['utilization and fmax']}; cell counts from {r['sources']['cell counts']}.", ""]
+    lines += ["", f"Timing met: {'yes' if r['timing_met'] else 'NO - lower clock_hz or engine_clock_hz in boards/'}.", ""]
+    if "engines" in r:
+        lines += ["| block | LUT nodes | LUT4 estimate | latency (cycles) | tokens/s at Fmax |",
+                  "| ---: | ---: | ---: | ---: | ---: |"]
+        lines += [f"| {e['block']} | {e['lut_nodes']} | {e['lut4_estimate']} | {e['latency_cycles']} | "
+                  f"{e['tokens_per_s_at_fmax']:,} |" for e in r["engines"]]
+        lines += ["", f"UART: {r['baud']:,} baud (divisor {r['uart_divisor']} at {r['clock_mhz']:g} MHz), "
+                  f"{r['uart_tokens_per_s']:,} tokens/s with full frames.", ""]
+    if "whole_model" in r:
+        w = r["whole_model"]
+        lines += [f"Whole model (protocol {w['protocol']}): {w['lanes']} MAC lanes, {w['cycles_per_image']:,} "
+                  f"cycles per image (generator), batch memory of {w['batch_images']} images; UART: "
+                  f"{r['baud']:,} baud.", ""]
+    lines += [f"Sources: {r['sources']['utilization and fmax']}; cell counts from {r['sources']['cell counts']}.", ""]
     if "steps_seconds" in r:
         lines += [f"Checkpoint to bitstream: {r['checkpoint_to_bitstream_seconds']} s "
                   f"({', '.join(f'{k}: {v} s' for k, v in r['steps_seconds'].items())}).", ""]

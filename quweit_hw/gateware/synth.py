@@ -1,5 +1,6 @@
 # amaranth: UnusedElaboratable=no
-"""Bitstreams for a board: the engines that fit, the board top, and `synth` (tools and report).
+"""Bitstreams for a board: the engines that fit, the board tops (MLP-only, whole model), and
+`synth` (tools and report).
 
 (The first line is Amaranth's linter option: `choose_engines` builds engines to read their
 LUT4 estimate, and those that do not fit are dropped unelaborated on purpose.)
@@ -14,9 +15,13 @@ from pathlib import Path
 
 from ..contract.bundle import board_id, bundle_id
 from ..contract.folders import atomic_folder
+from ..contract.model_bundle import model_id
 from ..errors import UserError
 from .engine import MLPEngine
 from .link import LinkCore
+from .model_engine import ModelEngine
+from .model_link import ModelLinkCore
+from .model_rtl import load_program
 from .report import make_report, report_markdown
 from .toolchain import BUILD_TOOLS, NEXTPNR_REPORT, TOP, build_top, check_tools
 from .top import BoardTop
@@ -56,8 +61,27 @@ def make_top(bundle, board, blocks=None):
                     engine_clock_hz=board.engine_hz), core
 
 
-def build_dir(bundle, board):
-    return Path("hw") / Path(bundle.path).name / board.name
+def make_model_top(bundle_path, board):
+    """(BoardTop, ModelLinkCore): the whole-model top of the version 2 bundle at `bundle_path`
+    on `board` (its `engine_clock_hz` the engine's: `BoardConfig.for_whole_model`). UserError
+    for a version 1 bundle."""
+    from ..contract.model_bundle import model_board_id
+
+    program, manifest = load_program(bundle_path)
+    two = board.engine_hz != board.clock_hz
+    engine = ModelEngine(program, lanes=board.model_lanes, registers=board.registers)
+    core = ModelLinkCore(engine, divisor=board.divisor, batch=board.batch_images,
+                         timeout=int(board.clock_hz * board.frame_timeout_ms / 1000), stretch=board.clock_hz // 50,
+                         bundle_id=model_board_id(manifest), engine_domain="engine" if two else "sync",
+                         engine_clock_hz=board.engine_hz)
+    return BoardTop(core, clock_hz=board.clock_hz, reset_button=board.reset_button,
+                    engine_clock_hz=board.engine_hz), core
+
+
+def build_dir(bundle, board, whole_model=False):
+    """hw/<bundle>/<board>/; the MLP-only top of a version 2 bundle in hw/<bundle>/<board>-mlp-only/."""
+    mlp_only_of_v2 = not whole_model and bundle.manifest.get("format_version") == 2
+    return Path("hw") / Path(bundle.path).name / (f"{board.name}-mlp-only" if mlp_only_of_v2 else board.name)
 
 
 def _build_file(name):
@@ -83,8 +107,10 @@ def build_folder(out):
     shutil.rmtree(failed_dir(out), ignore_errors=True)  # an older failure's logs are stale now
 
 
-def synth(bundle, board, *, blocks=None, out=None, do_build=True, seed=None):
-    """Build `bundle` for `board` (a BoardConfig) into `out` (default hw/<bundle>/<board>/).
+def synth(bundle, board, *, blocks=None, out=None, do_build=True, seed=None, whole_model=False):
+    """Build `bundle` for `board` (a BoardConfig) into `out` (default hw/<bundle>/<board>/):
+    the MLP-only top of its LUT-MLP blocks, or with `whole_model` the whole-model top (a
+    version 2 bundle; `board` from `BoardConfig.for_whole_model`).
 
     do_build=False stops after elaboration (no tools run, nothing written) and returns the
     Amaranth BuildPlan. Otherwise checks the tools, then runs Yosys, nextpnr-ecp5 and
@@ -92,8 +118,8 @@ def synth(bundle, board, *, blocks=None, out=None, do_build=True, seed=None):
     report.md), and returns the report dict.
     """
     check_tools(BUILD_TOOLS if do_build else ("YOSYS",))
-    top, core = make_top(bundle, board, blocks)
-    out = Path(out) if out is not None else build_dir(bundle, board)
+    top, core = make_model_top(bundle.path, board) if whole_model else make_top(bundle, board, blocks)
+    out = Path(out) if out is not None else build_dir(bundle, board, whole_model)
     if not do_build:
         return build_top(top, board, out, do_build=False, provenance=_provenance(bundle, board, core))
     with build_folder(out) as tmp:
@@ -101,7 +127,11 @@ def synth(bundle, board, *, blocks=None, out=None, do_build=True, seed=None):
 
 
 def _provenance(bundle, board, core):
-    return {"bundle_id": bundle_id(bundle), "board": board.name, "blocks": [i for i, _ in core.engines],
+    if isinstance(core, ModelLinkCore):
+        what = {"bundle_id": model_id(bundle.manifest), "top": "whole model", "lanes": core.info.lanes}
+    else:
+        what = {"bundle_id": bundle_id(bundle), "blocks": [i for i, _ in core.engines]}
+    return {**what, "board": board.name,
             "clock_hz": board.clock_hz, "engine_clock_hz": board.engine_hz, "baud": board.baud,
             "registers": board.registers}
 
