@@ -6,7 +6,8 @@ import sys
 from ..backends import BACKENDS
 from ..errors import UserError
 from ..resources import REFERENCE_CHECKPOINT
-from .options import input_file, input_folder, input_path, positive_int, positive_power_of_two
+from .options import (dropout_rate, input_file, input_folder, input_path, nonnegative_int, positive_int,
+                      positive_power_of_two)
 
 
 def configure(parser):
@@ -29,6 +30,11 @@ def configure(parser):
                              "checkpoint; default: none, the checkpoint's MLP blocks on --mlp-backend)")
     parser.add_argument("--lanes", type=positive_power_of_two, default=32, metavar="N",
                         help="--backend rtl: multipliers of the engine's MAC array (default: 32)")
+    parser.add_argument("--backpressure", type=dropout_rate, default=0.0, metavar="P",
+                        help="--backend rtl: the fraction of clocks on which the harness gaps i.valid and drops "
+                             "o.ready, at random (default: 0, never)")
+    parser.add_argument("--seed", type=nonnegative_int, default=1,
+                        help="--backend rtl: seed of the --backpressure draws (default: 1)")
     parser.add_argument("--port", help="serial port of the board (--mlp-backend board; default: none, required there)")
     parser.add_argument("--sim", choices=("verilator", "icarus"), help="simulator for --mlp-backend rtl (default verilator)")
     parser.add_argument("--no-progress", action="store_true",
@@ -69,7 +75,7 @@ def run_whole_model(args):
     from ..whole_model_eval import evaluate_model_bundle
 
     r = evaluate_model_bundle(args.checkpoint, args.backend, split=args.split, limit=args.limit, compare=args.compare,
-                              lanes=args.lanes)
+                              lanes=args.lanes, backpressure=args.backpressure, seed=args.seed)
     correct = round(r["accuracy"] * r["n"])
     print(f"{args.backend} (whole integer model): accuracy {r['accuracy'] * 100:.2f} % ({correct}/{r['n']})")
     exact = True
@@ -79,6 +85,10 @@ def run_whole_model(args):
         print(f"rtl vs golden: {r['differing_from_golden']} of {r['logits'].size} logits differ, "
               f"{r['class_output_differs']} class outputs differ from the logits' argmax; cycles per image {cycles} "
               f"(generator: {r['rtl']['cycles_per_image']}); {r['rtl']['cycles']:,} clocks in {r['rtl']['seconds']} s")
+        rtl = r["rtl"]
+        print(f"rtl run: backpressure {rtl['backpressure']} (seed {rtl['seed']}): {rtl['valid_gaps']:,} clocks with "
+              f"i.valid gapped, {rtl['ready_stalls']:,} with a result held by o.ready low; Verilator build "
+              f"{rtl['build_seconds']} s, Verilog generation {rtl['generation_seconds']} s")
     if not args.compare:
         return 0 if exact else 1
     print(f"torch integer eval: accuracy {r['torch_accuracy'] * 100:.2f} %")
