@@ -172,7 +172,8 @@ class _Operators:
         op, width = v.operator, len(v)
         operand_bits = max((len(o) for o in v.operands), default=0)
         if op == "*":
-            self.multipliers.append(tuple((len(o), o.shape().signed, isinstance(o, Const)) for o in v.operands))
+            self.multipliers.append(tuple((len(o), o.shape().signed, o.value if isinstance(o, Const) else None)
+                                          for o in v.operands))
         elif op in _ADD and len(v.operands) == 2:
             self.lut4 += LUT4_PER_BIT["add"] * width
         elif op in _COMPARE:
@@ -260,8 +261,17 @@ def _lhs(stmts):
 
 
 def _multiplier_dsps(operands):
-    """MULT18X18D of one multiplier from its operands' (bits, signed, constant)."""
+    """MULT18X18D of one multiplier from its operands' (bits, signed, constant value or None):
+    a product by a power of two is a shift (opt_expr), a constant is only as wide as its value
+    (wreduce)."""
     (a_bits, a_signed, a_const), (b_bits, b_signed, b_const) = operands
+    for const in (a_const, b_const):
+        if const is not None and const & (const - 1) == 0 and const >= 0:
+            return 0
+    if a_const is not None:
+        a_bits = a_const.bit_length() + (a_const < 0 or a_signed)
+    if b_const is not None:
+        b_bits = b_const.bit_length() + (b_const < 0 or b_signed)
     return mult18x18d_count(a_bits, a_signed, b_bits, b_signed)
 
 
