@@ -42,6 +42,8 @@ def configure(parser):
 
 
 def run(args):
+    if args.backpressure and args.backend != "rtl":
+        raise UserError("--backpressure applies to --backend rtl (the whole-model Verilog under Verilator)")
     if args.backend is not None:  # numpy only: the golden model needs no torch
         _positional(input_folder, args.checkpoint, f"--backend {args.backend} evaluates a version 2 bundle: ")
         return run_whole_model(args)
