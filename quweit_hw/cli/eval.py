@@ -89,7 +89,7 @@ def run_whole_model(args):
               f"(generator: {r['rtl']['cycles_per_image']}); {r['rtl']['cycles']:,} clocks in {r['rtl']['seconds']} s")
         rtl = r["rtl"]
         print(f"rtl run: backpressure {rtl['backpressure']} (seed {rtl['seed']}): {rtl['valid_gaps']:,} clocks with "
-              f"i.valid gapped, {rtl['ready_stalls']:,} with a result held by o.ready low; Verilator build "
+              f"a pixel held back while i.ready, {rtl['ready_stalls']:,} with a result held by o.ready low; Verilator build "
               f"{rtl['build_seconds']} s, Verilog generation {rtl['generation_seconds']} s")
     if not args.compare:
         return 0 if exact else 1

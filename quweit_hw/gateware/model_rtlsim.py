@@ -53,7 +53,7 @@ int main(int argc, char** argv) {
     for (int k = 0; k < 2; k++) { t->clk = 1; t->eval(); t->clk = 0; t->eval(); }
     t->rst = 0; t->eval();
     size_t sent = 0, done = 0;
-    uint64_t gaps = 0, stalls = 0;  // clocks with a pixel held back; with a result held by o.ready low
+    uint64_t gaps = 0, stalls = 0;  // clocks with a pixel held back while i.ready; with a result held by o.ready low
     uint64_t cycles = 0, limit = (uint64_t)(n + 1) * 10000000ull;
     auto start = std::chrono::steady_clock::now();
     while (done < n && cycles < limit) {
@@ -62,7 +62,7 @@ int main(int argc, char** argv) {
         if (offer) t->i__payload = in[sent];
         t->o__ready = rp >= 1000 || rnd() < rp;
         bool accept = offer && t->i__ready;  // i.ready, o.valid, o.payload come from registers
-        gaps += sent < n * PIXELS && !offer;
+        gaps += sent < n * PIXELS && !offer && t->i__ready;
         stalls += t->o__valid && !t->o__ready;
         if (t->o__valid && t->o__ready) {
             uint32_t w[OW];
@@ -116,8 +116,8 @@ class VerilatedModel:
         """Every image of `pixels` (B, C, H, W) uint8 through the engine; i.valid is offered on
         `valid_permille` of the clocks and o.ready raised on `ready_permille` (seeded xorshift, 1000:
         always). -> (logits (B, classes) int64, labels (B,), cycles (B,)); `last_run` gets the
-        clocks, the wall seconds and how many clocks had a pixel held back (valid_gaps) or a result
-        held by o.ready low (ready_stalls)."""
+        clocks, the wall seconds and how many clocks had a pixel held back while i.ready was high
+        (valid_gaps) or a result held by o.ready low (ready_stalls)."""
         for name, value in (("valid_permille", valid_permille), ("ready_permille", ready_permille)):
             if not 1 <= value <= 1000:
                 raise ValueError(f"{name} must lie in [1, 1000], got {value!r}")
