@@ -32,8 +32,19 @@ def torch_integer_logits(manifest, pixels, batch_size=500):
         return torch.cat([model(pix[i:i + batch_size]) for i in range(0, len(pix), batch_size)]).numpy()
 
 
-def rtl_logits(bundle_path, pixels, lanes=32):
-    """(logits, labels, cycles, info) of the whole-model engine's Verilog under Verilator."""
+def backpressure_permille(backpressure):
+    """The harness's per-mille chance that a clock offers a pixel (and raises o.ready) when a
+    fraction `backpressure` in [0, 1) of the clocks gap i.valid (and drop o.ready)."""
+    if not 0 <= backpressure < 1:
+        raise UserError(f"--backpressure must lie in [0, 1), got {backpressure!r}")
+    return max(1, 1000 - round(1000 * backpressure))
+
+
+def rtl_logits(bundle_path, pixels, lanes=32, *, backpressure=0.0, seed=1):
+    """(logits, labels, cycles, info) of the whole-model engine's Verilog under Verilator; with
+    `backpressure` that fraction of the clocks gaps i.valid and drops o.ready at random (`seed`).
+    info: the generator's cycles per image, the run's clocks, wall and Verilator build seconds,
+    the gap and stall counts."""
     import sys
     import tempfile
     from pathlib import Path
@@ -47,8 +58,12 @@ def rtl_logits(bundle_path, pixels, lanes=32):
         print("rtl: compiling it with Verilator (minutes for a large model) ...", file=sys.stderr, flush=True)
         sim = VerilatedModel(Path(tmp) / "rtl" / "model_engine.v", summary["classes"], pixels[0].size, Path(tmp) / "sim")
         print(f"rtl: running {len(pixels)} images ...", file=sys.stderr, flush=True)
-        logits, labels, cycles = sim.run(pixels)
-    return logits, labels, cycles, {"cycles_per_image": summary["cycles_per_image"], **sim.last_run}
+        permille = backpressure_permille(backpressure)
+        logits, labels, cycles = sim.run(pixels, valid_permille=permille, ready_permille=permille, seed=seed)
+    return logits, labels, cycles, {"cycles_per_image": summary["cycles_per_image"], "lanes": lanes,
+                                    "generation_seconds": summary["generation_seconds"],
+                                    "build_seconds": round(sim.build_seconds, 1), "backpressure": backpressure,
+                                    **sim.last_run}
 
 
 def evaluate_on_board(bundle_path, program, manifest, pixels, port, bench, link, progress):
@@ -71,10 +86,10 @@ def evaluate_on_board(bundle_path, program, manifest, pixels, port, bench, link,
 
 
 def evaluate_model_bundle(bundle_path, backend="golden", *, split="test", limit=None, compare=False, lanes=32,
-                          port=None, bench=0, link=None, progress=None):
+                          backpressure=0.0, seed=1, port=None, bench=0, link=None, progress=None):
     """{"accuracy", "n", "predictions", "logits"}; rtl and board also "differing_from_golden"
     (logits), "class_output_differs", "cycles" (the engine's counter, per image), "rtl" or
-    "board" (run figures); board with `bench` repeats also "bench" (`host_model.board_bench`
+    "board" (run figures; rtl's from rtl_logits, which `backpressure` and `seed` go to); board with `bench` repeats also "bench" (`host_model.board_bench`
     on the first images, as many as the board's batch memory holds); with compare:
     "differing_logits", "differing_predictions", "torch_accuracy". The board is on serial
     `port` (or `link`, a ModelLink)."""
@@ -88,7 +103,7 @@ def evaluate_model_bundle(bundle_path, backend="golden", *, split="test", limit=
     extra = {}
     if backend == "rtl":
         gold = logits
-        logits, classes, cycles, info = rtl_logits(bundle_path, pixels, lanes)
+        logits, classes, cycles, info = rtl_logits(bundle_path, pixels, lanes, backpressure=backpressure, seed=seed)
         extra = {"differing_from_golden": int((logits != gold).sum()), "cycles": cycles, "rtl": info,
                  "class_output_differs": int((classes != logits.argmax(-1)).sum())}
     elif backend == "board":

@@ -6,7 +6,8 @@ import sys
 from ..backends import BACKENDS
 from ..errors import UserError
 from ..resources import REFERENCE_CHECKPOINT
-from .options import input_file, input_folder, input_path, positive_int, positive_power_of_two
+from .options import (dropout_rate, input_file, input_folder, input_path, nonnegative_int, positive_int,
+                      positive_power_of_two)
 
 
 def configure(parser):
@@ -33,6 +34,11 @@ def configure(parser):
                              "many as its batch memory holds, R times over back to back, timed in engine cycles (default: none)")
     parser.add_argument("--lanes", type=positive_power_of_two, default=32, metavar="N",
                         help="--backend rtl: multipliers of the engine's MAC array (default: 32)")
+    parser.add_argument("--backpressure", type=dropout_rate, default=0.0, metavar="P",
+                        help="--backend rtl: the fraction of clocks on which the harness gaps i.valid and drops "
+                             "o.ready, at random (default: 0, never)")
+    parser.add_argument("--seed", type=nonnegative_int, default=1,
+                        help="--backend rtl: seed of the --backpressure draws (default: 1)")
     parser.add_argument("--port", help="serial port of the board (--mlp-backend board, --backend board; default: none, required there)")
     parser.add_argument("--sim", choices=("verilator", "icarus"), help="simulator for --mlp-backend rtl (default verilator)")
     parser.add_argument("--no-progress", action="store_true",
@@ -44,6 +50,8 @@ def run(args):
         raise UserError("--bench runs on the board: add --backend board --port PORT")
     if args.backend == "board" and not args.port:
         raise UserError("--backend board needs --port (the board's serial port)")
+    if args.backpressure and args.backend != "rtl":
+        raise UserError("--backpressure applies to --backend rtl (the whole-model Verilog under Verilator)")
     if args.backend is not None:  # numpy only: the golden model needs no torch
         _positional(input_folder, args.checkpoint, f"--backend {args.backend} evaluates a version 2 bundle: ")
         return run_whole_model(args)
@@ -77,7 +85,8 @@ def run_whole_model(args):
     from ..whole_model_eval import evaluate_model_bundle
 
     r = evaluate_model_bundle(args.checkpoint, args.backend, split=args.split, limit=args.limit, compare=args.compare,
-                              lanes=args.lanes, port=args.port, bench=args.bench or 0)
+                              lanes=args.lanes, port=args.port, bench=args.bench or 0,
+                              backpressure=args.backpressure, seed=args.seed)
     correct = round(r["accuracy"] * r["n"])
     print(f"{args.backend} (whole integer model): accuracy {r['accuracy'] * 100:.2f} % ({correct}/{r['n']})")
     exact = True
@@ -87,6 +96,10 @@ def run_whole_model(args):
         print(f"rtl vs golden: {r['differing_from_golden']} of {r['logits'].size} logits differ, "
               f"{r['class_output_differs']} class outputs differ from the logits' argmax; cycles per image {cycles} "
               f"(generator: {r['rtl']['cycles_per_image']}); {r['rtl']['cycles']:,} clocks in {r['rtl']['seconds']} s")
+        rtl = r["rtl"]
+        print(f"rtl run: backpressure {rtl['backpressure']} (seed {rtl['seed']}): {rtl['valid_gaps']:,} clocks with "
+              f"a pixel held back while i.ready, {rtl['ready_stalls']:,} with a result held by o.ready low; Verilator build "
+              f"{rtl['build_seconds']} s, Verilog generation {rtl['generation_seconds']} s")
     if args.backend == "board":
         exact = _print_board(r)
     if not args.compare:

@@ -53,6 +53,7 @@ int main(int argc, char** argv) {
     for (int k = 0; k < 2; k++) { t->clk = 1; t->eval(); t->clk = 0; t->eval(); }
     t->rst = 0; t->eval();
     size_t sent = 0, done = 0;
+    uint64_t gaps = 0, stalls = 0;  // clocks with a pixel held back while i.ready; with a result held by o.ready low
     uint64_t cycles = 0, limit = (uint64_t)(n + 1) * 10000000ull;
     auto start = std::chrono::steady_clock::now();
     while (done < n && cycles < limit) {
@@ -61,6 +62,8 @@ int main(int argc, char** argv) {
         if (offer) t->i__payload = in[sent];
         t->o__ready = rp >= 1000 || rnd() < rp;
         bool accept = offer && t->i__ready;  // i.ready, o.valid, o.payload come from registers
+        gaps += sent < n * PIXELS && !offer && t->i__ready;
+        stalls += t->o__valid && !t->o__ready;
         if (t->o__valid && t->o__ready) {
             uint32_t w[OW];
             for (int k = 0; k < OW; k++) w[k] = t->o__payload[k];
@@ -77,7 +80,8 @@ int main(int argc, char** argv) {
     FILE* o = std::fopen(argv[2], "wb");
     std::fwrite(out.data(), 4, done * (CLASSES + 2), o);
     std::fclose(o);
-    std::printf("images %zu cycles %llu seconds %.3f\n", done, (unsigned long long)cycles, seconds);
+    std::printf("images %zu cycles %llu seconds %.3f gaps %llu stalls %llu\n", done, (unsigned long long)cycles,
+                seconds, (unsigned long long)gaps, (unsigned long long)stalls);
     delete t;
     return done == n ? 0 : 1;
 }
@@ -109,6 +113,14 @@ class VerilatedModel:
         self.last_run = None
 
     def run(self, pixels, *, valid_permille=1000, ready_permille=1000, seed=1):
+        """Every image of `pixels` (B, C, H, W) uint8 through the engine; i.valid is offered on
+        `valid_permille` of the clocks and o.ready raised on `ready_permille` (seeded xorshift, 1000:
+        always). -> (logits (B, classes) int64, labels (B,), cycles (B,)); `last_run` gets the
+        clocks, the wall seconds and how many clocks had a pixel held back while i.ready was high
+        (valid_gaps) or a result held by o.ready low (ready_stalls)."""
+        for name, value in (("valid_permille", valid_permille), ("ready_permille", ready_permille)):
+            if not 1 <= value <= 1000:
+                raise ValueError(f"{name} must lie in [1, 1000], got {value!r}")
         pixels = np.ascontiguousarray(pixels, np.uint8)
         if pixels[0].size != self.pixels:
             raise UserError(f"images of {pixels[0].size} pixels; the engine takes {self.pixels}")
@@ -121,7 +133,9 @@ class VerilatedModel:
             raise UserError(f"verilator run delivered {len(words)} of {len(pixels)} results "
                             f"(exit {result.returncode}): {result.stderr.strip()[-300:]}")
         fields = dict(zip(result.stdout.split()[0::2], result.stdout.split()[1::2]))
-        self.last_run = {"images": len(words), "cycles": int(fields["cycles"]), "seconds": float(fields["seconds"])}
+        self.last_run = {"images": len(words), "cycles": int(fields["cycles"]), "seconds": float(fields["seconds"]),
+                         "valid_gaps": int(fields["gaps"]), "ready_stalls": int(fields["stalls"]),
+                         "valid_permille": valid_permille, "ready_permille": ready_permille, "seed": seed}
         label_mask = (1 << max((self.classes - 1).bit_length(), 1)) - 1
         logits = words[:, :self.classes].view(np.int32).astype(np.int64)
         return logits, (words[:, self.classes] & label_mask).astype(np.int64), words[:, self.classes + 1].astype(np.int64)
