@@ -121,8 +121,6 @@ def _build_whole_model(staged_bundle, bundle, board, tmp, out, timer, check_imag
 def check_model_engine(engine, n):
     """The first `n` Fashion-MNIST test images through `engine` in Amaranth's simulator; UserError
     unless every logit equals the golden model's."""
-    import numpy as np
-
     from .contract import golden_model
     from .contract.fashion_mnist import fashion_mnist_pixels
     from .gateware.simulation import simulate_model

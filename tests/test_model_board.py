@@ -136,22 +136,25 @@ def test_every_error_gets_a_reply_and_the_link_recovers(program, images):
     long = protocol.encode_frame(protocol.CMD_IMAGE, 0, images[3].tobytes() + b"\x00")
     for frame in (short, long):
         assert protocol.SOF_REQUEST not in frame[5:], "a skipped byte would start a frame"
+    info = protocol.encode_frame(protocol.CMD_INFO, 0)
+    # an image after each error that touched the payload path, INFO (cheaper) after the others
     frames = exchange(
         serial,
         bytes(corrupt), good,
         short, good,
         long, good,
-        protocol.encode_frame(0x33, 0), good,                                        # unknown command
-        protocol.load_frame(BATCH, images[3]), good,                                 # slot beyond the batch memory
-        protocol.encode_frame(protocol.CMD_BENCH, BATCH + 1, b"\x01\x00"), good,     # more images than it holds
-        protocol.encode_frame(protocol.CMD_BENCH, 0, b"\x01\x00"), good,             # none
+        protocol.encode_frame(0x33, 0), info,                                        # unknown command
+        protocol.load_frame(BATCH, images[3]), info,                                 # slot beyond the batch memory
+        protocol.encode_frame(protocol.CMD_BENCH, BATCH + 1, b"\x01\x00"), info,     # more images than it holds
+        protocol.encode_frame(protocol.CMD_BENCH, 0, b"\x01\x00"), info,             # none
         protocol.encode_frame(protocol.CMD_INFO, 0, b"\x00"), good,                  # INFO with a payload
         good[:9], 3 * TIMEOUT, good)                                                 # bytes stop mid-frame
-    ok = result(program, core.engine, images[2])
-    errors = [(0, protocol.ERR_CRC), (0, protocol.ERR_LENGTH), (0, protocol.ERR_LENGTH), (0, protocol.ERR_COMMAND),
-              (BATCH, protocol.ERR_BLOCK), (BATCH + 1, protocol.ERR_BLOCK), (0, protocol.ERR_BLOCK),
-              (0, protocol.ERR_LENGTH), (0, protocol.ERR_TIMEOUT)]
-    expected = [x for block, code in errors for x in ((protocol.REPLY_ERROR, block, bytes([code])), ok)]
+    ok, answer = result(program, core.engine, images[2]), (protocol.REPLY_INFO, 0, core.info.encode())
+    errors = [(0, protocol.ERR_CRC, ok), (0, protocol.ERR_LENGTH, ok), (0, protocol.ERR_LENGTH, ok),
+              (0, protocol.ERR_COMMAND, answer), (BATCH, protocol.ERR_BLOCK, answer),
+              (BATCH + 1, protocol.ERR_BLOCK, answer), (0, protocol.ERR_BLOCK, answer),
+              (0, protocol.ERR_LENGTH, ok), (0, protocol.ERR_TIMEOUT, ok)]
+    expected = [x for block, code, then in errors for x in ((protocol.REPLY_ERROR, block, bytes([code])), then)]
     assert [(f.kind, f.block, f.payload) for f in frames] == expected
 
 
@@ -162,7 +165,8 @@ def test_board_backend_against_the_simulated_board(program, images, tmp_path):
     path = write_model_bundle(tmp_path / "tiny", program)
     manifest = json.loads((path / "manifest.json").read_text())
     core = make_core(program, bundle_id=model_board_id(manifest))
-    link = ModelLink(serial_port=SimulatedSerial(core, DIVISOR), timeout=20.0)
+    # a wall-clock timeout over a simulation: generous, so that a loaded machine does not trip it
+    link = ModelLink(serial_port=SimulatedSerial(core, DIVISOR), timeout=300.0)
     logits, labels, cycles, figures, bench = evaluate_on_board(path, program, manifest, images[:4], None, 3, link, None)
     gold = golden_model.logits(program, images[:4])
     assert np.array_equal(logits, gold) and np.array_equal(labels, gold.argmax(1))
@@ -189,7 +193,7 @@ def test_the_host_refuses_the_other_top(program):
 
     block = random_block(d=4, thresholds=4, n=4, hidden=(16,), group_size=4, seed=1, name="b")
     core = LinkCore([(0, MLPEngine(block))], divisor=DIVISOR, max_tokens=4, timeout=TIMEOUT, stretch=8)
-    link = ModelLink(serial_port=SimulatedSerial(core, DIVISOR), timeout=5.0)
+    link = ModelLink(serial_port=SimulatedSerial(core, DIVISOR), timeout=60.0)
     with pytest.raises(LinkError, match=r"protocol version 1 \(the MLP-only top\), this command needs 2"):
         link.info()
 
