@@ -258,6 +258,9 @@ def written(root):
     (["build", "CKPT", "--whole-model", "-o", "b", "--bundle-out", "bo"], "exports a version 1 bundle"),
     (["eval", "v2", "--backend", "board"], "--backend board needs --port"),
     (["eval", "v2", "--backend", "golden", "--bench", "3"], "--bench runs on the board"),
+    (["synth", "--bundle", "v2", "--board", "ulx3s-12f", "--lanes", "64", "--no-build", "-o", "b"],
+     "does not fit ulx3s-12f (LFE5U-12F): flip-flops"),
+    (["synth", "--bundle", "v2", "--mlp-only", "--lanes", "8", "--no-build", "-o", "b"], "the MLP-only top has none"),
 ])
 def test_whole_model_errors_are_one_line_and_write_nothing(argv, needle, place, capsys):
     from quweit_hw import cli

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from ..errors import UserError
-from .options import nonnegative_int, output_folder, positive_float, positive_int
+from .options import nonnegative_int, output_folder, positive_float, positive_int, positive_power_of_two
 
 
 def add_board_options(parser, out_default="hw/<bundle>/<board>/"):
@@ -17,6 +17,9 @@ def add_board_options(parser, out_default="hw/<bundle>/<board>/"):
                           "version 2 bundle")
     parser.add_argument("--block", type=nonnegative_int, action="append", default=None, metavar="I",
                         help="--mlp-only: build only bundle block I (repeatable; default: all blocks when they fit)")
+    parser.add_argument("--lanes", type=positive_power_of_two, default=None, metavar="N",
+                        help="the whole model: multipliers of the engine's MAC array (default: the board's "
+                             "model_lanes, 32 on the ULX3S)")
     parser.add_argument("--clock-mhz", type=positive_float, default=None,
                         help="system clock: link and UART, and the engines unless --engine-clock-mhz "
                              "(default: the board's clock_hz)")
@@ -41,6 +44,8 @@ def requested_top(args, version):
                         "is version 1 (the LUT-MLP blocks only): drop --whole-model for the MLP-only top")
     if whole and args.block is not None:
         raise UserError("--block picks the MLP-only top's engines: add --mlp-only")
+    if whole is False and getattr(args, "lanes", None) is not None:
+        raise UserError("--lanes sizes the whole-model engine's MAC array; the MLP-only top has none")
     return whole
 
 
@@ -56,7 +61,8 @@ def board_from(args):
     given = " ".join(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}" for flag, value in (("--clock-mhz", args.clock_mhz),
                      ("--engine-clock-mhz", args.engine_clock_mhz), ("--baud", args.baud)) if value is not None)
     try:
-        board = load_board(args.board, clock_hz=clock, baud=args.baud, **clocks)
+        board = load_board(args.board, clock_hz=clock, baud=args.baud, model_lanes=getattr(args, "lanes", None),
+                           **clocks)
         for top in (board, board.for_whole_model()):
             check_clocks(top, board.platform_class()().default_clk_frequency)
     except ValueError as e:

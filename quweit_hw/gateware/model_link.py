@@ -302,6 +302,9 @@ class ModelLinkCore(wiring.Component):
         The UART's transmit line (to the host; a register).
     leds : Out(LEDS)
         The status LEDs (`StatusLEDs`; a register).
+    fit_estimate : dict or None
+        The board fit check's resource estimate (`model_fit.check_model_fit`), set by the
+        build (`synth.make_model_top`) for the report; None otherwise.
     """
 
     rx: In(1, init=1)
@@ -316,12 +319,15 @@ class ModelLinkCore(wiring.Component):
         self.requests = protocol.model_requests(engine.pixels, c.classes, batch)
         self.info = ModelInfo(protocol.MODEL_PROTOCOL_VERSION, c.config.get("channels", 1), c.config["image_size"],
                               c.classes, c.lanes, batch, engine.cycles_per_image, engine_clock_hz, bundle_id)
+        self.fit_estimate = None
         super().__init__()
 
     def runner_fields(self):
         """What the build report says of this top's engine (the generator's figures)."""
         return {"protocol": self.info.version, "lanes": self.info.lanes, "cycles_per_image": self.info.cycles_per_image,
-                "batch_images": self.batch, "pixels": self.engine.pixels, "classes": self.info.classes}
+                "batch_images": self.batch, "pixels": self.engine.pixels, "classes": self.info.classes,
+                "fit_estimate": self.fit_estimate and {k: self.fit_estimate[k] for k in
+                                                       ("lut4", "ff", "mult18x18d", "dp16kd", "lutram")}}
 
     def elaborate(self, platform):
         m = Module()

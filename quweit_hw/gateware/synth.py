@@ -20,6 +20,7 @@ from ..errors import UserError
 from .engine import MLPEngine
 from .link import LinkCore
 from .model_engine import ModelEngine
+from .model_fit import check_model_fit
 from .model_link import ModelLinkCore
 from .model_rtl import load_program
 from .report import make_report, report_markdown
@@ -70,10 +71,13 @@ def make_model_top(bundle_path, board):
     program, manifest = load_program(bundle_path)
     two = board.engine_hz != board.clock_hz
     engine = ModelEngine(program, lanes=board.model_lanes, registers=board.registers)
+    # before anything is written: a model that does not fit is one line naming what would
+    fit = check_model_fit(program, board, board.model_lanes, registers=board.registers, engine=engine)
     core = ModelLinkCore(engine, divisor=board.divisor, batch=board.batch_images,
                          timeout=int(board.clock_hz * board.frame_timeout_ms / 1000), stretch=board.clock_hz // 50,
                          bundle_id=model_board_id(manifest), engine_domain="engine" if two else "sync",
                          engine_clock_hz=board.engine_hz)
+    core.fit_estimate = fit
     return BoardTop(core, clock_hz=board.clock_hz, reset_button=board.reset_button,
                     engine_clock_hz=board.engine_hz), core
 
