@@ -17,8 +17,9 @@ measured 32-lane build of the reference):
 - flip-flops: the bits of every signal a clocked domain drives, plus the read registers of
   memories that land in LUT RAM or logic.
 - LUT4: the LUT-MLP engines by gateware.estimate (per element, calibrated on synth_ecp5),
-  the rest of the datapath by LUT4 per bit of each operator kind (`LUT4_PER_BIT`), the LUT RAM
-  as its slices' LUT4s.
+  the rest of the datapath by LUT4 per bit of each operator kind (`LUT4_PER_BIT`), their sum
+  scaled by `LUT4_CALIBRATION` (the measured build over this count); the LUT RAM as its
+  slices' LUT4s on top.
 """
 
 import math
