@@ -19,7 +19,8 @@ from quweit_hw.contract.boards import load_board  # noqa: E402
 from quweit_hw.contract.fashion_mnist import fashion_mnist_pixels  # noqa: E402
 from quweit_hw.gateware.model_engine import ModelEngine  # noqa: E402
 from quweit_hw.gateware.model_rtl import load_program  # noqa: E402
-from quweit_hw.model_throughput import cpu_images_per_second, throughput_fields, throughput_markdown  # noqa: E402
+from quweit_hw.contract.throughput import throughput_fields, throughput_markdown  # noqa: E402
+from quweit_hw.model_throughput import cpu_images_per_second  # noqa: E402
 from quweit_hw.resources import REFERENCE_INTEGER  # noqa: E402
 
 

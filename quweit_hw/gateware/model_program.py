@@ -42,9 +42,8 @@ B_W, B_K, B_V = range(3)
 # post-op destinations
 D_X, D_H, D_HT, D_Q, D_K, D_V, D_CTX, D_G, D_SC, D_LOG = range(10)
 
-POST_LATENCY = 7   # post-op: input in cycle c, memory write in cycle c + 7
-MAC_LATENCY = 3    # MAC array: issue in c, results latched in the bank in c + 3
-ISSUE_GAP = 1      # cycles between instructions: the fetch from the instruction ROM
+# the units' latencies live with the units (model_units.post_latency, MACArray.LATENCY, the
+# LayerNorm and softmax units' row_cycles); model_engine.instruction_cycles adds them up
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ placed; nothing is kept by hand.
 import json
 from pathlib import Path
 
+from ..contract.throughput import throughput_fields, throughput_markdown
 from .toolchain import NEXTPNR_REPORT, TOP
 
 # primitives counted in the placed netlist: report name -> Yosys/nextpnr cell type
@@ -28,8 +29,10 @@ def placed_cells(out):
     return cells
 
 
-def make_report(out, bundle, board, core, seconds):
-    """The build report, from nextpnr's --report JSON and the netlist it placed (out/top.json)."""
+def make_report(out, bundle, board, core, seconds, cpu=None):
+    """The build report, from nextpnr's --report JSON and the netlist it placed (out/top.json);
+    `cpu`: the whole model's images/s on this machine's CPU (`model_throughput`), for the
+    throughput table beside the chip's."""
     pnr = json.loads((Path(out) / NEXTPNR_REPORT).read_text())
     cells = placed_cells(out)
     util = pnr["utilization"]
@@ -49,7 +52,8 @@ def make_report(out, bundle, board, core, seconds):
         "fmax": fmax,
         "resources": resources,
         "nextpnr_utilization": util,
-        **(_model_fields(core) if hasattr(core, "runner_fields") else _mlp_fields(core, board, engine_clock)),
+        **(_model_fields(core, board, engine_clock, cpu) if hasattr(core, "runner_fields")
+           else _mlp_fields(core, board, engine_clock)),
         "build_seconds": round(seconds, 1),
         "sources": {"utilization and fmax": f"{NEXTPNR_REPORT} (nextpnr --report)",
                     "cell counts": f"{TOP}.json (the netlist nextpnr placed)"},
@@ -67,9 +71,14 @@ def _mlp_fields(core, board, engine_clock):
     return {"engines": engines, "uart_tokens_per_s": round(board.baud / 10 / frame * core.max_tokens)}
 
 
-def _model_fields(core):
-    """The whole-model top's engine: what the generator says of it (`ModelLinkCore.runner_fields`)."""
-    return {"whole_model": core.runner_fields()}
+def _model_fields(core, board, engine_clock, cpu):
+    """The whole-model top's engine: what the generator says of it (`ModelLinkCore.runner_fields`),
+    and its images/s and latency at the engine clock's post-route Fmax, over the UART, and on
+    this machine's CPU (`contract.throughput`)."""
+    fields = core.runner_fields()
+    throughput = throughput_fields(fields["cycles_per_image"], pixels=fields["pixels"], classes=fields["classes"],
+                                   fmax_hz=engine_clock * 1e6, baud=board.baud, cpu=cpu)
+    return {"whole_model": {**fields, "throughput": throughput}}
 
 
 def report_markdown(r):
@@ -94,7 +103,7 @@ def report_markdown(r):
         w = r["whole_model"]
         lines += [f"Whole model (protocol {w['protocol']}): {w['lanes']} MAC lanes, {w['cycles_per_image']:,} "
                   f"cycles per image (generator), batch memory of {w['batch_images']} images; UART: "
-                  f"{r['baud']:,} baud.", ""]
+                  f"{r['baud']:,} baud.", "", throughput_markdown(w["throughput"])]
     lines += [f"Sources: {r['sources']['utilization and fmax']}; cell counts from {r['sources']['cell counts']}.", ""]
     if "steps_seconds" in r:
         lines += [f"Checkpoint to bitstream: {r['checkpoint_to_bitstream_seconds']} s "

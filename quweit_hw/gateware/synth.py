@@ -111,10 +111,11 @@ def build_folder(out):
     shutil.rmtree(failed_dir(out), ignore_errors=True)  # an older failure's logs are stale now
 
 
-def synth(bundle, board, *, blocks=None, out=None, do_build=True, seed=None, whole_model=False):
+def synth(bundle, board, *, blocks=None, out=None, do_build=True, seed=None, whole_model=False, cpu=None):
     """Build `bundle` for `board` (a BoardConfig) into `out` (default hw/<bundle>/<board>/):
     the MLP-only top of its LUT-MLP blocks, or with `whole_model` the whole-model top (a
-    version 2 bundle; `board` from `BoardConfig.for_whole_model`).
+    version 2 bundle; `board` from `BoardConfig.for_whole_model`; `cpu`: its images/s on this
+    CPU, `model_throughput.cpu_images_per_second`, for the report).
 
     do_build=False stops after elaboration (no tools run, nothing written) and returns the
     Amaranth BuildPlan. Otherwise checks the tools, then runs Yosys, nextpnr-ecp5 and
@@ -127,7 +128,7 @@ def synth(bundle, board, *, blocks=None, out=None, do_build=True, seed=None, who
     if not do_build:
         return build_top(top, board, out, do_build=False, provenance=_provenance(bundle, board, core))
     with build_folder(out) as tmp:
-        return run_build(top, core, bundle, board, tmp, out, seed=seed)
+        return run_build(top, core, bundle, board, tmp, out, seed=seed, cpu=cpu)
 
 
 def _provenance(bundle, board, core):
@@ -140,13 +141,13 @@ def _provenance(bundle, board, core):
             "registers": board.registers}
 
 
-def run_build(top, core, bundle, board, tmp, out, *, seed=None):
+def run_build(top, core, bundle, board, tmp, out, *, seed=None, cpu=None):
     """Run the tools on `top` in the temporary build folder `tmp` that will become `out`;
     write report.json and report.md there and return the report (paths as in `out`).
     A failed build's folder is moved to failed_dir(out) and the UserError names its logs."""
     start = time.perf_counter()
     build_top(top, board, tmp, seed=seed, failed=failed_dir(out), provenance=_provenance(bundle, board, core))
-    report = make_report(tmp, bundle, board, core, time.perf_counter() - start)
+    report = make_report(tmp, bundle, board, core, time.perf_counter() - start, cpu=cpu)
     report["bitstream"] = str(Path(out) / f"{TOP}.bit")
     write_report(tmp, report)
     return report
