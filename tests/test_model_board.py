@@ -286,9 +286,11 @@ def test_synth_picks_the_top_by_the_bundle(place, capsys):
         assert ("runner" in il) == (top == "model_link") and ("socket0" in il) == (top == "socket0"), argv
 
 
-def test_the_makefile_defaults_build_the_whole_model():
-    """make synth and make demo: the integer reference bundle (version 2), and the checkpoint it
-    was exported from; MLP_ONLY=1 passes --mlp-only."""
+def test_the_makefile_defaults_and_the_whole_model_switch():
+    """make synth and make demo: the shipped reference bundle and the checkpoint it was exported
+    from (the MLP-only top, until the whole-model top routes); the integer reference the help
+    names for the whole model is a version 2 bundle of its own checkpoint; MLP_ONLY=1 passes
+    --mlp-only."""
     import re
     from pathlib import Path
 
@@ -298,6 +300,10 @@ def test_the_makefile_defaults_build_the_whole_model():
     make = (root / "Makefile").read_text()
     bundle = re.search(r"^BUNDLE\s*\?=\s*(\S+)", make, re.M).group(1)
     ckpt = re.search(r"^CKPT\s*\?=\s*(\S+)", make, re.M).group(1)
-    assert format_version(root / bundle) == 2
-    assert json.loads((root / bundle / "manifest.json").read_text())["source_checkpoint"]["path"] == ckpt
+    assert (bundle, ckpt) == ("export/reference", "export/reference/checkpoint.pt")
+    assert format_version(root / bundle) == 1
+    whole = "export/reference-integer"
+    assert f"BUNDLE={whole}" in make and f"CKPT={whole}/checkpoint.pt" in make
+    assert format_version(root / whole) == 2
+    assert json.loads((root / whole / "manifest.json").read_text())["source_checkpoint"]["path"] == f"{whole}/checkpoint.pt"
     assert "$(if $(MLP_ONLY),--mlp-only)" in make and make.count("$(TOP_FLAGS)") == 3
