@@ -195,20 +195,6 @@ def test_comparators_synthesis_form_equals_generic(tmp_path):
     assert not synthesis_form_equivalent(tmp_path, bank(th), bank(th + 1))
 
 
-def test_verilog_comparator_expression_is_greater_than_on_every_int8():
-    """The Verilog file's comparators (AND/OR text of q's bits, sign inverted) equal q > theta
-    for every int8 q and every threshold in range, the edges -128 and 126 included."""
-    from quweit_hw.gateware.verilog import _greater_than_expression
-
-    q = np.arange(-128, 128)
-    bits = [(q >> i) & 1 for i in range(8)]
-    names = [f"b[{i}]" for i in range(7)] + ["~b[7]"]  # as _comparator_body names them (two's complement ~)
-    for theta in range(-128, 127):
-        expression = _greater_than_expression(names, theta + 128)
-        got = eval(expression, {"b": bits}) if expression != "1'b0" else np.zeros_like(q)
-        assert np.array_equal(np.asarray(got) & 1, (q > theta).astype(int)), theta
-
-
 def test_lut4_estimate():
     block = synthetic.random_block(d=2, thresholds=4, n=6, hidden=(10,), group_size=4, seed=1)
     engine = MLPEngine(block, minimise=False)  # the bundle's nodes as they are

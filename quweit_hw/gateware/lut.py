@@ -24,14 +24,6 @@ def _check_layer(mapping, table, in_features):
         raise ValueError(f"mapping reads bits [{mapping.min()}, {mapping.max()}] of a {in_features}-bit input")
 
 
-class PortableSynthesis:
-    """The platform to elaborate an engine with for RTL that users take to any tool (what
-    `quweit-hw rtl` writes): the synthesis forms of the board build (tables as `Array`s,
-    comparators as AND/OR logic), but no vendor cell, so a two-level node's inner table is
-    logic too. Elaborated with None (simulation) or a board platform, the units choose
-    their simulation or ECP5 forms as before."""
-
-
 class LUTLayer(wiring.Component):
     """One layer of n-input LUTs in fabric: o[j] = table[j][address], address bit l = i[mapping[j, l]].
 
@@ -70,7 +62,7 @@ class LUTLayer(wiring.Component):
         inner = None
         if node.inner is not None:
             inner = Signal(name="g")
-            if platform is not None and not isinstance(platform, PortableSynthesis):  # an ECP5 cell
+            if platform is not None:  # an ECP5 cell: the engine is built for ECP5 boards only
                 m.submodules += _lut4_instance(node.inner, [self.i[x] for x in node.inner.inputs], inner)
             else:
                 m.d.comb += inner.eq(self._node_value(m, node.inner, platform))

@@ -12,7 +12,7 @@ from ..contract.folders import atomic_folder, check_output_folder
 from ..errors import UserError
 from .engine import TOP, MLPEngine, engine_options
 from .dont_care import INNER
-from .lut import LUTLayer, PortableSynthesis, table_int
+from .lut import LUTLayer, table_int
 from .toolchain import provenance_lines, rtlil_to_verilog
 
 
@@ -20,7 +20,7 @@ def generate(engine, provenance=None):
     """(verilog_text, rtlil_text) of an engine; the top module is named TOP. Each text opens
     with `provenance` (a dict, see `provenance_lines`) as comments when it is given."""
     from amaranth.back import rtlil
-    il = rtlil.convert(engine, name=TOP, emit_src=False, platform=PortableSynthesis())
+    il = rtlil.convert(engine, name=TOP, emit_src=False)
     v = _fast_verilog(engine, rtlil_to_verilog(il))
     return with_provenance(v, il, provenance)
 
@@ -71,29 +71,14 @@ def _lut_layer_body(unit):
     return lines
 
 
-def _greater_than_expression(bits, c):
-    """`comparators.greater_than` as Verilog text: [x > c] for the unsigned x whose bit names
-    (LSB first) are `bits`, as AND/OR of the bits."""
-    gt = None  # x[:0] > c[:0] is false
-    for k, bit in enumerate(bits):
-        if (c >> k) & 1:
-            gt = None if gt is None else f"({bit} & {gt})"
-        else:
-            gt = bit if gt is None else f"({bit} | {gt})"
-    return gt or "1'b0"
-
-
 def _comparator_body(unit):
     b = unit.bits
     lo, hi = -(2 ** (b - 1)), 2 ** (b - 1) - 1
     lines = [f"  input {_vector('q', len(unit.q.as_value()))};", f"  output {_vector('o', len(unit.o))};",
-             f"  reg {_vector('o', len(unit.o))};",
-             "  // o[k] = q_f > theta (signed), as q_f - lo > theta - lo in AND/OR logic of q_f's bits (its sign",
-             "  // bit inverted): a synthesiser maps it to LUTs, where a `>` becomes a slower carry chain",
+             f"  reg {_vector('o', len(unit.o))};", "  // o[k] = q_f > theta (signed), one line per kept comparator",
              "  always @* begin"]
     for k, (f, theta) in enumerate(unit.comparators):
-        offset = [f"q[{f * b + i}]" for i in range(b - 1)] + [f"~q[{f * b + b - 1}]"]
-        rhs = "1'b1" if theta < lo else "1'b0" if theta >= hi else _greater_than_expression(offset, theta - lo)
+        rhs = "1'b1" if theta < lo else "1'b0" if theta >= hi else f"$signed(q[{f * b + b - 1}:{f * b}]) > {theta}"
         lines.append(f"    o[{k}] = {rhs};")
     lines.append("  end")
     return lines
