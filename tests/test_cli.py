@@ -64,6 +64,7 @@ BOARD_CASES = [
     (["--baud", "0"], ["--baud", "'0'"]),
     (["--baud", "3e6"], ["--baud", "'3e6'", "integer"]),
     (["--block", "-1"], ["--block", "'-1'"]),
+    (["--lanes", "3"], ["--lanes", "'3'", "power of two"]),
     (["--seed", "-2"], ["--seed", "'-2'"]),
     (["-o", "."], ["-o/--out", "'.'", "current folder"]),
     (["-o", ".."], ["-o/--out", "'..'", "current folder"]),
@@ -181,6 +182,13 @@ CASES = [
     ]],
     (["build", "nothing.pt"], ["checkpoint", "'nothing.pt'"]),
     (["build"], ["checkpoint"]),
+    *[(["dont-care", *a], n) for a, n in [
+        (["nothing", "-o", "x"], ["bundle", "no such", "'nothing'"]),
+        (["bundle", "-o", "afile"], ["-o/--out", "'afile'"]),
+        (["bundle", "-o", "x", "--images", "0"], ["--images", "'0'"]),
+        (["bundle", "-o", "x", "--min-count", "0"], ["--min-count", "'0'"]),
+        (["bundle", "-o", "x"], ["version 1"]),
+    ]],
     (["program", "--board", "de10"], ["unknown board 'de10'"]),
     (["program", "--bundle", "nothing"], ["--bundle", "'nothing'"]),
     (["program", "-o", "afile"], ["-o/--out", "'afile'"]),
@@ -196,7 +204,7 @@ def test_bad_values_are_one_line_and_exit_2(argv, needles, place, capsys):
 
 
 # options that take free text (checked by their command: a board name, a task, a choice)
-FREE_TEXT = {"--board", "--port", "--task", "--mlp", "--device", "--pool", "--thermometer", "--mapping",
+FREE_TEXT = {"--board", "--port", "--task", "--mlp", "--augment", "--device", "--pool", "--thermometer", "--mapping",
              "--deep-mapping", "--bit-order", "--efd"}
 
 

@@ -6,7 +6,7 @@ from .options import input_path, output_folder, positive_int
 def configure(parser):
     parser.add_argument("bundle", type=input_path, help="a version 2 (whole integer model) bundle folder")
     parser.add_argument("-o", "--out", type=output_folder, required=True,
-                        help="the new bundle folder (the source bundle is never changed)")
+                        help="the new bundle folder (no default: required; the source bundle is never changed)")
     parser.add_argument("--images", type=positive_int, default=None,
                         help="training images whose addresses count as seen (default: all 60,000)")
     parser.add_argument("--min-count", type=positive_int, default=1,
