@@ -113,7 +113,10 @@ def _build_whole_model(staged_bundle, bundle, board, tmp, out, timer, check_imag
         check_model_engine(core.engine, check_images)
         timer.done(f"simulation check ({check_images} test images vs golden)", t)
         t = time.perf_counter()
-    report = run_build(top, core, bundle, board, tmp, out, seed=seed)
+    from .model_throughput import bundle_cpu_figures
+
+    cpu = bundle_cpu_figures(staged_bundle)  # the report's images/s on this CPU, beside the chip's
+    report = run_build(top, core, bundle, board, tmp, out, seed=seed, cpu=cpu)
     timer.done("synthesis, place and route, bitstream", t)
     return report
 

@@ -50,3 +50,20 @@ def cpu_images_per_second(program, pixels, *, checkpoint=None, batch=256, repeat
     out["torch_default_threads"] = _median_rate(torch_eval, len(pixels), repeats)
     out["torch_default_threads_n"] = default
     return out
+
+
+def bundle_cpu_figures(bundle_path, *, images=256, repeats=3):
+    """`cpu_images_per_second` of a version 2 bundle on its first `images` Fashion-MNIST test
+    images: the golden model, and torch's integer eval when the bundle's source checkpoint is
+    where its manifest says. For the whole model's build report (a few seconds)."""
+    from pathlib import Path
+
+    from .contract.fashion_mnist import fashion_mnist_pixels
+    from .contract.model_bundle import load_model_bundle
+
+    program, manifest, _ = load_model_bundle(bundle_path)
+    source = Path(manifest.get("source_checkpoint", {}).get("path", ""))
+    pixels, _ = fashion_mnist_pixels("test", limit=images)
+    return cpu_images_per_second(program, pixels, checkpoint=source if source.is_file() else None,
+                                 batch=images, repeats=repeats)
+

@@ -307,3 +307,33 @@ def test_the_makefile_defaults_and_the_whole_model_switch():
     assert format_version(root / whole) == 2
     assert json.loads((root / whole / "manifest.json").read_text())["source_checkpoint"]["path"] == f"{whole}/checkpoint.pt"
     assert "$(if $(MLP_ONLY),--mlp-only)" in make and make.count("$(TOP_FLAGS)") == 3
+
+def test_whole_model_report_reads_nextpnr_and_adds_throughput(program, tmp_path):
+    """make_report of the whole-model top: utilisation and Fmax from nextpnr's report, and the
+    throughput fields at the engine clock's achieved Fmax (images/s = Fmax / cycles per image)."""
+    from quweit_hw.contract.boards import load_board
+    from quweit_hw.contract.bundle_files import load_bundle
+    from quweit_hw.gateware.report import make_report, report_markdown
+    from quweit_hw.gateware.synth import make_model_top
+
+    path = write_model_bundle(tmp_path / "tiny", program)
+    board = load_board("ulx3s", model_lanes=8).for_whole_model()
+    _, core = make_model_top(path, board)
+    out = tmp_path / "build"
+    out.mkdir()
+    (out / "nextpnr-report.json").write_text(json.dumps({
+        "utilization": {"TRELLIS_COMB": {"used": 5000, "available": 83640}, "MULT18X18D": {"used": 37, "available": 156}},
+        "fmax": {"$glbnet$engine_clk": {"achieved": 120.0, "constraint": 100.0},
+                 "$glbnet$clk": {"achieved": 110.0, "constraint": 75.0}}}))
+    (out / "top.json").write_text(json.dumps({"modules": {"top": {"attributes": {"top": "1"}, "cells": {
+        "a": {"type": "MULT18X18D"}, "b": {"type": "LUT4"}}}}}))
+    cpu = {"batch": 4, "images": 4, "repeats": 1, "golden": 50.0, "torch_1_thread": None,
+           "torch_default_threads": None, "torch_default_threads_n": None}
+    r = make_report(out, load_bundle(path), board, core, 1.0, cpu=cpu)
+    w = r["whole_model"]
+    assert w["cycles_per_image"] == core.engine.cycles_per_image and w["fit_estimate"]["mult18x18d"] > 0
+    assert w["throughput"]["chip"]["images_per_s"] == pytest.approx(120e6 / w["cycles_per_image"])
+    assert w["throughput"]["uart"]["baud"] == board.baud and w["throughput"]["cpu"]["golden"] == 50.0
+    assert r["timing_met"] and r["resources"]["DSP (MULT18X18D)"] == {"used": 1, "available": 156}
+    text = report_markdown(r)
+    assert "### Throughput (whole model)" in text and "golden model (numpy)" in text

@@ -66,3 +66,13 @@ def test_cpu_rates_of_the_golden_model_and_torch(tmp_path):
     fields = TH.throughput_fields(100, pixels=64, classes=10, cpu=cpu)
     assert "| golden model (numpy), this CPU |" in TH.throughput_markdown(fields)
     assert T.cpu_images_per_second(integer_program(model), images, batch=8, repeats=1)["torch_1_thread"] is None
+
+
+def test_bundle_cpu_figures_measure_the_golden_model_and_skip_torch_without_a_checkpoint(tmp_path):
+    from quweit_hw.contract.model_bundle import write_model_bundle
+    from quweit_hw.contract.synthetic import random_program
+
+    path = write_model_bundle(tmp_path / "b", random_program({"image_size": 28, "patch": 14}))
+    cpu = T.bundle_cpu_figures(path, images=8, repeats=1)
+    assert cpu["golden"] > 0 and cpu["images"] == 8 and cpu["torch_1_thread"] is None
+    assert "golden model (numpy)" in TH.throughput_markdown(TH.throughput_fields(100, pixels=784, classes=10, cpu=cpu))
