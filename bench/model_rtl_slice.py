@@ -27,6 +27,6 @@ logits, classes, cycles, info = rtl_logits(bundle, pixels, 32, backpressure=0.3,
 gold = golden_model.logits(program, pixels)
 print(json.dumps({"start": start, "images": n, "seed": seed, "logits_differing": int((logits != gold).sum()),
                   "logits": int(logits.size), "class_differs": int((classes != logits.argmax(-1)).sum()),
-                  "correct": int((logits.argmax(-1) == labels).sum()), "cycles": sorted(set(cycles.tolist())),
+                  "correct": int((logits.argmax(-1) == labels).sum()), "cycles_per_image": sorted(set(cycles.tolist())),
                   "generator_cycles": info["cycles_per_image"], "wall_s": round(time.perf_counter() - t, 1),
-                  **{k: v for k, v in info.items() if k != "cycles_per_image"}}, default=str))
+                  "clocks": info["cycles"], **{k: v for k, v in info.items() if k not in ("cycles_per_image", "cycles")}}, default=str))
