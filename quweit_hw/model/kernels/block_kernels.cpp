@@ -119,30 +119,30 @@ void bytes_span<float>(const uint8_t* const* rows, const uint8_t* level, int n, 
 }
 #endif
 
-// The first LUT layer on q: qT (F, B) is q transposed, row[j*n + l] the feature LUT j's input
-// l compares and level[j*n + l] the threshold it compares with. Parallel over LUTs.
+// One span of LUT j over its input rows: q rows (the first layer) or byte rows (later layers).
 template <typename scalar_t>
-void forward_q_impl(const scalar_t* qT, const int64_t* row, const scalar_t* level, const scalar_t* luts, uint8_t* y,
-                    uint8_t* addr, int64_t out, int64_t n, int64_t batch) {
-  at::parallel_for(0, out, 16, [&](int64_t j0, int64_t j1) {
-    const scalar_t* qrows[kMaxFanIn];
-    for (int64_t j = j0; j < j1; ++j) {
-      for (int64_t l = 0; l < n; ++l) qrows[l] = qT + row[j * n + l] * batch;
-      q_span<scalar_t>(qrows, level + j * n, int(n), luts + (j << n), y + j * batch, addr + j * batch, batch);
-    }
-  });
+void rows_span(const scalar_t* const* rows, const scalar_t* level, int n, const scalar_t* table, uint8_t* yj,
+               uint8_t* aj, int64_t len) {
+  q_span<scalar_t>(rows, level, n, table, yj, aj, len);
 }
 
-// A LUT layer on byte rows x (in, B): input l of LUT j is [x[map[j*n + l], b] > level[j*n + l]].
-// Parallel over LUTs.
 template <typename scalar_t>
-void forward_bytes_impl(const uint8_t* x, const int64_t* map, const uint8_t* level, const scalar_t* luts, uint8_t* y,
-                        uint8_t* addr, int64_t out, int64_t n, int64_t batch) {
+void rows_span(const uint8_t* const* rows, const uint8_t* level, int n, const scalar_t* table, uint8_t* yj,
+               uint8_t* aj, int64_t len) {
+  bytes_span<scalar_t>(rows, level, n, table, yj, aj, len);
+}
+
+// A LUT layer on rows x (in, B) of row_t: q transposed (the first layer, row_t = scalar_t) or
+// a layer's byte outputs (row_t = uint8_t). Input l of LUT j is [x[map[j*n + l], b] >
+// level[j*n + l]]. Parallel over LUTs.
+template <typename row_t, typename scalar_t>
+void forward_rows_impl(const row_t* x, const int64_t* map, const row_t* level, const scalar_t* luts, uint8_t* y,
+                       uint8_t* addr, int64_t out, int64_t n, int64_t batch) {
   at::parallel_for(0, out, 16, [&](int64_t j0, int64_t j1) {
-    const uint8_t* rows[kMaxFanIn];
+    const row_t* rows[kMaxFanIn];
     for (int64_t j = j0; j < j1; ++j) {
       for (int64_t l = 0; l < n; ++l) rows[l] = x + map[j * n + l] * batch;
-      bytes_span<scalar_t>(rows, level + j * n, int(n), luts + (j << n), y + j * batch, addr + j * batch, batch);
+      rows_span<scalar_t>(rows, level + j * n, int(n), luts + (j << n), y + j * batch, addr + j * batch, batch);
     }
   });
 }
@@ -189,7 +189,7 @@ void block_forward_q(const at::Tensor& qT, const at::Tensor& row, const at::Tens
   TORCH_CHECK(y.scalar_type() == at::kByte && addr.scalar_type() == at::kByte, "quweit_lut.block_forward_q: bytes");
   on_scalar(qT, [&](auto s) {
     using scalar_t = decltype(s);
-    forward_q_impl<scalar_t>(qT.data_ptr<scalar_t>(), row.data_ptr<int64_t>(), level.data_ptr<scalar_t>(),
+    forward_rows_impl<scalar_t, scalar_t>(qT.data_ptr<scalar_t>(), row.data_ptr<int64_t>(), level.data_ptr<scalar_t>(),
                              luts.data_ptr<scalar_t>(), y.data_ptr<uint8_t>(), addr.data_ptr<uint8_t>(), out, n,
                              qT.size(1));
   });
@@ -206,7 +206,7 @@ void block_forward_bytes(const at::Tensor& x, const at::Tensor& mapping, const a
               "quweit_lut.block_forward_bytes: bytes");
   on_scalar(luts, [&](auto s) {
     using scalar_t = decltype(s);
-    forward_bytes_impl<scalar_t>(x.data_ptr<uint8_t>(), mapping.data_ptr<int64_t>(), level.data_ptr<uint8_t>(),
+    forward_rows_impl<uint8_t, scalar_t>(x.data_ptr<uint8_t>(), mapping.data_ptr<int64_t>(), level.data_ptr<uint8_t>(),
                                  luts.data_ptr<scalar_t>(),
                                  y.data_ptr<uint8_t>(), addr.data_ptr<uint8_t>(), out, n, x.size(1));
   });
