@@ -274,6 +274,20 @@ def test_whole_model_errors_are_one_line_and_write_nothing(argv, needle, place, 
     assert written(place) == before, "something was written"
 
 
+def test_a_model_too_big_is_refused_before_the_cpu_is_measured(place, capsys, monkeypatch):
+    """A real build (not --no-build) of a model that does not fit: the fit error comes at once,
+    before the report's CPU images/s are measured, and nothing is written."""
+    from quweit_hw import cli, model_throughput
+
+    def measured(*_):
+        raise AssertionError("the CPU was measured before the fit check")
+    monkeypatch.setattr(model_throughput, "bundle_cpu_figures", measured)
+    before = written(place)
+    assert cli.main(["synth", "--bundle", "v2", "--board", "ulx3s-12f", "--lanes", "64", "-o", "b"]) == 2
+    assert "does not fit ulx3s-12f" in capsys.readouterr().err
+    assert written(place) == before
+
+
 def test_synth_picks_the_top_by_the_bundle(place, capsys):
     """No flag: a version 2 bundle gives the whole-model top, a version 1 bundle the MLP-only
     one; --mlp-only builds the MLP-only top of a version 2 bundle's LUT blocks."""

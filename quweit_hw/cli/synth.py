@@ -34,10 +34,12 @@ def run(args):
             plan.extract(str(tmp))
         print(f"build files for {board.name} in {out} (not built: run build_top.sh there, or drop --no-build)")
         return 0
-    cpu = None
-    if whole:  # the report's images/s on this CPU, beside the chip's
+    measure_cpu = None
+    if whole:  # the report's images/s on this CPU, beside the chip's (measured once the top fits)
         from ..model_throughput import bundle_cpu_figures
 
-        cpu = bundle_cpu_figures(path)
-    print_report(synth(bundle, board, blocks=args.block, out=args.out, seed=args.seed, whole_model=whole, cpu=cpu))
+        def measure_cpu():
+            return bundle_cpu_figures(path)
+    print_report(synth(bundle, board, blocks=args.block, out=args.out, seed=args.seed, whole_model=whole,
+                       measure_cpu=measure_cpu))
     return 0

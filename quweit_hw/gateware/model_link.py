@@ -293,6 +293,9 @@ class ModelLinkCore(wiring.Component):
         The engine side's clock domain (default "sync", the link's).
     engine_clock_hz : int
         The engine clock, for the INFO reply (the host turns cycles into seconds with it).
+    fit_estimate : dict or None
+        The board fit check's resource estimate (`model_fit.check_model_fit`), for the
+        build report; None when no check ran.
 
     Attributes
     ----------
@@ -302,9 +305,6 @@ class ModelLinkCore(wiring.Component):
         The UART's transmit line (to the host; a register).
     leds : Out(LEDS)
         The status LEDs (`StatusLEDs`; a register).
-    fit_estimate : dict or None
-        The board fit check's resource estimate (`model_fit.check_model_fit`), set by the
-        build (`synth.make_model_top`) for the report; None otherwise.
     """
 
     rx: In(1, init=1)
@@ -312,14 +312,14 @@ class ModelLinkCore(wiring.Component):
     leds: Out(LEDS)
 
     def __init__(self, engine, *, divisor, batch=8, timeout=1_000_000, stretch=1 << 20, bundle_id=0,
-                 engine_domain="sync", engine_clock_hz=0):
+                 engine_domain="sync", engine_clock_hz=0, fit_estimate=None):
         self.engine, self.divisor, self.batch = engine, divisor, batch
         self.timeout, self.stretch, self.engine_domain = timeout, stretch, engine_domain
         c = engine.compiled
         self.requests = protocol.model_requests(engine.pixels, c.classes, batch)
         self.info = ModelInfo(protocol.MODEL_PROTOCOL_VERSION, c.config.get("channels", 1), c.config["image_size"],
                               c.classes, c.lanes, batch, engine.cycles_per_image, engine_clock_hz, bundle_id)
-        self.fit_estimate = None
+        self.fit_estimate = fit_estimate
         super().__init__()
 
     def runner_fields(self):

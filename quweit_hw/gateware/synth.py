@@ -76,8 +76,7 @@ def make_model_top(bundle_path, board):
     core = ModelLinkCore(engine, divisor=board.divisor, batch=board.batch_images,
                          timeout=int(board.clock_hz * board.frame_timeout_ms / 1000), stretch=board.clock_hz // 50,
                          bundle_id=model_board_id(manifest), engine_domain="engine" if two else "sync",
-                         engine_clock_hz=board.engine_hz)
-    core.fit_estimate = fit
+                         engine_clock_hz=board.engine_hz, fit_estimate=fit)
     return BoardTop(core, clock_hz=board.clock_hz, reset_button=board.reset_button,
                     engine_clock_hz=board.engine_hz), core
 
@@ -111,11 +110,13 @@ def build_folder(out):
     shutil.rmtree(failed_dir(out), ignore_errors=True)  # an older failure's logs are stale now
 
 
-def synth(bundle, board, *, blocks=None, out=None, do_build=True, seed=None, whole_model=False, cpu=None):
+def synth(bundle, board, *, blocks=None, out=None, do_build=True, seed=None, whole_model=False, measure_cpu=None):
     """Build `bundle` for `board` (a BoardConfig) into `out` (default hw/<bundle>/<board>/):
     the MLP-only top of its LUT-MLP blocks, or with `whole_model` the whole-model top (a
-    version 2 bundle; `board` from `BoardConfig.for_whole_model`; `cpu`: its images/s on this
-    CPU, `model_throughput.cpu_images_per_second`, for the report).
+    version 2 bundle; `board` from `BoardConfig.for_whole_model`). `measure_cpu`: None, or a
+    function returning the model's images/s on this CPU for the report
+    (`model_throughput.bundle_cpu_figures`), called once the top is elaborated and fits, so
+    that a model too big for the board gets its error at once.
 
     do_build=False stops after elaboration (no tools run, nothing written) and returns the
     Amaranth BuildPlan. Otherwise checks the tools, then runs Yosys, nextpnr-ecp5 and
@@ -127,6 +128,7 @@ def synth(bundle, board, *, blocks=None, out=None, do_build=True, seed=None, who
     out = Path(out) if out is not None else build_dir(bundle, board, whole_model)
     if not do_build:
         return build_top(top, board, out, do_build=False, provenance=_provenance(bundle, board, core))
+    cpu = measure_cpu() if measure_cpu is not None else None
     with build_folder(out) as tmp:
         return run_build(top, core, bundle, board, tmp, out, seed=seed, cpu=cpu)
 
