@@ -204,3 +204,88 @@ def test_crop_flip_moves_each_image_within_the_pad_and_depends_on_the_seed_only(
         moves.add(found[0])
     assert len(moves) > 20  # 64 draws over 50 moves: the draws are not all alike
     assert {m[2] for m in moves} == {False, True} and {m[0] for m in moves} == set(range(5))
+
+
+def _tiny_gpts(mlp="lut"):
+    from quweit_hw.model.gpt import GPT, GPTConfig
+    from quweit_hw.model.lutmlp import LUTMLPConfig
+
+    torch.manual_seed(1)
+    teacher = GPT(GPTConfig(vocab_size=12, block_size=8, d=16, depth=2, heads=2))
+    lut = LUTMLPConfig(d=16, thresholds=4, hidden=(64,), group_size=4, window=8) if mlp == "lut" else None
+    student = GPT(GPTConfig(vocab_size=12, block_size=8, d=16, depth=2, heads=2, mlp=mlp, lut=lut))
+    x = torch.randint(0, 12, (16, 8))
+    data.calibrate_lut_mlps(student, [x])
+    return teacher, student, x
+
+
+def test_distillation_terms_vanish_where_the_student_is_the_teacher_and_pull_a_lut_student_towards_it():
+    from quweit_hw.model.distill import Distiller
+
+    teacher, _, x = _tiny_gpts()
+    twin = checkpoint.build_model("gpt", teacher.config)
+    twin.load_state_dict(teacher.state_dict())
+    twin.train()
+    d = Distiller(teacher, weight=0.25, temperature=3.0, mlp_weight=1.0)
+    with d.capture(twin) as seen:
+        logits = twin(x)
+    assert len(seen) == 2
+    ce = torch.nn.functional.cross_entropy(logits.flatten(0, -2), x.flatten())
+    # the student computes the teacher's function (dropout 0): the KL and MLP terms are 0
+    torch.testing.assert_close(d.loss(ce, logits, x, seen), 0.75 * ce, rtol=0, atol=1e-6)
+    assert float(d.mlp_term(seen).detach()) < 1e-10
+
+    teacher, student, x = _tiny_gpts()
+    d = Distiller(teacher, weight=1.0, temperature=2.0, mlp_weight=1.0)
+    student.train()
+    opt = tr.make_optimizer(student, argparse.Namespace(lr=3e-3, lut_lr=None, weight_decay=0.0))
+    for g in opt.param_groups:
+        g["lr"] = 3e-3 * g["lr_scale"]
+    terms = []
+    for _ in range(25):
+        with d.capture(student) as seen:
+            logits = student(x)
+        loss = d.loss(torch.zeros(()), logits, x, seen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        terms.append(loss.item())
+    assert student.blocks[0].mlp.layers[0].luts.grad is not None
+    assert terms[-1] < 0.7 * terms[0], terms
+
+
+def test_distilled_training_resumes_exactly(corpus, dense_ckpt, tmp_path, monkeypatch):
+    common = ["train", "--task", "text", "--text", str(corpus), "--mlp", "lut", "--distill-from", str(dense_ckpt),
+              "--distill-mlp", "0.5", "--distill-weight", "0.7", "--d", "16", "--depth", "1",
+              *TINY_GPT, *TINY_LUT, "--epochs", "2"]
+    assert cli.main([*common, "--out", str(tmp_path / "straight")]) == 0
+    save = checkpoint.save_checkpoint
+
+    def save_then_interrupt(path, ckpt):
+        save(path, ckpt)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "save_checkpoint", save_then_interrupt)
+    assert cli.main([*common, "--out", str(tmp_path / "resumed")]) == 130
+    monkeypatch.setattr(tr, "save_checkpoint", save)
+    assert cli.main(["train", "--out", str(tmp_path / "resumed"), "--resume", "--no-progress"]) == 0
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    assert a["args"]["distill_from"] == str(dense_ckpt) and a["args"]["distill_mlp"] == 0.5
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+
+
+def test_bad_distillation_arguments_give_one_line_errors(corpus, dense_ckpt, tmp_path, capsys):
+    base = ["train", "--task", "text", "--text", str(corpus), *TINY_GPT, "--epochs", "1"]
+    for extra, needle in (
+            (["--distill-mlp", "1"], "--distill-mlp weighs distillation: add --distill-from"),
+            (["--distill-from", str(dense_ckpt), "--distill-weight", "1.5"], "--distill-weight must be between 0 and 1"),
+            (["--distill-from", str(dense_ckpt), "--distill-mlp", "1"], "--distill-mlp trains LUT-MLPs"),
+            (["--mlp", "lut", *TINY_LUT, "--d", "32", "--distill-from", str(dense_ckpt), "--distill-mlp", "1"],
+             "has d=16, depth=1, the student d=32"),
+            (["--distill-from", str(tmp_path / "none.pt")], "--distill-from")):
+        out = tmp_path / f"o{len(extra)}{extra[-1]}"
+        rc, err = run([*base, *extra, "--out", str(out)], capsys)
+        assert rc == 2 and err.count("\n") == 1 and needle in err, err
+        assert not out.exists()

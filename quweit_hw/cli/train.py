@@ -12,7 +12,7 @@ from .options import (dropout_rate, input_file, input_path, int_list, nonnegativ
 # is known as given (--resume refuses those that differ from the run's own).
 DEFAULTS = {"mlp": "dense", "lr": 1e-3, "weight_decay": 0.05, "warmup": 100, "seed": 0, "device": "cpu",
             "calib_batches": 8, "val_fraction": 0.1,
-            "augment": "none"}
+            "augment": "none", "distill_weight": 0.5, "distill_temperature": 2.0, "distill_mlp": 0.0}
 # What --resume takes from the command line rather than from the stored run.
 RESUME_OPTIONS = ("out", "resume", "epochs", "device", "threads", "no_progress")
 
@@ -42,6 +42,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-from", type=input_file, metavar="CKPT",
                         help="start from a trained checkpoint of the same task: copy every weight outside the MLPs "
                              "(default: random initialisation)")
+    k = parser.add_argument_group("distillation (off without --distill-from)")
+    k.add_argument("--distill-from", type=input_file, metavar="CKPT",
+                   help="a trained checkpoint of the same task (the dense twin) whose logits are soft targets: "
+                        "loss = (1 - W) cross-entropy + W T^2 KL(teacher || student) (default: no teacher)")
+    k.add_argument("--distill-weight", type=nonnegative_float, metavar="W",
+                   help=f"W, between 0 and 1 {_default('distill_weight')}")
+    k.add_argument("--distill-temperature", type=positive_float, metavar="T",
+                   help=f"T, the softmax temperature of both models' logits {_default('distill_temperature')}")
+    k.add_argument("--distill-mlp", type=nonnegative_float, metavar="M",
+                   help="add M x the squared error of each LUT-MLP against the teacher's MLP of the same block "
+                        "on the LUT-MLP's own input, relative to the target's energy (needs --mlp lut and a "
+                        f"teacher of the same d and depth) {_default('distill_mlp')}")
     t = parser.add_argument_group("training")
     t.add_argument("--epochs", type=positive_int, default=None, help="default 5 (--resume: the run's own)")
     t.add_argument("--batch-size", type=positive_int, default=None, help="default 128 (fashion-mnist), 64 (text)")

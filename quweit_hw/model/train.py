@@ -19,6 +19,7 @@ from ..errors import UserError
 from . import distributed
 from .checkpoint import ARCHS, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, build_model, read_checkpoint, save_checkpoint
 from .data import AUGMENTATIONS, augment_fashion_mnist, calibrate_lut_mlps, load_fashion_mnist, random_windows, sequential_windows
+from .distill import Distiller
 from .evaluate import evaluate_arrays, load_text_task
 from .vit import MLP_KINDS
 
@@ -189,10 +190,22 @@ def _check_args(args) -> None:
         raise UserError(f"--augment {augment} is for the fashion-mnist task, not {args.task!r}")
     if args.lr <= 0:
         raise UserError(f"--lr must be positive, not {args.lr!r}")
+    _check_distill_args(args)
     if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
         raise UserError(f"unknown --device {args.device!r}; choose cpu or cuda")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {args.device!r}: no CUDA device is available")
+
+
+def _check_distill_args(args) -> None:
+    given = getattr(args, "given", {})
+    if getattr(args, "distill_from", None) is None:
+        extra = [n for n in ("distill_weight", "distill_temperature", "distill_mlp") if n in given]
+        if extra:
+            raise UserError(f"--{extra[0].replace('_', '-')} weighs distillation: add --distill-from CKPT")
+        return
+    if not 0 <= args.distill_weight <= 1:
+        raise UserError(f"--distill-weight must be between 0 and 1, not {args.distill_weight!r}")
 
 
 class _Task:
@@ -270,6 +283,7 @@ def _resume_args(args):
     args = argparse.Namespace(**{**stored, **keep})
     args.hidden = tuple(args.hidden) if args.hidden is not None else None
     args.init_from = Path(args.init_from) if args.init_from else None
+    args.distill_from = Path(args.distill_from) if getattr(args, "distill_from", None) else None
     return args, ckpt
 
 
@@ -323,10 +337,10 @@ def _start_model(args, arch, task, resume_ckpt, source, progress):
     return model, [], 0
 
 
-def _train_epoch(model, optimizer, task, args, epoch, device, progress, world=distributed.World()):
+def _train_epoch(model, optimizer, task, args, epoch, device, progress, world=distributed.World(), distiller=None):
     """One epoch of training: {"loss_sum", "correct", "count", "seen", "seconds"}, summed over the
-    ranks. `model` is the module to step (DDP under torchrun); each rank takes its share of
-    every batch."""
+    ranks (the loss is the cross-entropy, with or without a `distiller`). `model` is the module
+    to step (DDP under torchrun); each rank takes its share of every batch."""
     core = getattr(model, "module", model)
     arch, config = TASKS[args.task], core.config
     total_steps = args.epochs * task.steps_per_epoch
@@ -342,8 +356,14 @@ def _train_epoch(model, optimizer, task, args, epoch, device, progress, world=di
         for g in optimizer.param_groups:
             g["lr"] = lr_at(step, total_steps, args.lr, args.warmup) * g.get("lr_scale", 1.0)
         xb, yb = distributed.shard(xb, world).to(device), distributed.shard(yb, world).to(device)
-        logits = model(xb)
-        loss = F.cross_entropy(logits.flatten(0, -2), yb.flatten())
+        if distiller is None:
+            logits = model(xb)
+            loss = ce = F.cross_entropy(logits.flatten(0, -2), yb.flatten())
+        else:
+            with distiller.capture(core) as mlp_pairs:
+                logits = model(xb)
+            ce = F.cross_entropy(logits.flatten(0, -2), yb.flatten())
+            loss = distiller.loss(ce, logits, xb, mlp_pairs)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -351,7 +371,7 @@ def _train_epoch(model, optimizer, task, args, epoch, device, progress, world=di
             if hasattr(mlp, "clamp_"):
                 mlp.clamp_()
         n = yb.numel()
-        loss_sum += loss.item() * n
+        loss_sum += ce.item() * n
         correct += (logits.argmax(-1) == yb).sum().item()
         count += n
         seen += len(xb) * tokens_per_example
@@ -395,6 +415,8 @@ def run_train(args) -> int:
     world = distributed.start(device, args.batch_size)
     progress = progress and world.writes
     model.to(device)
+    distiller = Distiller.from_args(args, model)
+    distiller = distiller and distiller.to(device)
     optimizer = make_optimizer(model, args)
     if resume_ckpt is not None and resume_ckpt.get("optimizer") is not None:  # shipped checkpoints drop it
         optimizer.load_state_dict(resume_ckpt["optimizer"])
@@ -410,7 +432,7 @@ def run_train(args) -> int:
               + (f", {world.size} processes" if world.size > 1 else ""))
     stepped = distributed.wrap(model, world, device)
     for epoch in range(start_epoch, args.epochs):
-        stats = _train_epoch(stepped, optimizer, task, args, epoch, device, progress, world)
+        stats = _train_epoch(stepped, optimizer, task, args, epoch, device, progress, world, distiller)
         ev = evaluate_arrays(model, task.eval_x, task.eval_y, batch_size=256, progress=progress,
                              desc=f"eval {task.eval_split}")
         row = _epoch_row(epoch, stats, ev, task.eval_split, arch)
