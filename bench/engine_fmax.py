@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from amaranth.hdl import Cat, Module, Signal  # noqa: E402
+from amaranth.hdl import Cat, Module, Signal, Value  # noqa: E402
 from amaranth.lib import wiring  # noqa: E402
 from amaranth.lib.wiring import In, Out  # noqa: E402
 
@@ -50,14 +50,16 @@ def xor_fold(m, bits):
 
 
 class EngineHarness(wiring.Component):
-    """An engine fed with pseudo-random tokens every clock, its counts XOR-folded to `tx`."""
+    """An engine (MLPEngine or ModelEngine) fed pseudo-random payloads every clock, its outputs
+    XOR-folded to `tx` (with `extra`, more of its signals: a ModelEngine's cycle counter), so
+    that nothing is optimised away and only two pins are used."""
 
     rx: In(1, init=1)
     tx: Out(1)
     leds: Out(LEDS)
 
-    def __init__(self, engine):
-        self.engine = engine
+    def __init__(self, engine, extra=None):
+        self.engine, self.extra = engine, extra
         super().__init__()
 
     def elaborate(self, platform):
@@ -65,11 +67,12 @@ class EngineHarness(wiring.Component):
         m.submodules.engine = engine = self.engine
         lfsr = Signal(16, init=0xACE1)  # x^16 + x^14 + x^13 + x^11 + 1
         m.d.sync += lfsr.eq(Cat(lfsr[1:], lfsr[0] ^ lfsr[2] ^ lfsr[3] ^ lfsr[5]))
-        tokens = Signal(len(engine.i.payload.as_value()), reset_less=True)
+        tokens = Signal(len(Value.cast(engine.i.payload)), reset_less=True)
         m.d.sync += tokens.eq(Cat(lfsr[0] ^ self.rx, tokens[:-1]))
         m.d.comb += [engine.i.payload.eq(tokens), engine.i.valid.eq(1), engine.o.ready.eq(1)]
-        out = engine.o.payload.as_value()
-        folded = xor_fold(m, [out[k] & engine.o.valid for k in range(len(out))])
+        out = Value.cast(engine.o.payload)
+        extra = [] if self.extra is None else [self.extra[k] for k in range(len(self.extra))]
+        folded = xor_fold(m, [out[k] & engine.o.valid for k in range(len(out))] + extra)
         m.d.comb += [self.tx.eq(folded), self.leds.eq(Cat(engine.i.ready, engine.o.valid))]
         return m
 

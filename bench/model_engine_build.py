@@ -32,32 +32,9 @@ from quweit_hw.gateware.model_engine import ModelEngine  # noqa: E402
 from quweit_hw.gateware.model_rtl import load_program  # noqa: E402
 from quweit_hw.gateware.toolchain import NEXTPNR_REPORT, build_top  # noqa: E402
 from quweit_hw.gateware.top import BoardTop  # noqa: E402
-from engine_fmax import xor_fold  # noqa: E402  (bench/ is this script's folder)
+from engine_fmax import EngineHarness, xor_fold  # noqa: E402  (bench/ is this script's folder)
 from quweit_hw.gateware.report import CELLS, placed_cells  # noqa: E402
 from quweit_hw.resources import REFERENCE_INTEGER  # noqa: E402
-
-
-class ModelHarness(wiring.Component):
-    """A model engine fed pseudo-random pixels, its results XOR-folded to `tx`."""
-
-    rx: In(1, init=1)
-    tx: Out(1)
-    leds: Out(LEDS)
-
-    def __init__(self, engine):
-        self.engine = engine
-        super().__init__()
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.engine = engine = self.engine
-        lfsr = Signal(16, init=0xACE1)  # x^16 + x^14 + x^13 + x^11 + 1
-        m.d.sync += lfsr.eq(Cat(lfsr[1:], lfsr[0] ^ lfsr[2] ^ lfsr[3] ^ lfsr[5]))
-        m.d.comb += [engine.i.payload.eq(lfsr[:8] ^ self.rx), engine.i.valid.eq(1), engine.o.ready.eq(1)]
-        out = Cat(engine.o.payload.as_value(), engine.o.valid, engine.cycles)
-        folded = xor_fold(m, [out[k] for k in range(len(out))])
-        m.d.comb += [self.tx.eq(folded), self.leds.eq(Cat(engine.i.ready, engine.o.valid))]
-        return m
 
 
 class UnitHarness(wiring.Component):
@@ -103,7 +80,7 @@ def main():
     program, _ = load_program(args.bundle)
     board = load_board(args.board)
     engine = ModelEngine(program, lanes=args.lanes, registers=board.registers)
-    harness = UnitHarness(engine.units()[args.unit]) if args.unit else ModelHarness(engine)
+    harness = UnitHarness(engine.units()[args.unit]) if args.unit else EngineHarness(engine, extra=engine.cycles)
     top = BoardTop(harness, clock_hz=int(args.clock_mhz * 1e6), reset_button=board.reset_button)
     start = time.perf_counter()
     build_top(top, board, args.out, seed=args.seed)
