@@ -45,7 +45,7 @@ def work_dir(checkpoint):
 
 
 def build(checkpoint, board, *, bundle_out=None, force=False, out=None, blocks=None, check_tokens=256, seed=None,
-          whole_model=None, check_images=0):
+          whole_model=None, check_images=0, netlist_cache=True):
     """Checkpoint -> bitstream on `board` (a BoardConfig); returns the report (also written to
     OUT/report.json and report.md). The default work folder is hw/<run>/ (see `work_dir`); its
     bundle (hw/<run>/bundle) is build output, replaced each build; the build folder is
@@ -53,7 +53,7 @@ def build(checkpoint, board, *, bundle_out=None, force=False, out=None, blocks=N
     or of the whole model in OUT/rtl (`check_images` test images through the engine in
     Amaranth's simulator against the golden model). whole_model: True the whole-model top
     (UserError, nothing written, when the checkpoint exports a version 1 bundle), False the
-    MLP-only top, None as the export's version says."""
+    MLP-only top, None as the export's version says. netlist_cache: as `toolchain.build_top`."""
     check_tools()
     timer = StepTimer()
     work = work_dir(checkpoint)
@@ -76,7 +76,7 @@ def build(checkpoint, board, *, bundle_out=None, force=False, out=None, blocks=N
             if blocks is not None:
                 raise UserError("--block picks the MLP-only top's engines: add --mlp-only")
             report = _build_whole_model(staged_bundle, bundle, board.for_whole_model(), tmp, out, timer,
-                                        check_images, seed)
+                                        check_images, seed, netlist_cache)
             report["steps_seconds"] = timer.steps
             report["checkpoint_to_bitstream_seconds"] = timer.total
             write_report(tmp, report)
@@ -92,7 +92,7 @@ def build(checkpoint, board, *, bundle_out=None, force=False, out=None, blocks=N
         timer.done(f"simulation check ({check_tokens} tokens per block vs golden)", t)
         t = time.perf_counter()
         top, core = make_top(bundle, board, blocks)
-        report = run_build(top, core, bundle, board, tmp, out, seed=seed)
+        report = run_build(top, core, bundle, board, tmp, out, seed=seed, netlist_cache=netlist_cache)
         timer.done("synthesis, place and route, bitstream", t)
         report["steps_seconds"] = timer.steps
         report["checkpoint_to_bitstream_seconds"] = timer.total
@@ -100,7 +100,7 @@ def build(checkpoint, board, *, bundle_out=None, force=False, out=None, blocks=N
     return report
 
 
-def _build_whole_model(staged_bundle, bundle, board, tmp, out, timer, check_images, seed):
+def _build_whole_model(staged_bundle, bundle, board, tmp, out, timer, check_images, seed, netlist_cache):
     """The whole-model steps of `build`: its RTL, the simulation check, the board top's build."""
     from .gateware.model_rtl import write_model_rtl
 
@@ -116,7 +116,7 @@ def _build_whole_model(staged_bundle, bundle, board, tmp, out, timer, check_imag
     from .model_throughput import bundle_cpu_figures
 
     cpu = bundle_cpu_figures(staged_bundle)  # the report's images/s on this CPU, beside the chip's
-    report = run_build(top, core, bundle, board, tmp, out, seed=seed, cpu=cpu)
+    report = run_build(top, core, bundle, board, tmp, out, seed=seed, cpu=cpu, netlist_cache=netlist_cache)
     timer.done("synthesis, place and route, bitstream", t)
     return report
 

@@ -432,6 +432,12 @@ def test_full_build_small_bundle(small_bundle, tmp_path):
     assert report["engine_clock_mhz"] == 150 and all(e["tokens_per_s_at_fmax"] == round(engine["achieved_mhz"] * 1e6)
                                                        for e in report["engines"])
     assert report["timing_met"] == (link["achieved_mhz"] >= 75.0 and engine["achieved_mhz"] >= engine["constraint_mhz"])
+    assert report["netlist"] == "yosys"
+    # the same top with another nextpnr seed: Yosys' netlist comes from the cache
+    again = synth(small_bundle, load_board("ulx3s-12f"), out=tmp_path / "again", seed=7)
+    assert again["netlist"] == "cache" and (tmp_path / "again" / "top.bit").stat().st_size > 100_000
+    assert (tmp_path / "again" / "top.rpt").read_bytes() == (tmp_path / "top.rpt").read_bytes()
+    assert "netlist cache" in (tmp_path / "again" / "report.md").read_text()
 
 
 def test_yosys_faults_are_named(tmp_path):

@@ -462,12 +462,14 @@ def test_a_build_that_succeeds_replaces_both_and_keeps_foreign_files(tiny_run, p
     import json
 
     import quweit_hw.gateware.synth as synth
+    from quweit_hw.gateware.toolchain import ToolRun
 
     def tools(top, board, out, **kw):  # what Yosys, nextpnr and ecppack leave, in miniature
         (out / "top.bit").write_text("new bitstream")
         (out / "top.json").write_text(json.dumps({"modules": {"top": {"attributes": {"top": 1}, "cells": {}}}}))
         (out / "nextpnr-report.json").write_text(json.dumps({"utilization": {}, "fmax": {
             "clk": {"achieved": 80.0, "constraint": 75.0}, "engine_clk": {"achieved": 160.0, "constraint": 150.0}}}))
+        return ToolRun(None, "yosys")
 
     monkeypatch.setattr(synth, "build_top", tools)
     assert cli.main(["build", str(tiny_run), "--board", "ulx3s-12f", "--check-tokens", "8"]) == 0

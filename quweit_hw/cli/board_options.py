@@ -32,6 +32,10 @@ def add_board_options(parser, out_default="hw/<bundle>/<board>/"):
                         help=f"build folder, replaced only when a build succeeds (default {out_default})")
     parser.add_argument("--seed", type=nonnegative_int, default=None,
                         help="nextpnr placer seed (default: nextpnr's)")
+    parser.add_argument("--no-netlist-cache", action="store_true",
+                        help="run Yosys even when the netlist cache holds its netlist for this RTLIL and script "
+                             "(default: a rebuild that changes only nextpnr's options, such as --seed, skips Yosys; "
+                             "the cache is in $QUWEIT_NETLIST_CACHE, else ~/.cache/quweit-hw/netlists)")
 
 
 def requested_top(args, version):

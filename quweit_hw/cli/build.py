@@ -26,7 +26,7 @@ def run(args):
     whole = requested_top(args, None)  # None: as the checkpoint exports (an integer one: version 2)
     report = build(args.checkpoint, board_from(args), bundle_out=args.bundle_out, force=args.force, out=args.out,
                    blocks=args.block, check_tokens=args.check_tokens, seed=args.seed, whole_model=whole,
-                   check_images=args.check_images)
+                   check_images=args.check_images, netlist_cache=not args.no_netlist_cache)
     print(f"checkpoint -> bitstream in {report['checkpoint_to_bitstream_seconds']} s")
     print_report(report)
     return 0

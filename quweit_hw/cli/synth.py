@@ -41,5 +41,5 @@ def run(args):
         def measure_cpu():
             return bundle_cpu_figures(path)
     print_report(synth(bundle, board, blocks=args.block, out=args.out, seed=args.seed, whole_model=whole,
-                       measure_cpu=measure_cpu))
+                       measure_cpu=measure_cpu, netlist_cache=not args.no_netlist_cache))
     return 0

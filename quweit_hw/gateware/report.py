@@ -84,7 +84,9 @@ def _model_fields(core, board, engine_clock, cpu):
 def report_markdown(r):
     """report.json as a Markdown page."""
     lines = [f"# Build report: {r['bundle']} on {r['board']} ({r['device']})", "",
-             f"Bitstream: `{r['bitstream']}`; built in {r['build_seconds']} s.", "",
+             f"Bitstream: `{r['bitstream']}`; built in {r['build_seconds']} s"
+             + (" (Yosys skipped: its netlist came from the netlist cache)." if r.get("netlist") == "cache" else "."),
+             "",
              "| resource | used | available |", "| --- | ---: | ---: |"]
     lines += [f"| {k} | {v['used']} | {v['available']} |" for k, v in r["resources"].items()]
     lines += ["", "LUT4, PFUMX, L6MUX21 and CCU2C share the TRELLIS_COMB slots: "

