@@ -215,15 +215,23 @@ def test_request_table_and_frames():
 # --- the build path: the whole-model top by default for a version 2 bundle ----------------------
 
 def test_smoke_build_of_the_whole_model_top(program, tmp_path):
-    """synth elaborates the whole-model top (no tools run): the PLL's second output clocks the
-    engine at the board's model_engine_clock_hz, AsyncFIFOs cross to it, INFO says so."""
+    """synth elaborates the whole-model top (no tools run). The ULX3S default: one clock, the
+    board's model_clock_hz, for the link and the engine, with router2. With a
+    model_engine_clock_hz of its own, the PLL's second output clocks the engine, AsyncFIFOs
+    cross to it, INFO says so."""
     from quweit_hw.contract.boards import load_board
     from quweit_hw.contract.bundle_files import load_bundle
     from quweit_hw.gateware.synth import build_dir, make_model_top, synth
 
     path = write_model_bundle(tmp_path / "tiny", program)
     board = load_board("ulx3s", model_lanes=8).for_whole_model()
-    assert (board.clock_hz, board.engine_hz) == (75_000_000, 100_000_000)
+    assert (board.clock_hz, board.engine_hz, board.divisor) == (60_000_000, 60_000_000, 20)
+    assert "--router router2" in " ".join(board.nextpnr_opts)
+    assert "--router" not in " ".join(load_board("ulx3s").nextpnr_opts)  # the MLP-only top: router1
+    plan = synth(load_bundle(path), board, out=tmp_path / "one", do_build=False, whole_model=True)
+    assert "engine_clk" not in plan.files["top.il"] and "--router router2" in plan.files["build_top.sh"]
+    board = load_board("ulx3s", model_lanes=8, model_engine_clock_hz=100_000_000).for_whole_model()
+    assert (board.clock_hz, board.engine_hz) == (60_000_000, 100_000_000)
     il = synth(load_bundle(path), board, out=tmp_path / "b", do_build=False, whole_model=True).files["top.il"]
     assert "EHXPLLL" in il and "CLKOS_DIV" in il and "engine_clk" in il
     assert "top.core.inbound.produce_cdc" in il and "top.core.outbound.consume_cdc" in il  # AsyncFIFOs' pointers
@@ -331,7 +339,8 @@ def test_whole_model_report_reads_nextpnr_and_adds_throughput(program, tmp_path)
     from quweit_hw.gateware.synth import make_model_top
 
     path = write_model_bundle(tmp_path / "tiny", program)
-    board = load_board("ulx3s", model_lanes=8).for_whole_model()
+    # two clocks, so that the report must pick the engine's (one clock: the only one)
+    board = load_board("ulx3s", model_lanes=8, model_engine_clock_hz=100_000_000).for_whole_model()
     _, core = make_model_top(path, board)
     out = tmp_path / "build"
     out.mkdir()

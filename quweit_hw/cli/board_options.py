@@ -61,7 +61,7 @@ def board_from(args):
 
     clock = round(args.clock_mhz * 1e6) if args.clock_mhz else None
     engine_clock = round(args.engine_clock_mhz * 1e6) if args.engine_clock_mhz else None
-    clocks = {"engine_clock_hz": engine_clock, "model_engine_clock_hz": engine_clock}
+    clocks = {"engine_clock_hz": engine_clock, "model_engine_clock_hz": engine_clock, "model_clock_hz": clock}
     given = " ".join(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}" for flag, value in (("--clock-mhz", args.clock_mhz),
                      ("--engine-clock-mhz", args.engine_clock_mhz), ("--baud", args.baud)) if value is not None)
     try:

@@ -28,7 +28,9 @@ class BoardConfig:
     nextpnr_opts: tuple
     synth_opts: tuple = ()    # extra options of Yosys's synth_ecp5 (Amaranth's synth_opts)
     engine_clock_hz: int = 0  # the engines' own clock (PLL second output); 0: clock_hz, one clock
-    model_engine_clock_hz: int = 0  # the whole-model engine's clock (the whole-model top); 0: clock_hz
+    model_clock_hz: int = 0   # the whole-model top's link clock; 0: clock_hz
+    model_engine_clock_hz: int = 0  # the whole-model engine's clock; 0: the link's, one clock
+    model_nextpnr_opts: tuple = ()  # nextpnr options of the whole-model top; (): nextpnr_opts
     model_lanes: int = 32     # the whole-model engine's MAC-array width (multipliers)
     batch_images: int = 32    # images the whole-model top's batch memory holds (BENCH)
 
@@ -37,9 +39,11 @@ class BoardConfig:
         return self.engine_clock_hz or self.clock_hz
 
     def for_whole_model(self):
-        """This board with the whole-model top's engine clock in `engine_clock_hz` (which the
-        board top and the PLL read)."""
-        return dataclasses.replace(self, engine_clock_hz=self.model_engine_clock_hz)
+        """This board with the whole-model top's clocks in `clock_hz` and `engine_clock_hz`
+        (which the board top, the PLL and the UART divisor read) and its nextpnr options."""
+        return dataclasses.replace(self, clock_hz=self.model_clock_hz or self.clock_hz,
+                                   engine_clock_hz=self.model_engine_clock_hz,
+                                   nextpnr_opts=self.model_nextpnr_opts or self.nextpnr_opts)
 
     def __post_init__(self):
         if self.luts <= 0 or self.clock_hz <= 0 or self.baud <= 0 or self.max_tokens <= 0:
@@ -47,9 +51,10 @@ class BoardConfig:
         if self.engine_clock_hz and self.engine_clock_hz < self.clock_hz:
             raise ValueError(f"board {self.name!r}: engine_clock_hz ({self.engine_clock_hz}) must be at least "
                              f"clock_hz ({self.clock_hz}); raise it too (--engine-clock-mhz)")
-        if self.model_engine_clock_hz and self.model_engine_clock_hz < self.clock_hz:
+        link = self.model_clock_hz or self.clock_hz
+        if self.model_clock_hz < 0 or (self.model_engine_clock_hz and self.model_engine_clock_hz < link):
             raise ValueError(f"board {self.name!r}: model_engine_clock_hz ({self.model_engine_clock_hz}) must be at "
-                             f"least clock_hz ({self.clock_hz})")
+                             f"least the whole-model top's link clock ({link})")
         if not 1 <= self.batch_images <= 255 or self.model_lanes < 1 or self.model_lanes & (self.model_lanes - 1):
             raise ValueError(f"board {self.name!r}: batch_images must lie in 1 .. 255 and model_lanes be a power "
                              f"of two, got {self.batch_images!r} and {self.model_lanes!r}")
@@ -85,7 +90,7 @@ def load_board(name, boards_dir=BOARDS_DIR, **overrides):
             seen.add(entry["alias"])
             entry = boards[entry["alias"]]
         fields = {**spec.get("defaults", {}), **entry, **{k: v for k, v in overrides.items() if v is not None}}
-        for key in ("nextpnr_opts", "synth_opts"):
+        for key in ("nextpnr_opts", "synth_opts", "model_nextpnr_opts"):
             fields[key] = tuple(fields.get(key, ()))
         try:
             return BoardConfig(name=name, **fields)

@@ -26,7 +26,7 @@ from .engine import MLPEngine
 from .model_program import (A_CTX, A_G, A_H, A_P, A_PIX, A_Q, B_K, B_V, B_W, D_CTX, D_G, D_H, D_HT, D_K,
                             D_LOG, D_Q, D_SC, D_V, D_X, FIELD_NAMES, FILL, LAYERNORM, LUT, MAC, SOFTMAX,
                             compile_program)
-from .model_units import BankedROM, LayerNormUnit, PostOp, SoftmaxUnit, later, post_latency
+from .model_units import BankedROM, LayerNormUnit, PostOp, SoftmaxUnit, later, post_latency, times_constant
 
 TOP = "model_engine"
 
@@ -348,7 +348,8 @@ class ModelEngine(wiring.Component):
         # then their sum); the first read of PIX is 4 clocks after the last pixel's handshake
         pw = pix.write_port()
         patch_base, offset = Signal.like(pw.addr, name="patch_base"), Signal.like(pw.addr, name="patch_offset")
-        m.d.sync += [patch_base.eq((ty * side + tx) * c.patch_len), offset.eq(ch * p * p + py * p + px),
+        m.d.sync += [patch_base.eq(times_constant(times_constant(ty, side) + tx, c.patch_len)),
+                     offset.eq(times_constant(ch, p * p) + times_constant(py, p) + px),
                      pw.addr.eq(patch_base + offset), pw.data.eq(later(m, self.i.payload ^ 0x80, 1, "pixel")),
                      pw.en.eq(later(m, self.i.valid & self.i.ready, 1, "pixel_valid"))]
         cycles = Signal(32)

@@ -20,6 +20,7 @@ from amaranth.lib.wiring import In, Out
 from ..contract import protocol
 from ..contract.protocol import ModelInfo, ModelResult
 from .frame_decoder import FrameDecoder, decoder_sizes, job_layout, queue_write
+from .model_units import times_constant
 from .reply_encoder import ReplyEncoder
 from .status_leds import LEDS, StatusLEDs
 from .uart import UARTRx, UARTTx
@@ -147,7 +148,7 @@ class ModelRunner(wiring.Component):
                         with m.Case(IMAGE):
                             m.next = "IMAGE"
                         with m.Case(LOAD):
-                            m.d.sync += count.eq(word.slot * P)
+                            m.d.sync += count.eq(times_constant(word.slot, P))
                             m.next = "LOAD"
                         with m.Case(BENCH):
                             m.next = "BENCH_ARGS"
@@ -215,7 +216,7 @@ class ModelRunner(wiring.Component):
         passes = Signal(17)
         m.d.comb += passes.eq(repeats | ((repeats == 0) << 16))
         with m.If(start):
-            m.d.sync += [end.eq((slot + 1) * P), addr.eq(0), reps_left.eq(passes), outs_left.eq((slot + 1) * passes),
+            m.d.sync += [end.eq(times_constant(slot + 1, P)), addr.eq(0), reps_left.eq(passes), outs_left.eq((slot + 1) * passes),
                          total.eq(0), checksum.eq(0), have.eq(0), summing.eq(0)]
         # pixels from the batch memory: a synchronous read whose data holds while the engine stalls
         advance = ~have | engine.i.ready

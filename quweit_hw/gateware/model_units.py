@@ -125,6 +125,22 @@ def later(m, value, clocks, name):
     return value
 
 
+def times_constant(value, k):
+    """`value` (unsigned) * `k` (a non-negative integer constant) as a sum of shifted copies
+    of `value`, one per set bit of k, so that Yosys builds adders in fabric and not a
+    MULT18X18D far from the logic around it: the engine's address arithmetic (a DSP's routing
+    both ways cost 9-10 ns on the ECP5-85F, the whole-model top's critical path;
+    docs/results.md). The shifts are concatenations: Amaranth writes `value << 0` as a `$shl`
+    by a zero-width amount, on which Yosys 0.55's opt_expr asserts."""
+    value = Value.cast(value)
+    assert not value.shape().signed, "times_constant is for unsigned (address) values"
+    terms = [Cat(Const(0, i), value) if i else value for i in range(k.bit_length()) if k >> i & 1]
+    total = terms[0] if terms else Const(0, 1)
+    for t in terms[1:]:
+        total = total + t
+    return total
+
+
 PIECE = 17  # an operand piece: 17 bits zero-extended (or the top one signed) fit a MULT18X18D's 18
 
 
