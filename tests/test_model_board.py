@@ -225,13 +225,13 @@ def test_smoke_build_of_the_whole_model_top(program, tmp_path):
 
     path = write_model_bundle(tmp_path / "tiny", program)
     board = load_board("ulx3s", model_lanes=8).for_whole_model()
-    assert (board.clock_hz, board.engine_hz, board.divisor) == (60_000_000, 60_000_000, 20)
+    assert (board.clock_hz, board.engine_hz, board.divisor) == (45_000_000, 45_000_000, 15)
     assert "--router router2" in " ".join(board.nextpnr_opts)
     assert "--router" not in " ".join(load_board("ulx3s").nextpnr_opts)  # the MLP-only top: router1
     plan = synth(load_bundle(path), board, out=tmp_path / "one", do_build=False, whole_model=True)
     assert "engine_clk" not in plan.files["top.il"] and "--router router2" in plan.files["build_top.sh"]
     board = load_board("ulx3s", model_lanes=8, model_engine_clock_hz=100_000_000).for_whole_model()
-    assert (board.clock_hz, board.engine_hz) == (60_000_000, 100_000_000)
+    assert (board.clock_hz, board.engine_hz) == (45_000_000, 100_000_000)
     il = synth(load_bundle(path), board, out=tmp_path / "b", do_build=False, whole_model=True).files["top.il"]
     assert "EHXPLLL" in il and "CLKOS_DIV" in il and "engine_clk" in il
     assert "top.core.inbound.produce_cdc" in il and "top.core.outbound.consume_cdc" in il  # AsyncFIFOs' pointers
