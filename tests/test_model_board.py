@@ -230,13 +230,13 @@ def test_smoke_build_of_the_whole_model_top(program, tmp_path):
     assert "--router" not in " ".join(load_board("ulx3s").nextpnr_opts)  # the MLP-only top: router1
     plan = synth(load_bundle(path), board, out=tmp_path / "one", do_build=False, whole_model=True)
     assert "engine_clk" not in plan.files["top.il"] and "--router router2" in plan.files["build_top.sh"]
-    board = load_board("ulx3s", model_lanes=8, model_engine_clock_hz=100_000_000).for_whole_model()
-    assert (board.clock_hz, board.engine_hz) == (45_000_000, 100_000_000)
+    board = load_board("ulx3s", model_lanes=8, model_engine_clock_hz=90_000_000).for_whole_model()
+    assert (board.clock_hz, board.engine_hz) == (45_000_000, 90_000_000)
     il = synth(load_bundle(path), board, out=tmp_path / "b", do_build=False, whole_model=True).files["top.il"]
     assert "EHXPLLL" in il and "CLKOS_DIV" in il and "engine_clk" in il
     assert "top.core.inbound.produce_cdc" in il and "top.core.outbound.consume_cdc" in il  # AsyncFIFOs' pointers
     _, core = make_model_top(path, board)
-    assert (core.info.engine_clock_hz, core.info.lanes, core.info.batch) == (100_000_000, 8, board.batch_images)
+    assert (core.info.engine_clock_hz, core.info.lanes, core.info.batch) == (90_000_000, 8, board.batch_images)
     assert build_dir(load_bundle(path), board, True).name == "ulx3s"
     assert build_dir(load_bundle(path), board, False).name == "ulx3s-mlp-only"
     from quweit_hw.resources import REFERENCE
@@ -340,7 +340,7 @@ def test_whole_model_report_reads_nextpnr_and_adds_throughput(program, tmp_path)
 
     path = write_model_bundle(tmp_path / "tiny", program)
     # two clocks, so that the report must pick the engine's (one clock: the only one)
-    board = load_board("ulx3s", model_lanes=8, model_engine_clock_hz=100_000_000).for_whole_model()
+    board = load_board("ulx3s", model_lanes=8, model_engine_clock_hz=90_000_000).for_whole_model()
     _, core = make_model_top(path, board)
     out = tmp_path / "build"
     out.mkdir()
