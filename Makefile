@@ -9,11 +9,11 @@ STAMP      := $(VENV)/.installed
 APT_PKGS   := iverilog dataset-fashion-mnist fortunes-min openfpgaloader g++ make perl
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BOARD      ?= ulx3s
-# The MLP-only top stays the default until the whole-model top routes (docs/results.md, issue 16):
-# its bitstream is what `make demo` is known to finish. The whole model:
-# make demo CKPT=export/reference-integer/checkpoint.pt, make synth BUNDLE=export/reference-integer.
-BUNDLE     ?= export/reference
-CKPT       ?= export/reference/checkpoint.pt
+# The whole model on the chip by default (the integer reference, a version 2 bundle); the
+# MLP-only top: MLP_ONLY=1, or the float reference: make synth BUNDLE=export/reference,
+# make demo CKPT=export/reference/checkpoint.pt (docs/results.md, issue 16).
+BUNDLE     ?= export/reference-integer
+CKPT       ?= export/reference-integer/checkpoint.pt
 MLP_ONLY   ?=
 TOP_FLAGS  := $(if $(MLP_ONLY),--mlp-only)
 SIM        ?= icarus verilator
@@ -22,13 +22,13 @@ PYTEST_ARGS ?=
 .PHONY: help setup apt-deps demo test test-fast sim synth program bench clean
 
 help:
-	@echo "make demo                  checkpoint -> bundle -> RTL -> simulation check -> bitstream (reference model, MLP-only top)"
-	@echo "make demo CKPT=export/reference-integer/checkpoint.pt   the whole integer model on the chip (does not route yet)"
+	@echo "make demo                  checkpoint -> bundle -> RTL -> bitstream: the whole integer reference model on the chip"
+	@echo "make demo MLP_ONLY=1       the same checkpoint's LUT-MLP blocks only (the MLP-only top)"
 	@echo "make test                  all tests: units, golden model, Amaranth simulation, cocotb on Icarus and Verilator"
 	@echo "make test-fast             the tests without the cocotb simulator runs"
 	@echo "make sim SIM=icarus|verilator   the cocotb testbenches on one simulator"
-	@echo "make synth BOARD=ulx3s [BUNDLE=export/reference]   bitstream and report (BOARD=ulx3s-25f etc. for other variants)"
-	@echo "make synth BUNDLE=export/reference-integer   the whole-model top of a version 2 bundle (MLP_ONLY=1: its LUT-MLP blocks only)"
+	@echo "make synth BOARD=ulx3s [BUNDLE=export/reference-integer]   bitstream and report (BOARD=ulx3s-25f etc. for other variants)"
+	@echo "make synth BUNDLE=export/reference   the MLP-only top of a version 1 bundle (MLP_ONLY=1: of a version 2 bundle)"
 	@echo "make program BOARD=ulx3s   load the bitstream with openFPGALoader"
 	@echo "make bench                 the benchmarks in bench/ (print figures)"
 

@@ -309,10 +309,9 @@ def test_synth_picks_the_top_by_the_bundle(place, capsys):
 
 
 def test_the_makefile_defaults_and_the_whole_model_switch():
-    """make synth and make demo: the shipped reference bundle and the checkpoint it was exported
-    from (the MLP-only top, until the whole-model top routes); the integer reference the help
-    names for the whole model is a version 2 bundle of its own checkpoint; MLP_ONLY=1 passes
-    --mlp-only."""
+    """make synth and make demo: the whole model by default, the integer reference bundle (a
+    version 2 bundle of its own checkpoint) and that checkpoint; the float reference the help
+    names for the MLP-only top is a version 1 bundle; MLP_ONLY=1 passes --mlp-only."""
     import re
     from pathlib import Path
 
@@ -322,11 +321,10 @@ def test_the_makefile_defaults_and_the_whole_model_switch():
     make = (root / "Makefile").read_text()
     bundle = re.search(r"^BUNDLE\s*\?=\s*(\S+)", make, re.M).group(1)
     ckpt = re.search(r"^CKPT\s*\?=\s*(\S+)", make, re.M).group(1)
-    assert (bundle, ckpt) == ("export/reference", "export/reference/checkpoint.pt")
-    assert format_version(root / bundle) == 1
     whole = "export/reference-integer"
-    assert f"BUNDLE={whole}" in make and f"CKPT={whole}/checkpoint.pt" in make
+    assert (bundle, ckpt) == (whole, f"{whole}/checkpoint.pt")
     assert format_version(root / whole) == 2
+    assert "BUNDLE=export/reference " in make and format_version(root / "export/reference") == 1
     assert json.loads((root / whole / "manifest.json").read_text())["source_checkpoint"]["path"] == f"{whole}/checkpoint.pt"
     assert "$(if $(MLP_ONLY),--mlp-only)" in make and make.count("$(TOP_FLAGS)") == 3
 

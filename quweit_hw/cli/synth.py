@@ -1,6 +1,6 @@
 """`quweit-hw synth`."""
 
-from ..resources import REFERENCE
+from ..resources import REFERENCE_INTEGER
 from .board_options import add_board_options, board_from, print_report, requested_top
 from .options import input_folder
 
@@ -8,8 +8,8 @@ from .options import input_folder
 def configure(parser):
     parser.add_argument("--bundle", type=input_folder, default=None,
                         help="bundle folder: a version 2 bundle builds the whole model, a version 1 bundle the MLP-only top "
-                             "(default: the shipped reference, version 1: the MLP-only top, until the whole-model "
-                             "top routes; export/reference-integer is the whole model)")
+                             "(default: the shipped integer reference, export/reference-integer: the whole model; "
+                             "export/reference is the float reference's LUT-MLP blocks)")
     parser.add_argument("--no-build", action="store_true",
                         help="elaborate the board top and write its build files (RTLIL, constraints, the tool "
                              "script) to the build folder without running Yosys or nextpnr")
@@ -22,7 +22,7 @@ def run(args):
     from ..gateware.toolchain import BUILD_TOOLS, check_tools
 
     check_tools(("YOSYS",) if args.no_build else BUILD_TOOLS)  # before the bundle is read or a top elaborated
-    path = args.bundle or REFERENCE
+    path = args.bundle or REFERENCE_INTEGER
     whole = requested_top(args, format_version(path))
     board = board_from(args)
     board = board.for_whole_model() if whole else board
