@@ -126,7 +126,7 @@ def test_times_constant_is_the_product_and_synthesises_without_a_multiplier(k, t
     every 6-bit value, and through Yosys (proc, opt_expr: 0.55 asserted on a `<< 0`) with no
     $mul left for synth_ecp5 to put on a DSP."""
     from amaranth.back import rtlil
-    from amaranth.hdl import Module, Signal
+    from amaranth.hdl import Module
     from amaranth.lib import wiring
     from amaranth.lib.wiring import In, Out
 

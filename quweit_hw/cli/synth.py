@@ -34,12 +34,10 @@ def run(args):
             plan.extract(str(tmp))
         print(f"build files for {board.name} in {out} (not built: run build_top.sh there, or drop --no-build)")
         return 0
-    measure_cpu = None
-    if whole:  # the report's images/s on this CPU, beside the chip's (measured once the top fits)
-        from ..model_throughput import bundle_cpu_figures
+    from ..model_throughput import bundle_cpu_figures
 
-        def measure_cpu():
-            return bundle_cpu_figures(path)
+    # the report's images/s on this CPU, beside the chip's (measured once the top fits)
+    measure_cpu = (lambda: bundle_cpu_figures(path)) if whole else None
     print_report(synth(bundle, board, blocks=args.block, out=args.out, seed=args.seed, whole_model=whole,
                        measure_cpu=measure_cpu, netlist_cache=not args.no_netlist_cache))
     return 0

@@ -51,8 +51,10 @@ class BoardConfig:
         if self.engine_clock_hz and self.engine_clock_hz < self.clock_hz:
             raise ValueError(f"board {self.name!r}: engine_clock_hz ({self.engine_clock_hz}) must be at least "
                              f"clock_hz ({self.clock_hz}); raise it too (--engine-clock-mhz)")
+        if self.model_clock_hz < 0:
+            raise ValueError(f"board {self.name!r}: model_clock_hz must be positive, or 0 for clock_hz")
         link = self.model_clock_hz or self.clock_hz
-        if self.model_clock_hz < 0 or (self.model_engine_clock_hz and self.model_engine_clock_hz < link):
+        if self.model_engine_clock_hz and self.model_engine_clock_hz < link:
             raise ValueError(f"board {self.name!r}: model_engine_clock_hz ({self.model_engine_clock_hz}) must be at "
                              f"least the whole-model top's link clock ({link})")
         if not 1 <= self.batch_images <= 255 or self.model_lanes < 1 or self.model_lanes & (self.model_lanes - 1):

@@ -16,7 +16,6 @@ needs a check and the cycles per image are exact: `cycles_per_image` (the test m
 Bit-exact with `contract.golden_model.logits`. Imports amaranth and numpy, no torch.
 """
 
-import numpy as np
 from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory

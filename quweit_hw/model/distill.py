@@ -35,9 +35,9 @@ class Distiller:
             p.requires_grad_(False)
 
     @classmethod
-    def from_args(cls, args, student):
-        """The Distiller of --distill-from (None without it), checked against the task and, for
-        --distill-mlp, against the student's shape."""
+    def from_args(cls, args, student, device="cpu"):
+        """The Distiller of --distill-from (None without it), its teacher on `device`, checked
+        against the task and, for --distill-mlp, against the student's shape."""
         if getattr(args, "distill_from", None) is None:
             return None
         source = read_checkpoint(args.distill_from)
@@ -48,12 +48,8 @@ class Distiller:
         teacher.load_state_dict(source["state_dict"])
         if args.distill_mlp:
             _check_mlp_shapes(args, student, teacher)
-        return cls(teacher, weight=args.distill_weight, temperature=args.distill_temperature,
+        return cls(teacher.to(device), weight=args.distill_weight, temperature=args.distill_temperature,
                    mlp_weight=args.distill_mlp)
-
-    def to(self, device):
-        self.teacher.to(device)
-        return self
 
     @contextlib.contextmanager
     def capture(self, student):

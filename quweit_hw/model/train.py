@@ -415,8 +415,7 @@ def run_train(args) -> int:
     world = distributed.start(device, args.batch_size)
     progress = progress and world.writes
     model.to(device)
-    distiller = Distiller.from_args(args, model)
-    distiller = distiller and distiller.to(device)
+    distiller = Distiller.from_args(args, model, device)
     optimizer = make_optimizer(model, args)
     if resume_ckpt is not None and resume_ckpt.get("optimizer") is not None:  # shipped checkpoints drop it
         optimizer.load_state_dict(resume_ckpt["optimizer"])
