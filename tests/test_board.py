@@ -352,6 +352,17 @@ def test_board_settings():
         load_board("de10")
 
 
+def test_tool_options_replace_the_boards_option_of_the_same_name():
+    from quweit_hw.contract.boards import replace_options
+    assert replace_options(("--timing-allow-fail", "--router", "router2"), ("--router", "router1", "--tmg-ripup")) \
+        == ("--timing-allow-fail", "--router", "router1", "--tmg-ripup")
+    assert replace_options(("--placer=heap", "-x"), ("--placer", "sa")) == ("-x", "--placer", "sa")
+    board = load_board("ulx3s").with_tool_options(synth=("-nowidelut",), nextpnr=("--router", "router1"))
+    assert board.synth_opts == ("-nowidelut",) and board.nextpnr_opts == ("--timing-allow-fail", "--router", "router1")
+    assert board.for_whole_model().nextpnr_opts == ("--timing-allow-fail", "--router", "router1")  # not router2
+    assert load_board("ulx3s").with_tool_options() == load_board("ulx3s")
+
+
 def test_toolchain_env_prefers_user_variables():
     env = toolchain_env({"YOSYS": "/opt/yosys"})
     assert env["YOSYS"] == "/opt/yosys"
@@ -432,10 +443,15 @@ def test_full_build_small_bundle(small_bundle, tmp_path):
     assert report["engine_clock_mhz"] == 150 and all(e["tokens_per_s_at_fmax"] == round(engine["achieved_mhz"] * 1e6)
                                                        for e in report["engines"])
     assert report["timing_met"] == (link["achieved_mhz"] >= 75.0 and engine["achieved_mhz"] >= engine["constraint_mhz"])
-    assert report["netlist"] == "yosys"
-    # the same top with another nextpnr seed: Yosys' netlist comes from the cache
-    again = synth(small_bundle, load_board("ulx3s-12f"), out=tmp_path / "again", seed=7)
+    assert report["netlist"] == "yosys" and set(report["tool_seconds"]) == {"yosys", "nextpnr", "ecppack"}
+    assert report["tool_seconds"]["yosys"] > 0 and report["tool_options"]["nextpnr"] == ["--timing-allow-fail"]
+    # the same top with another seed and router: Yosys' netlist comes from the cache
+    board = load_board("ulx3s-12f").with_tool_options(nextpnr=("--router", "router2"))
+    again = synth(small_bundle, board, out=tmp_path / "again", seed=7)
     assert again["netlist"] == "cache" and (tmp_path / "again" / "top.bit").stat().st_size > 100_000
+    assert "--router router2" in (tmp_path / "again" / "build_top.sh").read_text()
+    assert again["tool_options"]["nextpnr"] == ["--timing-allow-fail", "--router", "router2"]
+    assert again["tool_seconds"]["yosys"] < again["tool_seconds"]["nextpnr"]
     assert (tmp_path / "again" / "top.rpt").read_bytes() == (tmp_path / "top.rpt").read_bytes()
     assert "netlist cache" in (tmp_path / "again" / "report.md").read_text()
 

@@ -3,7 +3,13 @@
 from pathlib import Path
 
 from ..errors import UserError
-from .options import nonnegative_int, output_folder, positive_float, positive_int, positive_power_of_two
+from .options import (nonnegative_int, output_folder, positive_float, positive_int, positive_power_of_two,
+                      tool_options)
+
+# options the flow passes to the tools itself (files, device, package, report, seed)
+RESERVED_NEXTPNR = {"--json", "--lpf", "--textcfg", "--report", "--package", "--speed", "--seed",
+                    "--12k", "--25k", "--45k", "--85k", "--um-25k", "--um-45k", "--um-85k", "--um5g-25k", "--um5g-45k", "--um5g-85k"}
+RESERVED_SYNTH = {"-top", "-json", "-blif", "-edif", "-run"}
 
 
 def add_board_options(parser, out_default="hw/<bundle>/<board>/"):
@@ -32,6 +38,13 @@ def add_board_options(parser, out_default="hw/<bundle>/<board>/"):
                         help=f"build folder, replaced only when a build succeeds (default {out_default})")
     parser.add_argument("--seed", type=nonnegative_int, default=None,
                         help="nextpnr placer seed (default: nextpnr's)")
+    parser.add_argument("--yosys-opts", type=tool_options(RESERVED_SYNTH), default=(), metavar="'OPTS'",
+                        help="extra options of Yosys' synth_ecp5 as one argument, e.g. --yosys-opts=-nowidelut or "
+                             "--yosys-opts='-abc2 -noabc9' (default: the board's synth_opts; none on the ULX3S)")
+    parser.add_argument("--nextpnr-opts", type=tool_options(RESERVED_NEXTPNR), default=(), metavar="'OPTS'",
+                        help="nextpnr-ecp5 options as one argument, each replacing the board's option of the same "
+                             "name, e.g. --nextpnr-opts='--router router1' or --nextpnr-opts=--tmg-ripup (default: "
+                             "the board's nextpnr_opts, and model_nextpnr_opts for the whole model)")
     parser.add_argument("--no-netlist-cache", action="store_true",
                         help="run Yosys even when the netlist cache holds its netlist for this RTLIL and script "
                              "(default: a rebuild that changes only nextpnr's options, such as --seed, skips Yosys; "
@@ -71,7 +84,7 @@ def board_from(args):
             check_clocks(top, board.platform_class()().default_clk_frequency)
     except ValueError as e:
         raise UserError(f"{given + ': ' if given else ''}{e}") from None
-    return board
+    return board.with_tool_options(synth=getattr(args, "yosys_opts", ()), nextpnr=getattr(args, "nextpnr_opts", ()))
 
 
 def print_report(report):

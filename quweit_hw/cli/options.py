@@ -4,6 +4,7 @@ option's name), before anything is read or written."""
 
 import argparse
 import math
+import shlex
 from pathlib import Path
 
 
@@ -90,3 +91,21 @@ def run_folder(text):
     if text == "" or Path(text).exists() and not Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"expected a folder, got {'the file ' if text else ''}{text!r}")
     return Path(text)
+
+
+def tool_options(reserved):
+    """A validator for a tool's extra options ('-nowidelut -abc2', '--router router2'): shell
+    words, the first an option, none of them one of `reserved` (options the flow sets itself)."""
+    def check(text):
+        try:
+            words = tuple(shlex.split(text))
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"expected options as shell words, got {text!r} ({e})") from None
+        if not words or not words[0].startswith("-"):
+            raise argparse.ArgumentTypeError(f"expected options starting with '-', got {text!r}")
+        taken = [w for w in words if w.split("=")[0] in reserved]
+        if taken:
+            raise argparse.ArgumentTypeError(f"{taken[0].split('=')[0]} is set by the flow itself, got {text!r}")
+        return words
+    check.__name__ = "tool options"
+    return check

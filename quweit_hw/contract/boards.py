@@ -45,6 +45,14 @@ class BoardConfig:
                                    engine_clock_hz=self.model_engine_clock_hz,
                                    nextpnr_opts=self.model_nextpnr_opts or self.nextpnr_opts)
 
+    def with_tool_options(self, synth=(), nextpnr=()):
+        """This board with `synth` appended to synth_opts and each option of `nextpnr` replacing
+        the one of the same name (and its values) in nextpnr_opts and model_nextpnr_opts."""
+        model = replace_options(self.model_nextpnr_opts or self.nextpnr_opts, nextpnr)
+        return dataclasses.replace(self, synth_opts=tuple(self.synth_opts) + tuple(synth),
+                                   nextpnr_opts=replace_options(self.nextpnr_opts, nextpnr),
+                                   model_nextpnr_opts=model if self.model_nextpnr_opts or nextpnr else ())
+
     def __post_init__(self):
         if self.luts <= 0 or self.clock_hz <= 0 or self.baud <= 0 or self.max_tokens <= 0:
             raise ValueError(f"board {self.name!r}: luts, clock_hz, baud and max_tokens must be positive")
@@ -70,6 +78,25 @@ class BoardConfig:
     @property
     def divisor(self):
         return uart_divisor(self.clock_hz, self.baud)
+
+
+def _option_groups(words):
+    """[(option, values...)] of a tool's argument words: each option with the words after it up
+    to the next option."""
+    groups = []
+    for word in words:
+        if word.startswith("-") or not groups:
+            groups.append([word])
+        else:
+            groups[-1].append(word)
+    return groups
+
+
+def replace_options(base, extra):
+    """`base` with each option of `extra` (with its values) in place of the one of the same name."""
+    names = {group[0].split("=")[0] for group in _option_groups(extra)}
+    kept = [w for group in _option_groups(base) if group[0].split("=")[0] not in names for w in group]
+    return tuple(kept) + tuple(extra)
 
 
 def board_names(boards_dir=BOARDS_DIR):

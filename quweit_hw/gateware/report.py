@@ -86,6 +86,9 @@ def report_markdown(r):
     lines = [f"# Build report: {r['bundle']} on {r['board']} ({r['device']})", "",
              f"Bitstream: `{r['bitstream']}`; built in {r['build_seconds']} s"
              + (" (Yosys skipped: its netlist came from the netlist cache)." if r.get("netlist") == "cache" else "."),
+             *([f"Tools: {', '.join(f'{k} {v} s' for k, v in r['tool_seconds'].items())}; synth_ecp5 options "
+                f"`{' '.join(r['tool_options']['synth_ecp5']) or '(none)'}`, nextpnr options "
+                f"`{' '.join(r['tool_options']['nextpnr'])}`."] if "tool_seconds" in r else []),
              "",
              "| resource | used | available |", "| --- | ---: | ---: |"]
     lines += [f"| {k} | {v['used']} | {v['available']} |" for k, v in r["resources"].items()]

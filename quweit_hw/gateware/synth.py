@@ -153,6 +153,8 @@ def run_build(top, core, bundle, board, tmp, out, *, seed=None, cpu=None, netlis
                     netlist_cache=netlist_cache)
     report = make_report(tmp, bundle, board, core, time.perf_counter() - start, cpu=cpu)
     report["netlist"] = run.netlist  # "yosys", or "cache": Yosys skipped
+    report["tool_seconds"] = run.seconds
+    report["tool_options"] = {"synth_ecp5": list(board.synth_opts), "nextpnr": list(board.nextpnr_opts)}
     report["bitstream"] = str(Path(out) / f"{TOP}.bit")
     write_report(tmp, report)
     return report

@@ -92,10 +92,19 @@ def tool_environment():
 
 @dataclasses.dataclass(frozen=True)
 class ToolRun:
-    """What `build_top` ran: the Amaranth BuildPlan, and where the netlist came from ("yosys",
-    or "cache": netlist_cache, Yosys skipped)."""
+    """What `build_top` ran: the Amaranth BuildPlan, where the netlist came from ("yosys", or
+    "cache": netlist_cache, Yosys skipped) and each tool's wall seconds (`tool_seconds`)."""
     plan: object
     netlist: str
+    seconds: dict = dataclasses.field(default_factory=dict)
+
+
+def tool_seconds(out, start):
+    """Wall seconds of each tool of a finished build in `out` that began at `start` (time.time()),
+    from when each wrote its output: Yosys top.json (0 when it came from the cache), nextpnr
+    top.config, ecppack top.bit."""
+    stamps = [start] + [os.path.getmtime(Path(out) / f"{TOP}.{ext}") for ext in ("json", "config", "bit")]
+    return {tool: round(max(0.0, b - a), 1) for tool, a, b in zip(("yosys", "nextpnr", "ecppack"), stamps, stamps[1:])}
 
 
 def build_top(top, board, out, *, seed=None, do_build=True, failed=None, provenance=None, netlist_cache=True):
@@ -123,6 +132,7 @@ def build_top(top, board, out, *, seed=None, do_build=True, failed=None, provena
         if cached:
             print(f"Yosys skipped: its netlist for this RTLIL and script is in the cache "
                   f"({cache.cache_root() / key}; --no-netlist-cache runs Yosys)", flush=True)
+        start = time.time()
         try:
             with tool_progress(out):  # YOSYS=true: the build script's Yosys line does nothing
                 plan.execute_local(str(out), env=dict(os.environ, **({"YOSYS": "true"} if cached else {})))
@@ -135,7 +145,7 @@ def build_top(top, board, out, *, seed=None, do_build=True, failed=None, provena
         if fault := yosys_fault(out):
             raise UserError(f"the {board.name} build is not trustworthy: {fault}; {present_logs(_keep(out, failed))}")
     _cache_netlist(key, cached, out)
-    return ToolRun(plan, "cache" if cached else "yosys")
+    return ToolRun(plan, "cache" if cached else "yosys", tool_seconds(out, start))
 
 
 def _cache_netlist(key, cached, out):
