@@ -8,7 +8,8 @@ from .options import (nonnegative_int, output_folder, positive_float, positive_i
 
 # options the flow passes to the tools itself (files, device, package, report, seed)
 RESERVED_NEXTPNR = {"--json", "--lpf", "--textcfg", "--report", "--package", "--speed", "--seed",
-                    "--12k", "--25k", "--45k", "--85k", "--um-25k", "--um-45k", "--um-85k", "--um5g-25k", "--um5g-45k", "--um5g-85k"}
+                    "--12k", "--25k", "--45k", "--85k", "--um-25k", "--um-45k", "--um-85k",
+                    "--um5g-25k", "--um5g-45k", "--um5g-85k"}
 RESERVED_SYNTH = {"-top", "-json", "-blif", "-edif", "-run"}
 
 
