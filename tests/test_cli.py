@@ -294,6 +294,15 @@ def test_synth_clocks_the_pll_or_divisor_cannot_make(option, value, needle, plac
                    capsys, place)
 
 
+def test_clocks_are_checked_for_the_top_that_is_built(place, capsys):
+    """A version 1 bundle builds the MLP-only top: an engine clock the whole model's 45 MHz link
+    clock cannot pair with is fine there; a checkpoint (top unknown yet) names the top."""
+    assert cli.main(["synth", "--bundle", "bundle", "--engine-clock-mhz", "125", "--no-build", "-o", "b"]) == 0
+    one_line_error(["build", CKPT, "--engine-clock-mhz", "125", "-o", "b2"],
+                   ["the whole-model top", "45 MHz and 125 MHz", "--mlp-only"], capsys, place)
+    assert not (place / "b2").exists()
+
+
 def fake_tool(folder, name, answers_version=True, log=None):
     """A tool that answers its version check (or not) and fails every real run, writing `log` first."""
     path = folder / name

@@ -67,24 +67,30 @@ def requested_top(args, version):
     return whole
 
 
-def board_from(args):
+def board_from(args, whole=None):
     """The BoardConfig the options ask for, its clocks and baud rate checked (PLL, UART divisor)
-    for both tops (`--engine-clock-mhz` sets the MLP engines' and the whole model's engine clock;
-    `BoardConfig.for_whole_model` picks the latter)."""
+    for the top that `whole` names (`requested_top`; None: both, the bundle's version unknown yet).
+    `--engine-clock-mhz` sets the MLP engines' and the whole model's engine clock;
+    `BoardConfig.for_whole_model` picks the latter."""
     from ..contract.boards import check_clocks, load_board
 
     clock = round(args.clock_mhz * 1e6) if args.clock_mhz else None
     engine_clock = round(args.engine_clock_mhz * 1e6) if args.engine_clock_mhz else None
     clocks = {"engine_clock_hz": engine_clock, "model_engine_clock_hz": engine_clock, "model_clock_hz": clock}
-    given = " ".join(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}" for flag, value in (("--clock-mhz", args.clock_mhz),
-                     ("--engine-clock-mhz", args.engine_clock_mhz), ("--baud", args.baud)) if value is not None)
+    given = " ".join(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}"
+                     for flag, value in (("--clock-mhz", args.clock_mhz), ("--engine-clock-mhz", args.engine_clock_mhz),
+                                         ("--baud", args.baud)) if value is not None)
+    what = ""
     try:
         board = load_board(args.board, clock_hz=clock, baud=args.baud, model_lanes=getattr(args, "lanes", None),
                            **clocks)
-        for top in (board, board.for_whole_model()):
-            check_clocks(top, board.platform_class()().default_clk_frequency)
+        for is_whole, top in ((False, board), (True, board.for_whole_model())):
+            if whole in (None, is_whole):
+                what = ("the whole-model top: " if is_whole else "the MLP-only top: ") if whole is None else ""
+                check_clocks(top, board.platform_class()().default_clk_frequency)
     except ValueError as e:
-        raise UserError(f"{given + ': ' if given else ''}{e}") from None
+        hint = " (--mlp-only or --whole-model: check only the top that is built)" if what else ""
+        raise UserError(f"{given + ': ' if given else ''}{what}{e}{hint}") from None
     return board.with_tool_options(synth=getattr(args, "yosys_opts", ()), nextpnr=getattr(args, "nextpnr_opts", ()))
 
 

@@ -24,7 +24,7 @@ def run(args):
 
     check_tools()  # before the checkpoint is exported or an engine elaborated
     whole = requested_top(args, None)  # None: as the checkpoint exports (an integer one: version 2)
-    report = build(args.checkpoint, board_from(args), bundle_out=args.bundle_out, force=args.force, out=args.out,
+    report = build(args.checkpoint, board_from(args, whole), bundle_out=args.bundle_out, force=args.force, out=args.out,
                    blocks=args.block, check_tokens=args.check_tokens, seed=args.seed, whole_model=whole,
                    check_images=args.check_images, netlist_cache=not args.no_netlist_cache)
     print(f"checkpoint -> bitstream in {report['checkpoint_to_bitstream_seconds']} s")

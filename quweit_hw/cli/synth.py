@@ -24,7 +24,7 @@ def run(args):
     check_tools(("YOSYS",) if args.no_build else BUILD_TOOLS)  # before the bundle is read or a top elaborated
     path = args.bundle or REFERENCE_INTEGER
     whole = requested_top(args, format_version(path))
-    board = board_from(args)
+    board = board_from(args, whole)
     board = board.for_whole_model() if whole else board
     bundle = load_bundle(path)
     if args.no_build:

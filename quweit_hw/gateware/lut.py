@@ -12,6 +12,13 @@ from .dont_care import INNER, full_node
 from .wide import assign_chunked
 
 
+class PortableSynthesis:
+    """The `platform` to elaborate an engine with for the RTL users take to any tool: the synthesis
+    form (comparators as AND/OR logic, each node a case over its address) without vendor cells,
+    so a two-level node's inner table is logic, not an ECP5 LUT4 (`lut4_cells`)."""
+    lut4_cells = False
+
+
 def table_int(row):
     """A LUT's 2**n-entry 0/1 table as an integer: entry k is bit k (the address selects the bit)."""
     return int.from_bytes(np.packbits(np.asarray(row, np.uint8), bitorder="little").tobytes(), "little")
@@ -62,7 +69,7 @@ class LUTLayer(wiring.Component):
         inner = None
         if node.inner is not None:
             inner = Signal(name="g")
-            if platform is not None:  # an ECP5 cell: the engine is built for ECP5 boards only
+            if getattr(platform, "lut4_cells", platform is not None):  # an ECP5 cell, for the board flow
                 m.submodules += _lut4_instance(node.inner, [self.i[x] for x in node.inner.inputs], inner)
             else:
                 m.d.comb += inner.eq(self._node_value(m, node.inner, platform))
