@@ -280,6 +280,25 @@ def test_rtl_backend_icarus(tmp_path):
                                   counts)
 
 
+@pytest.mark.parametrize("sim", ["icarus", "verilator"])
+def test_verilog_comparators_on_every_value(tmp_path, sim):
+    """The Verilog's comparators (AND/OR logic, verilog._comparator_body) against the golden
+    model for every int8 value of every feature, every threshold from -128 to 126 kept: each
+    one-input LUT passes its thermometer bit on, so each count is a feature's level."""
+    d, T = 8, 32
+    th = np.sort(np.append(np.arange(-128, 127), 126)).reshape(d, T)
+    layer = bundle.Layer(np.arange(d * T).reshape(-1, 1), np.tile([0, 1], (d * T, 1)).astype(np.uint8), d * T)
+    block = bundle.Block(name="cmp", d=d, bits=8, thresholds=th, layers=(layer,), group_size=T)
+    q = (np.arange(256)[:, None] + 37 * np.arange(d)[None, :]) % 256 - 128  # every value, per feature
+    backend = RTLBackend(bundle_files.load_bundle(bundle_files.write_bundle(tmp_path / "b", [block])), sim=sim)
+    try:
+        got = backend.counts(0, q)
+    finally:
+        backend.close()
+    np.testing.assert_array_equal(got, golden.counts(block, q))
+    assert got.min() == 0 and got.max() == T and len(np.unique(got)) > T  # both ends and each level seen
+
+
 def reference_tokens(block, limit=48):
     """Real activations of the reference model's LUT-MLP block (the q its torch eval feeds the
     block on test inputs) when the checkpoint and data are there, else None."""

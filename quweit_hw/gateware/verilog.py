@@ -11,6 +11,7 @@ from ..contract.bundle_files import load_bundle
 from ..contract.folders import atomic_folder, check_output_folder
 from ..errors import UserError
 from .engine import TOP, MLPEngine, engine_options
+from .comparators import greater_than
 from .dont_care import INNER
 from .lut import LUTLayer, table_int
 from .toolchain import provenance_lines, rtlil_to_verilog
@@ -71,15 +72,33 @@ def _lut_layer_body(unit):
     return lines
 
 
+class _Expr(str):
+    """A Verilog expression that `greater_than` combines with & and |, the constants 0 and 1 folded."""
+    def __and__(self, other):
+        return 0 if other == 0 else self if other == 1 else _Expr(f"({self} & {other})")
+
+    def __or__(self, other):
+        return self if other == 0 else 1 if other == 1 else _Expr(f"({self} | {other})")
+
+    __rand__, __ror__ = __and__, __or__
+
+
 def _comparator_body(unit):
+    """o[k] = [q_f > theta] as the AND/OR logic the board flow synthesises (`greater_than` of q_f - lo,
+    whose bits are q_f's with the sign bit inverted), which other tools map to LUTs as well."""
     b = unit.bits
     lo, hi = -(2 ** (b - 1)), 2 ** (b - 1) - 1
     lines = [f"  input {_vector('q', len(unit.q.as_value()))};", f"  output {_vector('o', len(unit.o))};",
-             f"  reg {_vector('o', len(unit.o))};", "  // o[k] = q_f > theta (signed), one line per kept comparator",
+             f"  reg {_vector('o', len(unit.o))};",
+             "  // o[k] = q_f > theta (signed) as AND/OR logic of q_f - lo, one line per kept comparator",
              "  always @* begin"]
     for k, (f, theta) in enumerate(unit.comparators):
-        rhs = "1'b1" if theta < lo else "1'b0" if theta >= hi else f"$signed(q[{f * b + b - 1}:{f * b}]) > {theta}"
-        lines.append(f"    o[{k}] = {rhs};")
+        if theta < lo or theta >= hi:
+            rhs = f"1'b{int(theta < lo)}"
+        else:
+            bits = [_Expr(f"q[{f * b + i}]") for i in range(b - 1)] + [_Expr(f"~q[{f * b + b - 1}]")]
+            rhs = greater_than(bits, theta - lo)
+        lines.append(f"    o[{k}] = {rhs}; // q{f} > {theta}")
     lines.append("  end")
     return lines
 
