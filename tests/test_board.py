@@ -443,7 +443,10 @@ def test_full_build_small_bundle(small_bundle, tmp_path):
     assert report["engine_clock_mhz"] == 150 and all(e["tokens_per_s_at_fmax"] == round(engine["achieved_mhz"] * 1e6)
                                                        for e in report["engines"])
     assert report["timing_met"] == (link["achieved_mhz"] >= 75.0 and engine["achieved_mhz"] >= engine["constraint_mhz"])
-    assert report["netlist"] == "yosys" and set(report["tool_seconds"]) == {"yosys", "nextpnr", "ecppack"}
+    # the engines synthesised apart and stitched in (gateware/engine_netlists.py)
+    assert report["netlist"] == "engines apart" and set(report["tool_seconds"]) == {"yosys", "nextpnr", "ecppack"}
+    assert [(p["module"], p["netlist"]) for p in report["engine_netlists"]] == [
+        ("top.core.socket0.engine", "yosys"), ("top.core.socket1.engine", "yosys")]
     assert report["tool_seconds"]["yosys"] > 0 and report["tool_options"]["nextpnr"] == ["--timing-allow-fail"]
     # the same top with another seed and router: Yosys' netlist comes from the cache
     board = load_board("ulx3s-12f").with_tool_options(nextpnr=("--router", "router2"))
@@ -454,6 +457,12 @@ def test_full_build_small_bundle(small_bundle, tmp_path):
     assert again["tool_seconds"]["yosys"] < again["tool_seconds"]["nextpnr"]
     assert (tmp_path / "again" / "top.rpt").read_bytes() == (tmp_path / "top.rpt").read_bytes()
     assert "netlist cache" in (tmp_path / "again" / "report.md").read_text()
+    # another engine clock changes the top's RTLIL (its PLL), not the engines': Yosys runs on the link only
+    other = synth(small_bundle, load_board("ulx3s-12f", engine_clock_hz=125_000_000), out=tmp_path / "other")
+    assert other["netlist"] == "engines apart" and {p["netlist"] for p in other["engine_netlists"]} == {"cache"}
+    assert round(other["fmax"][max(other["fmax"], key=lambda k: "engine" in k)]["constraint_mhz"]) == 125
+    assert other["resources"]["LUT4"]["used"] == report["resources"]["LUT4"]["used"]
+    assert "from the netlist cache" in (tmp_path / "other" / "report.md").read_text()
 
 
 def test_yosys_faults_are_named(tmp_path):

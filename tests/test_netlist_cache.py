@@ -88,3 +88,71 @@ def test_a_cache_that_cannot_be_written_costs_a_note(built, tmp_path, monkeypatc
     monkeypatch.setenv("QUWEIT_NETLIST_CACHE", str(tmp_path / "file" / "cache"))
     cache.store(cache.netlist_key(FILES), YOSYS, built)
     assert "cannot be written" in capsys.readouterr().err
+
+
+# ---- the engines apart (engine_netlists): how a top's RTLIL is split ----
+
+TOP_IL = """# provenance
+autoidx 7
+attribute \\top 1
+module \\top
+  wire width 8 input 0 \\a
+  cell \\top.core top.core
+  end
+end
+attribute \\src "/a/path/link.py:10"
+module \\top.core
+  cell \\top.core.socket0.engine \\engine
+    connect \\i \\a
+  end
+  cell \\top.core.socket1.engine \\engine
+  end
+end
+attribute \\src "/a/path/engine.py:1"
+module \\top.core.socket0.engine
+  wire width 8 input 0 \\i
+  wire width 3 output 1 \\o
+  wire width 3 \\o[0]
+  cell \\top.core.socket0.engine.layer0 \\layer0
+  end
+end
+attribute \\src "/b/elsewhere/lut.py:2"
+module \\top.core.socket0.engine.layer0
+  wire width 8 input 0 \\i
+end
+module \\top.core.socket1.engine
+  wire width 8 input 0 \\i
+  wire width 3 output 1 \\o
+  cell \\top.core.socket1.engine.layer0 \\layer0
+  end
+end
+module \\top.core.socket1.engine.layer0
+  wire width 8 input 0 \\i
+end
+"""
+
+
+def test_a_top_splits_into_its_engines_and_the_rest():
+    from quweit_hw.gateware import engine_netlists as en
+    header, modules = en.split_modules(TOP_IL)
+    names = [name for name, _ in modules]
+    assert header == "# provenance\nautoidx 7\n"
+    assert sorted(header + "".join(t for _, t in modules)) == sorted(TOP_IL)  # every line kept once
+    assert names[0] == "top" and modules[0][1].startswith("attribute \\top 1\nmodule \\top\n")
+    assert en.part_roots(names) == ["top.core.socket0.engine", "top.core.socket1.engine"]
+    text = dict(modules)
+    box = en._black_box("top.core.socket0.engine", text["top.core.socket0.engine"])
+    assert box == ("attribute \\blackbox 1\nmodule \\top.core.socket0.engine\n  wire width 8 input 0 \\i\n"
+                   "  wire width 3 output 1 \\o\nend\n")
+    # equal engines in two sockets, their source locations aside, share one key; options change it
+    canon = ["".join(en._canonical(t, root) for n, t in modules if en._in_part(n, root))
+             for root in en.part_roots(names)]
+    assert "socket" not in canon[0] and "\\src" not in canon[0] and "\\quweit_part.layer0 \\layer0" in canon[0]
+    assert en.part_key(canon[0], ()) != en.part_key(canon[0], ("-abc2",))
+    assert en.part_key(canon[0], ()) != en.part_key(canon[1], ())  # socket1's engine has no o[0]
+    moved = TOP_IL.replace("socket0", "socket9").replace("/b/elsewhere", "/c")
+    _, again = en.split_modules(moved)
+    assert "".join(en._canonical(t, "top.core.socket9.engine") for n, t in again
+                   if en._in_part(n, "top.core.socket9.engine")) == canon[0]
+    assert en._BIT_NAME.sub(r"\1<\2>", "  wire width 3 \\o[0]\n  connect \\o [2:0]\n") == \
+        "  wire width 3 \\o<0>\n  connect \\o [2:0]\n"

@@ -26,7 +26,7 @@ from pathlib import Path
 
 FORMAT, VERSION = "quweit-netlist-cache", 1
 FILES = ("top.json", "top.rpt")  # what Yosys writes in a build folder (the netlist and its log)
-KEEP = 8  # entries kept; the whole-model top's netlist is about 6 MB compressed
+KEEP = 24  # entries kept (whole tops and engines); the whole-model top's netlist is about 6 MB compressed
 
 
 def cache_root():
@@ -36,9 +36,10 @@ def cache_root():
     return Path(base) / "quweit-hw" / "netlists"
 
 
-def netlist_key(files):
-    """The cache key of a build's Yosys run, from its BuildPlan `files` ({name: text or bytes})."""
-    h = hashlib.sha256(f"{FORMAT} {VERSION}\n".encode())
+def netlist_key(files, variant=""):
+    """The cache key of a build's Yosys run, from its BuildPlan `files` ({name: text or bytes})
+    and the `variant` of the flow that makes the netlist."""
+    h = hashlib.sha256(f"{FORMAT} {VERSION}\n{variant}\n".encode())
     for name in ("top.ys", "top.il"):
         text = files[name]
         text = text.decode() if isinstance(text, bytes) else text

@@ -86,6 +86,9 @@ def report_markdown(r):
     lines = [f"# Build report: {r['bundle']} on {r['board']} ({r['device']})", "",
              f"Bitstream: `{r['bitstream']}`; built in {r['build_seconds']} s"
              + (" (Yosys skipped: its netlist came from the netlist cache)." if r.get("netlist") == "cache" else "."),
+             *(["Engines synthesised apart: " + ", ".join(
+                 f"`{p['module']}` {'from the netlist cache' if p['netlist'] == 'cache' else 'synthesised'} "
+                 f"({p['seconds']} s)" for p in r["engine_netlists"]) + "."] if r.get("engine_netlists") else []),
              *([f"Tools: {', '.join(f'{k} {v} s' for k, v in r['tool_seconds'].items())}; synth_ecp5 options "
                 f"`{' '.join(r['tool_options']['synth_ecp5']) or '(none)'}`, nextpnr options "
                 f"`{' '.join(r['tool_options']['nextpnr'])}`."] if "tool_seconds" in r else []),

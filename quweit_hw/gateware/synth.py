@@ -152,7 +152,8 @@ def run_build(top, core, bundle, board, tmp, out, *, seed=None, cpu=None, netlis
     run = build_top(top, board, tmp, seed=seed, failed=failed_dir(out), provenance=_provenance(bundle, board, core),
                     netlist_cache=netlist_cache)
     report = make_report(tmp, bundle, board, core, time.perf_counter() - start, cpu=cpu)
-    report["netlist"] = run.netlist  # "yosys", or "cache": Yosys skipped
+    report["netlist"] = run.netlist  # "yosys", "engines apart" or "cache": Yosys skipped
+    report["engine_netlists"] = run.parts  # with "engines apart": each engine's netlist, cached or synthesised
     report["tool_seconds"] = run.seconds
     report["tool_options"] = {"synth_ecp5": list(board.synth_opts), "nextpnr": list(board.nextpnr_opts)}
     report["bitstream"] = str(Path(out) / f"{TOP}.bit")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import UserError
+from . import engine_netlists
 from . import netlist_cache as cache
 
 # Amaranth's variable -> the tool this project installs (YoWASP wheels, Debian openFPGALoader)
@@ -92,11 +93,13 @@ def tool_environment():
 
 @dataclasses.dataclass(frozen=True)
 class ToolRun:
-    """What `build_top` ran: the Amaranth BuildPlan, where the netlist came from ("yosys", or
-    "cache": netlist_cache, Yosys skipped) and each tool's wall seconds (`tool_seconds`)."""
+    """What `build_top` ran: the Amaranth BuildPlan, where the netlist came from ("yosys": one run
+    over the whole top; "engines apart": engine_netlists, each engine from the cache or synthesised
+    on its own, `parts`; "cache": netlist_cache, Yosys skipped) and each tool's wall seconds."""
     plan: object
     netlist: str
     seconds: dict = dataclasses.field(default_factory=dict)
+    parts: list = dataclasses.field(default_factory=list)  # engine_netlists.synthesise's record
 
 
 def tool_seconds(out, start):
@@ -115,8 +118,9 @@ def build_top(top, board, out, *, seed=None, do_build=True, failed=None, provena
     failed: where a failed build folder goes (moved there whole, for its logs), or None to
     leave it in `out`; the error names the logs that exist there. provenance: a dict for the
     comment that opens the top's RTLIL (see `provenance_lines`). netlist_cache: take Yosys'
-    netlist from the cache when it holds one for this RTLIL and script, and store it there
-    when Yosys runs (`netlist_cache`)."""
+    netlist from the cache when it holds one for this RTLIL and script, else synthesise the
+    engines apart (`engine_netlists`, each kept in the cache) and store the result; without it,
+    one Yosys run over the whole top, nothing cached."""
     out = Path(out)
     opts = list(board.nextpnr_opts) + ["--report", NEXTPNR_REPORT] + (["--seed", str(seed)] if seed is not None else [])
     with tool_environment():
@@ -126,16 +130,20 @@ def build_top(top, board, out, *, seed=None, do_build=True, failed=None, provena
             plan.files[f"{TOP}.il"] = "".join(f"# {line}\n" for line in provenance_lines(provenance)) + plan.files[f"{TOP}.il"]
         if not do_build:
             return plan
-        key = cache.netlist_key(plan.files) if netlist_cache else None
+        key = cache.netlist_key(plan.files, variant="engines apart") if netlist_cache else None
         out.mkdir(parents=True, exist_ok=True)
         cached = key is not None and cache.fetch(key, yosys_version(), out)
         if cached:
             print(f"Yosys skipped: its netlist for this RTLIL and script is in the cache "
                   f"({cache.cache_root() / key}; --no-netlist-cache runs Yosys)", flush=True)
-        start = time.time()
+        start, parts = time.time(), None
         try:
             with tool_progress(out):  # YOSYS=true: the build script's Yosys line does nothing
-                plan.execute_local(str(out), env=dict(os.environ, **({"YOSYS": "true"} if cached else {})))
+                if netlist_cache and not cached:  # the engines apart, each from the cache or synthesised
+                    parts = engine_netlists.synthesise(plan.files[f"{TOP}.il"], out, yosys=toolchain_env()["YOSYS"],
+                                                       version=yosys_version(), synth_opts=board.synth_opts)
+                skip = cached or parts is not None
+                plan.execute_local(str(out), env=dict(os.environ, **({"YOSYS": "true"} if skip else {})))
         except Exception as e:  # a tool failed: its log is in the build folder
             if (out / f"{TOP}.tim").exists():  # nextpnr or ecppack failed: a retry skips Yosys
                 _cache_netlist(key, cached, out)
@@ -145,7 +153,8 @@ def build_top(top, board, out, *, seed=None, do_build=True, failed=None, provena
         if fault := yosys_fault(out):
             raise UserError(f"the {board.name} build is not trustworthy: {fault}; {present_logs(_keep(out, failed))}")
     _cache_netlist(key, cached, out)
-    return ToolRun(plan, "cache" if cached else "yosys", tool_seconds(out, start))
+    return ToolRun(plan, "cache" if cached else "engines apart" if parts else "yosys", tool_seconds(out, start),
+                   parts or [])
 
 
 def _cache_netlist(key, cached, out):
@@ -183,7 +192,7 @@ def tool_progress(out, interval=None):
     def watch():
         while not done.wait(interval):
             log, name = ((Path(out) / f"{TOP}.tim", "nextpnr-ecp5") if (Path(out) / f"{TOP}.tim").exists()
-                         else (Path(out) / f"{TOP}.rpt", "Yosys"))
+                         else (_newest_log(out), "Yosys"))
             if bar is not None:
                 bar.set_description_str(name, refresh=False)
                 bar.set_postfix_str(_last_line(log))
@@ -199,6 +208,12 @@ def tool_progress(out, interval=None):
         thread.join()
         if bar is not None:
             bar.close()
+
+
+def _newest_log(out):
+    """The Yosys log written last in build folder `out`: top.rpt, or an engine's apart (engine_netlists)."""
+    logs = [Path(out) / f"{TOP}.rpt", *Path(out).glob(f"parts-*/part*/{TOP}.rpt")]
+    return max((p for p in logs if p.exists()), key=lambda p: p.stat().st_mtime, default=logs[0])
 
 
 def _keep(out, failed):

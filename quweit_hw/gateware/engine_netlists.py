@@ -1,0 +1,158 @@
+"""The engines of a board top synthesised out of context, each netlist kept in the netlist cache,
+and stitched into the top's netlist: a rebuild that changes only the board top (a clock, the
+baud rate, the link) runs Yosys on the link alone and takes the engines' netlists from the cache.
+
+Amaranth writes a hierarchical RTLIL: one module per elaboratable, named by its path
+(`top.core.socket0.engine.layer0`). A *part* is a module called `engine` (an MLP engine in its
+socket, the whole-model engine in its link core) with every module below it. Each part is
+synthesised on its own (`synth_ecp5` with the build's options) under the neutral name PART, so
+equal engines in other tops or other sockets share one cache entry; its key is that RTLIL with
+the source-location attributes left out, the options and FORMAT. The rest of the top is
+synthesised with each part as a black box of the same ports; then the parts' netlists replace
+the boxes and the design is flattened into top.json, the netlist nextpnr places as before.
+Nothing crosses a part's boundary in synthesis (no constant or unused port is propagated
+through it), which is what lets the netlists be reused.
+
+Yosys has no such flow of its own beyond these commands, and Amaranth none, hence this module.
+"""
+
+import hashlib
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from . import netlist_cache as cache
+
+PART = "engine"  # the submodule name that makes a part
+FORMAT = "quweit-engine-netlist 1"
+# ABC9's delay target for a part, in ps. Without one ABC9 maps for the least depth of what it
+# sees and recovers area only where that costs no depth: in the whole top the link's deep paths
+# set the bar and the engines get area recovery; an engine alone has no such slack and came out
+# 1.85x larger (914 LUT4 against 494 with a target, a d = 8, 96-node engine). 2 ns is 4-5 LUT
+# levels, more than any register-to-register segment of an engine needs. A fixed figure, not
+# the clock's, so that a clock change keeps the engines' netlists.
+ABC9_DELAY_PS = 2000
+CANONICAL = "quweit_part"  # a part's module name in its own netlist
+_MODULE = re.compile(r"^module \\(\S+)$")
+# a wire named like a bit of another (Amaranth's `i__payload[0]`): beside a black box, ABC9's
+# reintegration asserts on such names (Yosys issue 4349), so the rest's are renamed `i__payload<0>`
+_BIT_NAME = re.compile(r"(\\[^\s\[]+)\[(\d+)\]")
+_PORT = re.compile(r"^  wire (?:width \d+ )?(?:upto )?(?:signed )?(?:input|output|inout) \d+ ")
+
+
+def split_modules(il_text):
+    """(header, [(name, text)]) of an RTLIL text: each module with the attribute lines before it."""
+    header, modules, pending, current = [], [], [], None
+    for line in il_text.splitlines(keepends=True):
+        if current is not None:
+            current[1].append(line)
+            if line.rstrip("\n") == "end":
+                modules.append((current[0], "".join(current[1])))
+                current = None
+        elif line.startswith("attribute "):
+            pending.append(line)
+        elif match := _MODULE.match(line.rstrip("\n")):
+            current, pending = (match.group(1), [*pending, line]), []
+        else:
+            header.append(line)
+    return "".join(header), modules
+
+
+def part_roots(names):
+    """The outermost modules called PART (the last path component) among module `names`."""
+    roots = []
+    for name in names:
+        if name.rsplit(".", 1)[-1] == PART and not any(name.startswith(root + ".") for root in roots):
+            roots.append(name)
+    return roots
+
+
+def _in_part(name, root):
+    return name == root or name.startswith(root + ".")
+
+
+def _canonical(text, root):
+    """A part's RTLIL under the neutral name CANONICAL, source locations left out."""
+    lines = (line for line in text.splitlines(keepends=True) if not line.lstrip().startswith("attribute \\src "))
+    return re.sub(r"\\" + re.escape(root) + r"(?=[.\s])", lambda _: "\\" + CANONICAL, "".join(lines))
+
+
+def _black_box(name, text):
+    """A module of the same name and ports as `text`, marked as a black box."""
+    ports = [line for line in text.splitlines(keepends=True) if _PORT.match(line)]
+    return f"attribute \\blackbox 1\nmodule \\{name}\n{''.join(ports)}end\n"
+
+
+def part_key(canonical_text, synth_opts):
+    h = hashlib.sha256(f"{FORMAT}\n{ABC9_DELAY_PS}\n{' '.join(synth_opts)}\n".encode())
+    h.update(canonical_text.encode())
+    return h.hexdigest()
+
+
+def _yosys(yosys, script, folder):
+    """Run Yosys' `script` in `folder` (paths relative to it: the YoWASP Yosys sees only its working
+    folder), its log in folder/top.rpt."""
+    run = subprocess.run([yosys, "-q", "-l", "top.rpt", "-p", script], cwd=folder, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise subprocess.CalledProcessError(run.returncode, "yosys", run.stdout, run.stderr)
+
+
+def synthesise(il_text, out, *, yosys, version, synth_opts=(), use_cache=True):
+    """Write top.json and top.rpt (every Yosys log, one after the other) for the top whose RTLIL
+    is `il_text` into build folder `out`, the parts synthesised out of context (or taken from the
+    cache) and stitched in. Returns [{"module", "netlist": "cache"|"yosys", "seconds"}] per part,
+    or None when the top has no part (then nothing is written). CalledProcessError when Yosys
+    fails; its log is in `out`."""
+    header, modules = split_modules(il_text)
+    roots = part_roots([name for name, _ in modules])
+    if not roots:
+        return None
+    out, opts = Path(out), " ".join(synth_opts)
+    parts, logs, boxes = [], [], {}
+    with tempfile.TemporaryDirectory(dir=out, prefix="parts-") as tmp:
+        tmp = Path(tmp)
+        for index, root in enumerate(roots):
+            start = time.perf_counter()
+            canonical = "".join(_canonical(text, root) for name, text in modules if _in_part(name, root))
+            key = part_key(canonical, synth_opts)
+            folder = tmp / f"part{index}"
+            folder.mkdir()
+            hit = use_cache and cache.fetch(key, version, folder)
+            if not hit:
+                (folder / "part.il").write_text(header + canonical)
+                try:
+                    _yosys(yosys, f"read_rtlil part.il; scratchpad -set abc9.D {ABC9_DELAY_PS}; "
+                                  f"synth_ecp5 {opts} -top \\{CANONICAL}; "
+                                  f"select \\{CANONICAL}; write_json -selected top.json", folder)
+                except subprocess.CalledProcessError:
+                    shutil.copyfile(folder / "top.rpt", out / "top.rpt")  # the failed run's log, for the error
+                    raise
+                if use_cache:
+                    cache.store(key, version, folder)
+            logs.append(f"# part {root}: {'from the netlist cache, key ' + key if hit else 'synthesised'}\n"
+                        + (folder / "top.rpt").read_text(errors="replace"))
+            boxes[root] = f"ooc_{key[:16]}"
+            parts.append({"module": root, "netlist": "cache" if hit else "yosys",
+                          "seconds": round(time.perf_counter() - start, 1)})
+        rest = "".join(_black_box(name, text) if name in roots else text
+                       for name, text in modules if not any(_in_part(name, r) and name != r for r in roots))
+        (tmp / "rest.il").write_text(header + _BIT_NAME.sub(r"\1<\2>", rest))
+        here = tmp.relative_to(out)
+        script = [f"read_rtlil {here / 'rest.il'}", f"scratchpad -set abc9.D {ABC9_DELAY_PS}", f"synth_ecp5 {opts} -top top"]
+        for index, root in enumerate(roots):
+            if boxes[root] not in script_modules(script):
+                script += [f"read_json {here / f'part{index}' / 'top.json'}", f"rename \\{CANONICAL} \\{boxes[root]}"]
+            script.append(f"chtype -map \\{root} \\{boxes[root]} top")
+        script += ["hierarchy -top top", "flatten", "hierarchy -top top", "opt_clean", "write_json top.json"]
+        _yosys(yosys, "; ".join(script), out)
+        (out / "top.rpt").write_text("".join(logs) + "# the top, its parts stitched in\n"
+                                     + (out / "top.rpt").read_text(errors="replace"))
+    return parts
+
+
+def script_modules(script):
+    """The modules the `rename` commands of a Yosys script so far have created."""
+    return {line.rsplit("\\", 1)[-1] for line in script if line.startswith("rename ")}
