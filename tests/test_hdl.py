@@ -4,6 +4,7 @@ is slow."""
 
 import json
 import math
+import re
 import subprocess
 
 import numpy as np
@@ -341,3 +342,46 @@ def test_reference_bundle():
     q = np.concatenate(parts)
     got, _ = simulate(engine, q, valid_prob=0.8, ready_prob=0.7, seed=1)
     np.testing.assert_array_equal(got, golden.counts(block, q))
+
+
+def _evaluate(expr, bits):
+    """Value of a Verilog ?: / ~ / i[k] / 1'bV expression (verilog._mux_tree's output) for `bits`."""
+    tokens = re.findall(r"\(|\)|\?|:|~|1'b[01]|i\[\d+\]", expr)
+    assert "".join(tokens) == expr.replace(" ", "")
+
+    def parse(at):
+        t = tokens[at]
+        if t == "(":
+            cond, at = parse(at + 1)
+            assert tokens[at] == "?"
+            hi, at = parse(at + 1)
+            assert tokens[at] == ":"
+            lo, at = parse(at + 1)
+            assert tokens[at] == ")"
+            return (hi if cond else lo), at + 1
+        if t == "~":
+            value, at = parse(at + 1)
+            return 1 - value, at
+        if t.startswith("1'b"):
+            return int(t[3]), at + 1
+        return bits[int(t[2:-1])], at + 1
+
+    value, end = parse(0)
+    assert end == len(tokens)
+    return value
+
+
+@pytest.mark.parametrize("n", range(1, 8))
+def test_verilog_node_tree_is_its_table(n):
+    """Each node of the Verilog is a ?: tree on its address bits (verilog._mux_tree): equal to
+    its table on every address, for constant, one-hot, alternating and random tables."""
+    from quweit_hw.gateware.verilog import _mux_tree
+    rng = np.random.default_rng(n)
+    size = 2 ** n
+    tables = [np.zeros(size), np.ones(size), np.arange(size) % 2, (np.arange(size) >> (n - 1)) & 1,
+              *np.eye(size)[[0, size - 1]], 1 - np.eye(size)[size // 2], *rng.integers(0, 2, (8, size))]
+    for table in tables:
+        table = [int(v) for v in table]
+        expr = _mux_tree(table, [f"i[{k}]" for k in range(n)])
+        assert [_evaluate(expr, [(a >> k) & 1 for k in range(n)]) for a in range(size)] == table, (table, expr)
+    assert _mux_tree([0, 1] * (size // 2), [f"i[{k}]" for k in range(n)]) == "i[0]"  # folded to one input

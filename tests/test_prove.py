@@ -109,12 +109,17 @@ def test_a_constant_node_is_tied_in_the_next_layer(tmp_path):
     assert "1'b" in (tmp_path / "gold1.v").read_text().split("module gold_side")[1].split("endmodule")[0]
 
 
-def _flip_table_digit(verilog, node):
-    """The Verilog with one hex digit of layer 0 node `node`'s table changed."""
+def _flip_table_bit(verilog, node):
+    """The Verilog with one table entry of layer 0 node `node` changed: its first constant leaf
+    flipped, or (a tree of inputs only) its first input leaf inverted."""
     start = verilog.index(f"    o[{node}] = ", verilog.index("module \\mlp_engine.layer0"))
-    digit = verilog.index("'h", start) + 2
-    new = "0" if verilog[digit] != "0" else "1"
-    return verilog[:digit] + new + verilog[digit + 1:]
+    end = verilog.index(";", start)
+    line = verilog[start:end]
+    if "1'b" in line:
+        at = start + line.index("1'b") + 3
+        return verilog[:at] + str(1 - int(verilog[at])) + verilog[at + 1:]
+    at = start + line.index("? ") + 2
+    return verilog[:at] + "~" + verilog[at:]
 
 
 def test_prove_rtl_and_a_mutated_verilog(tmp_path, capsys):
@@ -124,11 +129,11 @@ def test_prove_rtl_and_a_mutated_verilog(tmp_path, capsys):
     assert main(["prove", "--rtl", str(folder)]) == 0
     assert "mlp_engine.v equals mlp_engine.il" in capsys.readouterr().out
     verilog = (folder / "mlp_engine.v").read_text()
-    (folder / "mlp_engine.v").write_text(_flip_table_digit(verilog, 2))
+    (folder / "mlp_engine.v").write_text(_flip_table_bit(verilog, 2))
     with pytest.raises(UserError, match=r"mlp_engine.v differs from mlp_engine.il: Yosys did not prove .*layer0"):
         prove_rtl(folder)
-    line = re.search(r"(\$signed\(q\[\d+:\d+\]\) > )(-?\d+);", verilog)  # the first comparator
-    mutated = verilog[:line.start(2)] + str(int(line[2]) + 1) + verilog[line.end(2):]
+    line = re.search(r"    o\[\d+\] = \(.*?( & ).*; // q\d+ > -?\d+", verilog)  # a comparator with an AND
+    mutated = verilog[:line.start(1)] + " | " + verilog[line.end(1):]
     (folder / "mlp_engine.v").write_text(mutated)
     with pytest.raises(UserError, match=r"differs from mlp_engine.il: Yosys did not prove .*comparators"):
         prove_rtl(folder)

@@ -13,7 +13,7 @@ from ..errors import UserError
 from .engine import TOP, MLPEngine, engine_options
 from .comparators import greater_than
 from .dont_care import INNER
-from .lut import LUTLayer, table_int
+from .lut import LUTLayer
 from .toolchain import provenance_lines, rtlil_to_verilog
 
 
@@ -50,11 +50,27 @@ def _vector(name, width):
     return f"[{width - 1}:0] {name}"
 
 
+def _mux_tree(table, bits):
+    """The table (entry a at address a, `bits` the address bits' expressions, LSB first) as a tree
+    of ?: on its address bits, MSB at the root, equal halves and constant subtrees folded."""
+    if all(v == table[0] for v in table):
+        return f"1'b{int(table[0])}"
+    if len(table) == 2:
+        return bits[0] if table[1] else f"~{bits[0]}"
+    half = len(table) // 2
+    lo, hi = table[:half], table[half:]
+    if list(lo) == list(hi):
+        return _mux_tree(lo, bits[:-1])
+    return f"({bits[-1]} ? {_mux_tree(hi, bits[:-1])} : {_mux_tree(lo, bits[:-1])})"
+
+
 def _node_expression(node, inner):
+    """A node as a ?: tree on its address bits: one evaluation per clock in a simulator, and
+    $mux cells for synthesis (a constant shifted by the address, `table >> {address}`, costs
+    Yosys a techmap specialised per node, as Amaranth's bit_select does)."""
     if not node.inputs:
         return f"1'b{int(node.table[0])}"
-    address = ", ".join(inner if x == INNER else f"i[{x}]" for x in node.inputs[::-1])
-    return f"{len(node.table)}'h{table_int(node.table):x} >> {{{address}}}"
+    return _mux_tree([int(v) for v in node.table], [inner if x == INNER else f"i[{x}]" for x in node.inputs])
 
 
 def _lut_layer_body(unit):
@@ -62,7 +78,7 @@ def _lut_layer_body(unit):
     lines = [f"  input {_vector('i', len(unit.i))};", f"  output {_vector('o', len(unit.o))};",
              f"  reg {_vector('o', len(unit.o))};",
              *([f"  reg {_vector('g', len(unit.nodes))};  // inner tables of two-level nodes"] if inner else []),
-             "  // node j: o[j] = table_j >> {address bits, MSB first} (the address selects the table bit)",
+             "  // node j: o[j] = table_j[address] as a ?: tree on the address bits, the last input at the root",
              "  always @* begin"]
     for j in inner:  # an inner table before the node that reads it
         lines.append(f"    g[{j}] = {_node_expression(unit.nodes[j].inner, None)};")
