@@ -300,7 +300,7 @@ class RTLBackend:
         if index not in self._engines:
             block = self.bundle.block(index)
             out = self.workdir / f"block{index}"
-            write_rtl(block, out / "rtl", registers=self.registers, force=True)
+            write_rtl(block, out / "rtl", registers=self.registers, force=True, rtlil_form="simulation")
             self._engines[index] = VerilogEngine(out / "rtl" / f"{TOP}.v", block, out / self.sim, sim=self.sim)
         return self._engines[index]
 

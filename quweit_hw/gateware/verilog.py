@@ -13,15 +13,27 @@ from ..errors import UserError
 from .engine import TOP, MLPEngine, engine_options
 from .comparators import greater_than
 from .dont_care import INNER
-from .lut import LUTLayer
+from .lut import LUTLayer, PortableSynthesis
 from .toolchain import provenance_lines, rtlil_to_verilog
 
 
-def generate(engine, provenance=None):
+RTLIL_FORMS = ("synthesis", "simulation")
+
+
+def generate(engine, provenance=None, rtlil_form="synthesis"):
     """(verilog_text, rtlil_text) of an engine; the top module is named TOP. Each text opens
-    with `provenance` (a dict, see `provenance_lines`) as comments when it is given."""
+    with `provenance` (a dict, see `provenance_lines`) as comments when it is given.
+
+    rtlil_form "synthesis": the RTLIL in the form the board flow synthesises, without vendor
+    cells (`lut.PortableSynthesis`: comparators as AND/OR logic, each node a case on its
+    address), what users take to other tools; "simulation": Amaranth's form for its simulator
+    (`q > theta`, `bit_select`), 4-5x quicker to elaborate, for the simulators' own folders.
+    The Verilog is the same either way (its wide units are re-emitted below)."""
     from amaranth.back import rtlil
-    il = rtlil.convert(engine, name=TOP, emit_src=False)
+    if rtlil_form not in RTLIL_FORMS:
+        raise ValueError(f"rtlil_form must be one of {RTLIL_FORMS}, not {rtlil_form!r}")
+    platform = PortableSynthesis() if rtlil_form == "synthesis" else None
+    il = rtlil.convert(engine, name=TOP, emit_src=False, platform=platform)
     v = _fast_verilog(engine, rtlil_to_verilog(il))
     return with_provenance(v, il, provenance)
 
@@ -167,9 +179,10 @@ def _fast_verilog(engine, verilog_text):
 RTL_FILES = (f"{TOP}.v", f"{TOP}.il", "summary.json")  # what write_rtl writes
 
 
-def write_rtl(bundle_or_block, out_dir, *, block_index=0, registers="all", rom=None, minimise=True, force=False):
+def write_rtl(bundle_or_block, out_dir, *, block_index=0, registers="all", rom=None, minimise=True, force=False,
+              rtlil_form="synthesis"):
     """Generate one block's engine into `out_dir`: TOP.v, TOP.il and summary.json
-    (`minimise`: don't-cares filled for fewer LUT4, see MLPEngine).
+    (`minimise`: don't-cares filled for fewer LUT4, see MLPEngine; `rtlil_form`: see `generate`).
 
     `bundle_or_block`: a Bundle, a Block, or a bundle folder path. Atomic: everything is
     written to a temporary folder that is renamed to `out_dir` at the end; an existing
@@ -193,11 +206,13 @@ def write_rtl(bundle_or_block, out_dir, *, block_index=0, registers="all", rom=N
     options = {"registers": engine.registers.as_dict(), "rom": {str(k): v for k, v in engine.rom.items()},
                "minimise": engine.minimise}
     verilog_text, rtlil_text = generate(engine, {"bundle_id": identity, "block": block_index,
-                                                 "block_name": block.name, "options": options})
+                                                 "block_name": block.name, "options": options}, rtlil_form)
     summary = {"bundle": source, "bundle_id": identity, "block_index": block_index, **engine.summary()}
     summary["files"] = {"verilog": f"{TOP}.v", "rtlil": f"{TOP}.il", "summary": "summary.json"}
-    summary["verilog_form"] = ("Yosys write_verilog of the RTLIL, with the comparators, fabric LUT layers and "
-                               "adder stages as one always block each (docs/verification.md)")
+    summary["verilog_form"] = ("Yosys write_verilog of the RTLIL, with the comparators (AND/OR logic), fabric LUT "
+                               "layers (each node a ?: tree on its address bits) and adder stages as one always "
+                               "block each (docs/verification.md)")
+    summary["rtlil_form"] = rtlil_form
     summary["verilog_bytes"] = len(verilog_text.encode())
     summary["generation_seconds"] = round(time.perf_counter() - start, 3)
 
