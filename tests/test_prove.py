@@ -109,12 +109,17 @@ def test_a_constant_node_is_tied_in_the_next_layer(tmp_path):
     assert "1'b" in (tmp_path / "gold1.v").read_text().split("module gold_side")[1].split("endmodule")[0]
 
 
-def _flip_table_bit(verilog, node):
-    """The Verilog with one table entry of layer 0 node `node` changed: its first constant leaf
-    flipped, or (a tree of inputs only) its first input leaf inverted."""
-    start = verilog.index(f"    o[{node}] = ", verilog.index("module \\mlp_engine.layer0"))
-    end = verilog.index(";", start)
-    line = verilog[start:end]
+def _flip_table_bit(verilog, node, form):
+    """The Verilog with one table entry of layer 0 node `node` changed in one form of the .v:
+    synthesis, its ?: tree's first constant leaf flipped (or, a tree of inputs only, its first
+    input leaf inverted); simulation, a hex digit of the shifted table."""
+    layer = verilog.index("module \\mlp_engine.layer0")
+    branch = verilog.index("`else", layer) if form == "simulation" else layer
+    start = verilog.index(f"    o[{node}] = ", branch)
+    line = verilog[start:verilog.index(";", start)]
+    if form == "simulation":
+        at = start + line.index("'h") + 2
+        return verilog[:at] + ("0" if verilog[at] != "0" else "1") + verilog[at + 1:]
     if "1'b" in line:
         at = start + line.index("1'b") + 3
         return verilog[:at] + str(1 - int(verilog[at])) + verilog[at + 1:]
@@ -123,19 +128,27 @@ def _flip_table_bit(verilog, node):
 
 
 def test_prove_rtl_and_a_mutated_verilog(tmp_path, capsys):
+    """Both forms of the .v (`ifdef SYNTHESIS) are proven equal to the .il; a table entry or a
+    comparator changed in either form fails, naming the form and the unit."""
     block = small_block()
     folder = tmp_path / "rtl"
     write_rtl(block, folder)
     assert main(["prove", "--rtl", str(folder)]) == 0
     assert "mlp_engine.v equals mlp_engine.il" in capsys.readouterr().out
     verilog = (folder / "mlp_engine.v").read_text()
-    (folder / "mlp_engine.v").write_text(_flip_table_bit(verilog, 2))
-    with pytest.raises(UserError, match=r"mlp_engine.v differs from mlp_engine.il: Yosys did not prove .*layer0"):
+    for form in ("synthesis", "simulation"):
+        (folder / "mlp_engine.v").write_text(_flip_table_bit(verilog, 2, form))
+        with pytest.raises(UserError, match=rf"mlp_engine.v \({form} form\) differs from mlp_engine.il: "
+                                            r"Yosys did not prove .*layer0"):
+            prove_rtl(folder)
+    cmp = verilog.index("module \\mlp_engine.comparators")
+    line = re.compile(r"    o\[\d+\] = \(.*?( & ).*; // q\d+ > -?\d+").search(verilog, cmp)  # one with an AND
+    (folder / "mlp_engine.v").write_text(verilog[:line.start(1)] + " | " + verilog[line.end(1):])
+    with pytest.raises(UserError, match=r"\(synthesis form\) differs from mlp_engine.il: .*comparators"):
         prove_rtl(folder)
-    line = re.search(r"    o\[\d+\] = \(.*?( & ).*; // q\d+ > -?\d+", verilog)  # a comparator with an AND
-    mutated = verilog[:line.start(1)] + " | " + verilog[line.end(1):]
-    (folder / "mlp_engine.v").write_text(mutated)
-    with pytest.raises(UserError, match=r"differs from mlp_engine.il: Yosys did not prove .*comparators"):
+    line = re.compile(r"(\$signed\(q\[\d+:\d+\]\) > )(-?\d+);").search(verilog, cmp)  # simulation form
+    (folder / "mlp_engine.v").write_text(verilog[:line.start(2)] + str(int(line[2]) + 1) + verilog[line.end(2):])
+    with pytest.raises(UserError, match=r"\(simulation form\) differs from mlp_engine.il: .*comparators"):
         prove_rtl(folder)
 
 

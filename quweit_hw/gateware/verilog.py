@@ -13,7 +13,7 @@ from ..errors import UserError
 from .engine import TOP, MLPEngine, engine_options
 from .comparators import greater_than
 from .dont_care import INNER
-from .lut import LUTLayer, PortableSynthesis
+from .lut import LUTLayer, PortableSynthesis, table_int
 from .toolchain import provenance_lines, rtlil_to_verilog
 
 
@@ -76,28 +76,37 @@ def _mux_tree(table, bits):
     return f"({bits[-1]} ? {_mux_tree(hi, bits[:-1])} : {_mux_tree(lo, bits[:-1])})"
 
 
-def _node_expression(node, inner):
-    """A node as a ?: tree on its address bits: one evaluation per clock in a simulator, and
-    $mux cells for synthesis (a constant shifted by the address, `table >> {address}`, costs
-    Yosys a techmap specialised per node, as Amaranth's bit_select does)."""
+def _node_expression(node, inner, synthesis):
+    """A node's value. For synthesis a ?: tree on its address bits ($mux cells; a constant
+    shifted by the address costs Yosys a techmap specialised per node, as Amaranth's bit_select
+    does); for simulators that shift, `table >> {address}`, one machine shift (Verilator ran the
+    ?: trees 10x slower, Icarus 3.5x: docs/results.md)."""
     if not node.inputs:
         return f"1'b{int(node.table[0])}"
-    return _mux_tree([int(v) for v in node.table], [inner if x == INNER else f"i[{x}]" for x in node.inputs])
+    bits = [inner if x == INNER else f"i[{x}]" for x in node.inputs]
+    if synthesis:
+        return _mux_tree([int(v) for v in node.table], bits)
+    return f"{len(node.table)}'h{table_int(node.table):x} >> {{{', '.join(bits[::-1])}}}"
+
+
+def _both_forms(statement):
+    """The always block's statements, `statement(synthesis)` for each item, the synthesis form
+    under `ifdef SYNTHESIS (which Yosys defines, Vivado too; Verilator and Icarus do not)."""
+    return ["`ifdef SYNTHESIS", *statement(True), "`else", *statement(False), "`endif"]
 
 
 def _lut_layer_body(unit):
     inner = [j for j, node in enumerate(unit.nodes) if node.inner is not None]
-    lines = [f"  input {_vector('i', len(unit.i))};", f"  output {_vector('o', len(unit.o))};",
-             f"  reg {_vector('o', len(unit.o))};",
-             *([f"  reg {_vector('g', len(unit.nodes))};  // inner tables of two-level nodes"] if inner else []),
-             "  // node j: o[j] = table_j[address] as a ?: tree on the address bits, the last input at the root",
-             "  always @* begin"]
-    for j in inner:  # an inner table before the node that reads it
-        lines.append(f"    g[{j}] = {_node_expression(unit.nodes[j].inner, None)};")
-    for j, node in enumerate(unit.nodes):
-        lines.append(f"    o[{j}] = {_node_expression(node, f'g[{j}]')};")
-    lines.append("  end")
-    return lines
+
+    def statements(synthesis):  # an inner table before the node that reads it
+        return ([f"    g[{j}] = {_node_expression(unit.nodes[j].inner, None, synthesis)};" for j in inner]
+                + [f"    o[{j}] = {_node_expression(node, f'g[{j}]', synthesis)};" for j, node in enumerate(unit.nodes)])
+    return [f"  input {_vector('i', len(unit.i))};", f"  output {_vector('o', len(unit.o))};",
+            f"  reg {_vector('o', len(unit.o))};",
+            *([f"  reg {_vector('g', len(unit.nodes))};  // inner tables of two-level nodes"] if inner else []),
+            "  // node j: o[j] = table_j[address]: for synthesis a ?: tree on the address bits (the last",
+            "  // input at the root), for simulation the table shifted by {address bits, MSB first}",
+            "  always @* begin", *_both_forms(statements), "  end"]
 
 
 class _Expr(str):
@@ -112,23 +121,27 @@ class _Expr(str):
 
 
 def _comparator_body(unit):
-    """o[k] = [q_f > theta] as the AND/OR logic the board flow synthesises (`greater_than` of q_f - lo,
-    whose bits are q_f's with the sign bit inverted), which other tools map to LUTs as well."""
+    """o[k] = [q_f > theta]: for synthesis the AND/OR logic the board flow builds (`greater_than`
+    of q_f - lo, whose bits are q_f's with the sign bit inverted; a `>` becomes a carry chain),
+    for simulation the signed comparison."""
     b = unit.bits
     lo, hi = -(2 ** (b - 1)), 2 ** (b - 1) - 1
-    lines = [f"  input {_vector('q', len(unit.q.as_value()))};", f"  output {_vector('o', len(unit.o))};",
-             f"  reg {_vector('o', len(unit.o))};",
-             "  // o[k] = q_f > theta (signed) as AND/OR logic of q_f - lo, one line per kept comparator",
-             "  always @* begin"]
-    for k, (f, theta) in enumerate(unit.comparators):
+
+    def value(f, theta, synthesis):
         if theta < lo or theta >= hi:
-            rhs = f"1'b{int(theta < lo)}"
-        else:
-            bits = [_Expr(f"q[{f * b + i}]") for i in range(b - 1)] + [_Expr(f"~q[{f * b + b - 1}]")]
-            rhs = greater_than(bits, theta - lo)
-        lines.append(f"    o[{k}] = {rhs}; // q{f} > {theta}")
-    lines.append("  end")
-    return lines
+            return f"1'b{int(theta < lo)}"
+        if not synthesis:
+            return f"$signed(q[{f * b + b - 1}:{f * b}]) > {theta}"
+        return greater_than([_Expr(f"q[{f * b + i}]") for i in range(b - 1)] + [_Expr(f"~q[{f * b + b - 1}]")],
+                            theta - lo)
+
+    def statements(synthesis):
+        return [f"    o[{k}] = {value(f, theta, synthesis)}; // q{f} > {theta}"
+                for k, (f, theta) in enumerate(unit.comparators)]
+    return [f"  input {_vector('q', len(unit.q.as_value()))};", f"  output {_vector('o', len(unit.o))};",
+            f"  reg {_vector('o', len(unit.o))};",
+            "  // o[k] = q_f > theta (signed), one line per kept comparator; for synthesis as AND/OR logic",
+            "  always @* begin", *_both_forms(statements), "  end"]
 
 
 def _adder_stage_body(unit):
