@@ -44,7 +44,7 @@ def measure(name, block, rom, workdir, counts):
     row = {"design": name, "lut_nodes": block.lut_nodes, "form": "rom" if rom else "fabric"}
     out = workdir / name
     start = time.perf_counter()
-    summary = write_rtl(block, out / "rtl", rom=rom, force=True)
+    summary = write_rtl(block, out / "rtl", rom=rom, force=True, rtlil_form="simulation")  # as rtlsim writes it
     row["generate_s"] = time.perf_counter() - start
     row["verilog_kib"] = summary["verilog_bytes"] / 1024
     row["lut4_estimate"] = summary["ecp5_lut4_estimate"]["total"]
