@@ -5,7 +5,7 @@ baud rate, the link) runs Yosys on the link alone and takes the engines' netlist
 Amaranth writes a hierarchical RTLIL: one module per elaboratable, named by its path
 (`top.core.socket0.engine.layer0`). A *part* is a module called `engine` (an MLP engine in its
 socket, the whole-model engine in its link core) with every module below it. Each part is
-synthesised on its own (`synth_ecp5` with the build's options) under the neutral name PART, so
+synthesised on its own (`synth_ecp5` with the build's options) under the neutral name CANONICAL, so
 equal engines in other tops or other sockets share one cache entry; its key is that RTLIL with
 the source-location attributes left out, the options and FORMAT. The rest of the top is
 synthesised with each part as a black box of the same ports; then the parts' netlists replace
@@ -110,49 +110,56 @@ def synthesise(il_text, out, *, yosys, version, synth_opts=(), use_cache=True):
     roots = part_roots([name for name, _ in modules])
     if not roots:
         return None
-    out, opts = Path(out), " ".join(synth_opts)
-    parts, logs, boxes = [], [], {}
+    out = Path(out)
     with tempfile.TemporaryDirectory(dir=out, prefix="parts-") as tmp:
         tmp = Path(tmp)
-        for index, root in enumerate(roots):
-            start = time.perf_counter()
-            canonical = "".join(_canonical(text, root) for name, text in modules if _in_part(name, root))
-            key = part_key(canonical, synth_opts)
-            folder = tmp / f"part{index}"
-            folder.mkdir()
-            hit = use_cache and cache.fetch(key, version, folder)
-            if not hit:
-                (folder / "part.il").write_text(header + canonical)
-                try:
-                    _yosys(yosys, f"read_rtlil part.il; scratchpad -set abc9.D {ABC9_DELAY_PS}; "
-                                  f"synth_ecp5 {opts} -top \\{CANONICAL}; "
-                                  f"select \\{CANONICAL}; write_json -selected top.json", folder)
-                except subprocess.CalledProcessError:
-                    shutil.copyfile(folder / "top.rpt", out / "top.rpt")  # the failed run's log, for the error
-                    raise
-                if use_cache:
-                    cache.store(key, version, folder)
-            logs.append(f"# part {root}: {'from the netlist cache, key ' + key if hit else 'synthesised'}\n"
-                        + (folder / "top.rpt").read_text(errors="replace"))
-            boxes[root] = f"ooc_{key[:16]}"
-            parts.append({"module": root, "netlist": "cache" if hit else "yosys",
-                          "seconds": round(time.perf_counter() - start, 1)})
+        parts = [_part_netlist(header, modules, root, tmp / f"part{index}", out, yosys, version, synth_opts,
+                               use_cache) for index, root in enumerate(roots)]
         rest = "".join(_black_box(name, text) if name in roots else text
                        for name, text in modules if not any(_in_part(name, r) and name != r for r in roots))
         (tmp / "rest.il").write_text(header + _BIT_NAME.sub(r"\1<\2>", rest))
-        here = tmp.relative_to(out)
-        script = [f"read_rtlil {here / 'rest.il'}", f"scratchpad -set abc9.D {ABC9_DELAY_PS}", f"synth_ecp5 {opts} -top top"]
-        for index, root in enumerate(roots):
-            if boxes[root] not in script_modules(script):
-                script += [f"read_json {here / f'part{index}' / 'top.json'}", f"rename \\{CANONICAL} \\{boxes[root]}"]
-            script.append(f"chtype -map \\{root} \\{boxes[root]} top")
-        script += ["hierarchy -top top", "flatten", "hierarchy -top top", "opt_clean", "write_json top.json"]
-        _yosys(yosys, "; ".join(script), out)
-        (out / "top.rpt").write_text("".join(logs) + "# the top, its parts stitched in\n"
+        _yosys(yosys, "; ".join(_stitch_script(tmp.relative_to(out), parts, synth_opts)), out)
+        (out / "top.rpt").write_text("".join(p.pop("log") for p in parts) + "# the top, its parts stitched in\n"
                                      + (out / "top.rpt").read_text(errors="replace"))
+    for p in parts:
+        del p["box"], p["folder"]
     return parts
 
 
-def script_modules(script):
-    """The modules the `rename` commands of a Yosys script so far have created."""
-    return {line.rsplit("\\", 1)[-1] for line in script if line.startswith("rename ")}
+def _part_netlist(header, modules, root, folder, out, yosys, version, synth_opts, use_cache):
+    """Part `root`'s netlist in `folder`/top.json, from the cache or synthesised (and stored);
+    its record for `synthesise`, with the log, the box's module name and the folder."""
+    start = time.perf_counter()
+    canonical = "".join(_canonical(text, root) for name, text in modules if _in_part(name, root))
+    key = part_key(canonical, synth_opts)
+    folder.mkdir()
+    hit = use_cache and cache.fetch(key, version, folder)
+    if not hit:
+        (folder / "part.il").write_text(header + canonical)
+        try:
+            _yosys(yosys, f"read_rtlil part.il; scratchpad -set abc9.D {ABC9_DELAY_PS}; "
+                          f"synth_ecp5 {' '.join(synth_opts)} -top \\{CANONICAL}; "
+                          f"select \\{CANONICAL}; write_json -selected top.json", folder)
+        except subprocess.CalledProcessError:
+            shutil.copyfile(folder / "top.rpt", out / "top.rpt")  # the failed run's log, for the error
+            raise
+        if use_cache:
+            cache.store(key, version, folder)
+    log = (f"# part {root}: {'from the netlist cache, key ' + key if hit else 'synthesised'}\n"
+           + (folder / "top.rpt").read_text(errors="replace"))
+    return {"module": root, "netlist": "cache" if hit else "yosys", "seconds": round(time.perf_counter() - start, 1),
+            "log": log, "box": f"ooc_{key[:16]}", "folder": folder.name}
+
+
+def _stitch_script(here, parts, synth_opts):
+    """Yosys commands (paths relative to the build folder, the parts' folders under `here`):
+    the rest with its black boxes, then each part's netlist in place of its box, flattened."""
+    script = [f"read_rtlil {here / 'rest.il'}", f"scratchpad -set abc9.D {ABC9_DELAY_PS}",
+              f"synth_ecp5 {' '.join(synth_opts)} -top top"]
+    read = set()
+    for p in parts:
+        if p["box"] not in read:  # equal parts share one netlist
+            read.add(p["box"])
+            script += [f"read_json {here / p['folder'] / 'top.json'}", f"rename \\{CANONICAL} \\{p['box']}"]
+        script.append(f"chtype -map \\{p['module']} \\{p['box']} top")
+    return script + ["hierarchy -top top", "flatten", "hierarchy -top top", "opt_clean", "write_json top.json"]
