@@ -147,7 +147,8 @@ def build_top(top, board, out, *, seed=None, do_build=True, failed=None, provena
         except Exception as e:  # a tool failed: its log is in the build folder
             if (out / f"{TOP}.tim").exists():  # nextpnr or ecppack failed: a retry skips Yosys
                 _cache_netlist(key, cached, out)
-            reason = yosys_fault(out) or (f"build_{TOP}.sh exited {e.returncode}"
+            failed_step = "Yosys (the engines apart)" if getattr(e, "cmd", None) == "yosys" else f"build_{TOP}.sh"
+            reason = yosys_fault(out) or (f"{failed_step} exited {e.returncode}"
                                           if isinstance(e, subprocess.CalledProcessError) else e)
             raise UserError(f"the {board.name} build failed ({reason}); {present_logs(_keep(out, failed))}") from None
         if fault := yosys_fault(out):
