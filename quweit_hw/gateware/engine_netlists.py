@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from . import netlist_cache as cache
 
@@ -87,6 +88,7 @@ def _black_box(name, text):
 
 
 def part_key(canonical_text, synth_opts):
+    """The netlist cache key of a part: its neutral RTLIL, the options, FORMAT and ABC9_DELAY_PS."""
     h = hashlib.sha256(f"{FORMAT}\n{ABC9_DELAY_PS}\n{' '.join(synth_opts)}\n".encode())
     h.update(canonical_text.encode())
     return h.hexdigest()
@@ -119,16 +121,22 @@ def synthesise(il_text, out, *, yosys, version, synth_opts=(), use_cache=True):
                        for name, text in modules if not any(_in_part(name, r) and name != r for r in roots))
         (tmp / "rest.il").write_text(header + _BIT_NAME.sub(r"\1<\2>", rest))
         _yosys(yosys, "; ".join(_stitch_script(tmp.relative_to(out), parts, synth_opts)), out)
-        (out / "top.rpt").write_text("".join(p.pop("log") for p in parts) + "# the top, its parts stitched in\n"
+        (out / "top.rpt").write_text("".join(p.log for p in parts) + "# the top, its parts stitched in\n"
                                      + (out / "top.rpt").read_text(errors="replace"))
-    for p in parts:
-        del p["box"], p["folder"]
-    return parts
+    return [{"module": p.module, "netlist": p.netlist, "seconds": p.seconds} for p in parts]
+
+
+class _Part(NamedTuple):
+    module: str   # the part's root module in the top
+    netlist: str  # "cache" or "yosys"
+    seconds: float
+    box: str      # its netlist's module name in the stitched design
+    folder: str   # its folder beside rest.il
+    log: str      # its Yosys log, headed by where the netlist came from
 
 
 def _part_netlist(header, modules, root, folder, out, yosys, version, synth_opts, use_cache):
-    """Part `root`'s netlist in `folder`/top.json, from the cache or synthesised (and stored);
-    its record for `synthesise`, with the log, the box's module name and the folder."""
+    """Part `root`'s netlist in `folder`/top.json, from the cache or synthesised (and stored)."""
     start = time.perf_counter()
     canonical = "".join(_canonical(text, root) for name, text in modules if _in_part(name, root))
     key = part_key(canonical, synth_opts)
@@ -147,8 +155,8 @@ def _part_netlist(header, modules, root, folder, out, yosys, version, synth_opts
             cache.store(key, version, folder)
     log = (f"# part {root}: {'from the netlist cache, key ' + key if hit else 'synthesised'}\n"
            + (folder / "top.rpt").read_text(errors="replace"))
-    return {"module": root, "netlist": "cache" if hit else "yosys", "seconds": round(time.perf_counter() - start, 1),
-            "log": log, "box": f"ooc_{key[:16]}", "folder": folder.name}
+    return _Part(root, "cache" if hit else "yosys", round(time.perf_counter() - start, 1), f"ooc_{key[:16]}",
+                 folder.name, log)
 
 
 def _stitch_script(here, parts, synth_opts):
@@ -158,8 +166,8 @@ def _stitch_script(here, parts, synth_opts):
               f"synth_ecp5 {' '.join(synth_opts)} -top top"]
     read = set()
     for p in parts:
-        if p["box"] not in read:  # equal parts share one netlist
-            read.add(p["box"])
-            script += [f"read_json {here / p['folder'] / 'top.json'}", f"rename \\{CANONICAL} \\{p['box']}"]
-        script.append(f"chtype -map \\{p['module']} \\{p['box']} top")
+        if p.box not in read:  # equal parts share one netlist
+            read.add(p.box)
+            script += [f"read_json {here / p.folder / 'top.json'}", f"rename \\{CANONICAL} \\{p.box}"]
+        script.append(f"chtype -map \\{p.module} \\{p.box} top")
     return script + ["hierarchy -top top", "flatten", "hierarchy -top top", "opt_clean", "write_json top.json"]

@@ -89,10 +89,10 @@ def _node_expression(node, inner, synthesis):
     return f"{len(node.table)}'h{table_int(node.table):x} >> {{{', '.join(bits[::-1])}}}"
 
 
-def _both_forms(statement):
-    """The always block's statements, `statement(synthesis)` for each item, the synthesis form
-    under `ifdef SYNTHESIS (which Yosys defines, Vivado too; Verilator and Icarus do not)."""
-    return ["`ifdef SYNTHESIS", *statement(True), "`else", *statement(False), "`endif"]
+def _both_forms(statements):
+    """An always block's body: `statements(True)` under `ifdef SYNTHESIS (which Yosys' read_verilog
+    defines; Verilator and Icarus do not, another tool may need -D SYNTHESIS), else `statements(False)`."""
+    return ["`ifdef SYNTHESIS", *statements(True), "`else", *statements(False), "`endif"]
 
 
 def _lut_layer_body(unit):
@@ -222,9 +222,10 @@ def write_rtl(bundle_or_block, out_dir, *, block_index=0, registers="all", rom=N
                                                  "block_name": block.name, "options": options}, rtlil_form)
     summary = {"bundle": source, "bundle_id": identity, "block_index": block_index, **engine.summary()}
     summary["files"] = {"verilog": f"{TOP}.v", "rtlil": f"{TOP}.il", "summary": "summary.json"}
-    summary["verilog_form"] = ("Yosys write_verilog of the RTLIL, with the comparators (AND/OR logic), fabric LUT "
-                               "layers (each node a ?: tree on its address bits) and adder stages as one always "
-                               "block each (docs/verification.md)")
+    summary["verilog_form"] = ("Yosys write_verilog of the RTLIL, with the comparators, fabric LUT layers and adder "
+                               "stages as one always block each; under `ifdef SYNTHESIS the comparators as AND/OR "
+                               "logic and each node a ?: tree on its address bits, else the signed comparison and "
+                               "the table shifted by the address (docs/verification.md)")
     summary["rtlil_form"] = rtlil_form
     summary["verilog_bytes"] = len(verilog_text.encode())
     summary["generation_seconds"] = round(time.perf_counter() - start, 3)
