@@ -78,6 +78,10 @@ def test_unsupported_models_are_refused():
         compile_program(program)
     with pytest.raises(UserError, match="power of two"):
         compile_program(integer_program(trained("dense")), lanes=12)
+    narrow = integer_program(trained("dense"))
+    narrow["config"] = {**narrow["config"], "d": 1}
+    with pytest.raises(UserError, match="width d >= 2"):
+        compile_program(narrow)
 
 
 def run_unit(unit, cases, operands, result):

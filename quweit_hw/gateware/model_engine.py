@@ -290,50 +290,63 @@ class ModelEngine(wiring.Component):
                 m.d.sync += [best.eq(post.w_data), label.eq(post.w_addr)]
 
     def _lut_feeder(self, m, ins, ht, c):
-        """Tokens from HT into the LUT engine of the instruction, its counts out one per clock."""
+        """Tokens from HT into the LUT engine of the instruction, its counts out one per clock.
+
+        The hand-off is registered: a word the engine offers is taken (`take`, its o.ready) by a
+        decision of local registers only, lands in `landing` (every clock, no enable) and is
+        loaded into the counts one clock later by the registered `load`. So no enable of the
+        d count registers is computed from the engine's output (the 60 MHz build's worst path:
+        one LUT's net to every count register's enable across the fabric). The next word is
+        taken while the counts' second-last value goes out, so the counts still leave one per
+        clock; the first of an instruction's tokens comes one clock later."""
         out = {"valid": Signal(name="lut_valid"), "pre": Signal(signed(c.pre_bits), name="lut_pre"),
                "r": Signal(range(c.T + 1), name="lut_r"), "o": Signal(range(c.d), name="lut_o"),
                "start": Signal(name="lut_start"), "busy": Signal(name="lut_busy")}
         if ht is None:
             return out
         rd = ht.read_port()
-        fed, got = Signal(range(c.T + 1)), Signal(range(c.T + 1))
+        fed, got, taken_r = Signal(range(c.T + 1)), Signal(range(c.T + 1)), Signal(range(c.T + 1))
         tok_valid = Signal()
         counts = [Signal(16, name=f"count{j}") for j in range(c.d)]  # shift toward count0, on `pre`
+        landing = [Signal(16, name=f"landing{j}") for j in range(c.d)]
         ser, ser_active = Signal(range(c.d)), Signal()
-        take = Signal()
-        accepted = Signal()
+        take, load, accepted = Signal(), Signal(name="lut_load"), Signal()
         m.d.comb += rd.addr.eq(fed)
         running = Signal()
         with m.If(out["start"]):
             m.d.sync += [fed.eq(0), got.eq(0), running.eq(1), tok_valid.eq(0)]
-        with m.If(ser_active):  # a new token's counts (below) take precedence
-            m.d.sync += [counts[j].eq(counts[j + 1]) for j in range(c.d - 1)]
+        offered = Signal()
         for index, engine in enumerate(self.engines):
             m.submodules[f"lut_engine{index}"] = engine
             mine = ins.x_row == index
             m.d.comb += [engine.i.payload.eq(rd.data), engine.i.valid.eq(tok_valid & mine),
                          engine.o.ready.eq(take & mine)]
             with m.If(mine):
-                m.d.comb += accepted.eq(engine.i.valid & engine.i.ready)
-                with m.If(take & engine.o.valid):
-                    m.d.sync += [counts[j].eq(engine.o.payload[j]) for j in range(c.d)]
-                    m.d.sync += [ser.eq(0), ser_active.eq(1), got.eq(got + 1), out["r"].eq(got)]
+                m.d.comb += [accepted.eq(engine.i.valid & engine.i.ready), offered.eq(engine.o.valid)]
+                m.d.sync += [landing[j].eq(engine.o.payload[j]) for j in range(c.d)]
+        # the word taken in one clock is in `landing` in the next, when `load` moves it on
+        m.d.sync += load.eq(take & offered)
+        with m.If(take & offered):
+            m.d.sync += [got.eq(got + 1), taken_r.eq(got)]
+        with m.If(load):
+            m.d.sync += [counts[j].eq(landing[j]) for j in range(c.d)]
+            m.d.sync += [ser.eq(0), ser_active.eq(1), out["r"].eq(taken_r)]
+        with m.Elif(ser_active):
+            m.d.sync += [counts[j].eq(counts[j + 1]) for j in range(c.d - 1)]
+            m.d.sync += ser.eq(ser + 1)
+            with m.If(ser == c.d - 1):
+                m.d.sync += ser_active.eq(0)
         # a token is read from HT while the one before is accepted: one every other clock at most
         with m.If(running & ~out["start"]):
             with m.If(~tok_valid & (fed < ins.rows)):
                 m.d.sync += [tok_valid.eq(1)]
             with m.Elif(accepted):
                 m.d.sync += [tok_valid.eq(0), fed.eq(fed + 1)]
-        m.d.comb += take.eq(running & (got < ins.rows) & (~ser_active | (ser == c.d - 1)))
-        with m.If(ser_active & ~(take & Cat([e.o.valid & (ins.x_row == k) for k, e in enumerate(self.engines)]).any())):
-            m.d.sync += ser.eq(ser + 1)
-            with m.If(ser == c.d - 1):
-                m.d.sync += ser_active.eq(0)
-        with m.If(running & (got == ins.rows) & ~ser_active):
+        m.d.comb += take.eq(running & (got < ins.rows) & ~load & (~ser_active | (ser == c.d - 2)))
+        with m.If(running & (got == ins.rows) & ~ser_active & ~load):
             m.d.sync += running.eq(0)
         m.d.comb += [out["valid"].eq(ser_active), out["pre"].eq(counts[0]), out["o"].eq(ser),
-                     out["busy"].eq(running | ser_active)]
+                     out["busy"].eq(running | ser_active | load)]
         return out
 
     def _sequencer(self, m, i_rd, ins, mac, ln, smx, post, lut, fill_o, fill_active, pix, logits, label):
@@ -412,7 +425,7 @@ def instruction_cycles(engine):
     post-op's pipeline (`post_latency`) drains. MAC: one clock per operand slot, less the
     trailing bubbles of the last group, then the array's latency and the last group's sums
     through the serializer; LayerNorm and softmax: their units' row clocks; LUT: the engine's
-    latency, then d clocks per token."""
+    latency and the registered hand-off, then d clocks per token."""
     c = engine.compiled
     issue, post = 3, engine.post_latency
     out = []
@@ -426,7 +439,7 @@ def instruction_cycles(engine):
         elif ins.kind == SOFTMAX:
             out.append(issue + engine.softmax_row_cycles + 1)
         elif ins.kind == LUT:
-            out.append(issue + ins.rows * ins.O + engine.engines[ins.x_row].latency + post + 3)
+            out.append(issue + ins.rows * ins.O + engine.engines[ins.x_row].latency + post + 4)
         else:
             out.append(issue + ins.O + post + 1)
     return out

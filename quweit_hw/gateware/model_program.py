@@ -251,6 +251,8 @@ def compile_program(program, lanes=16):
     cfg = program["config"]
     if cfg["pool"] != "cls":
         raise UserError(f"the model engine supports class-token pooling only; this model pools by {cfg['pool']!r}")
+    if cfg["d"] < 2:  # the LUT hand-off takes the next word while the second-last count leaves
+        raise UserError(f"the model engine needs a model width d >= 2, got {cfg['d']}")
     B = _Compiler(cfg, lanes)
     B.embed(program["embed"])
     for blk in program["blocks"]:
