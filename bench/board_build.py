@@ -50,14 +50,16 @@ def seconds(stamp):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--d", type=int, default=64)
-    p.add_argument("--hidden", type=int, nargs="+", default=[2048])
-    p.add_argument("--group-size", type=int, default=16)
-    p.add_argument("--thresholds", type=int, default=16)
+    p.add_argument("--d", type=int, default=64, help="features per token (default 64)")
+    p.add_argument("--hidden", type=int, nargs="+", default=[2048],
+                   help="LUT nodes of each hidden layer; the last layer is d * group size (default 2048)")
+    p.add_argument("--group-size", type=int, default=16, help="LUTs per output feature (default 16)")
+    p.add_argument("--thresholds", type=int, default=16, help="thermometer thresholds per feature (default 16)")
     p.add_argument("--window", type=int, default=None, help="local wiring window (default: random wiring)")
-    p.add_argument("--board", default="ulx3s")
-    p.add_argument("--pnr-timeout", type=int, default=600)
-    p.add_argument("--out", default=None)
+    p.add_argument("--board", default="ulx3s", help="board file name (default ulx3s)")
+    p.add_argument("--pnr-timeout", type=int, default=600,
+                   help="seconds nextpnr may take before the build counts as not routed (default 600)")
+    p.add_argument("--out", default=None, help="build folder (default: a temporary folder, printed)")
     args = p.parse_args()
     block = random_block(d=args.d, thresholds=args.thresholds, hidden=tuple(args.hidden),
                          group_size=args.group_size, window=args.window, seed=0, name="bench")
@@ -76,7 +78,8 @@ def main():
         verdict = "NOT placed and routed within the limit" if pnr and pnr[1] == 124 else f"build failed: {e}"
         print(json.dumps({"label": label, "lut_nodes": block.lut_nodes, "outcome": verdict,
                           "yosys_seconds": seconds(yosys_stamp)[0] if yosys_stamp.exists() else None,
-                          "nextpnr_seconds": pnr[0] if pnr else None, "build": str(out)}))
+                          "nextpnr_seconds": pnr[0] if pnr else None, "build": str(out),
+                          "bundle": str(bundle_path)}))
         return 1
     lut4 = result["resources"]["LUT4"]["used"]
     print(json.dumps({"label": label, "lut_nodes": block.lut_nodes, "outcome": "placed and routed",
@@ -86,7 +89,8 @@ def main():
                       "lut4_estimate": result["engines"][0]["lut4_estimate"],
                       "fmax_mhz": {clk: v["achieved_mhz"] for clk, v in result["fmax"].items()},
                       "yosys_seconds": seconds(yosys_stamp)[0], "nextpnr_seconds": seconds(pnr_stamp)[0],
-                      "build_seconds": result["build_seconds"], "report": str(out / "report.md")}))
+                      "build_seconds": result["build_seconds"], "report": str(out / "report.md"),
+                      "bundle": str(bundle_path)}))
     return 0
 
 

@@ -73,8 +73,8 @@ def engine_cells(block):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bundle", default=str(REFERENCE))
-    p.add_argument("--block", type=int, default=0)
+    p.add_argument("--bundle", default=str(REFERENCE), help="bundle folder (default: the float reference)")
+    p.add_argument("--block", type=int, default=0, help="the bundle block (default 0)")
     p.add_argument("--yosys", action="store_true", help="run synth_ecp5 on one layer before and after")
     p.add_argument("--layer", type=int, default=0, help="the layer Yosys maps (with --yosys)")
     p.add_argument("--yosys-engine", action="store_true",

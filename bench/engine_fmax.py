@@ -79,12 +79,12 @@ class EngineHarness(wiring.Component):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bundle", default=str(REFERENCE))
-    p.add_argument("--block", type=int, default=0)
-    p.add_argument("--board", default="ulx3s")
-    p.add_argument("--clock-mhz", type=float, default=150)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--out", default="/tmp/engine_fmax")
+    p.add_argument("--bundle", default=str(REFERENCE), help="bundle folder (default: the float reference)")
+    p.add_argument("--block", type=int, default=0, help="the bundle block whose engine is built (default 0)")
+    p.add_argument("--board", default="ulx3s", help="board file name (default ulx3s)")
+    p.add_argument("--clock-mhz", type=float, default=150, help="the engine clock's target in MHz (default 150)")
+    p.add_argument("--seed", type=int, default=None, help="nextpnr's seed (default: its own)")
+    p.add_argument("--out", default="/tmp/engine_fmax", help="build folder (default /tmp/engine_fmax)")
     p.add_argument("--registers", choices=Registers.PRESETS, default=None,
                    help="the engine's register preset (default: the board's)")
     args = p.parse_args()
