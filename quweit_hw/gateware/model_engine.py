@@ -324,10 +324,12 @@ class ModelEngine(wiring.Component):
             with m.If(mine):
                 m.d.comb += [accepted.eq(engine.i.valid & engine.i.ready), offered.eq(engine.o.valid)]
                 m.d.sync += [landing[j].eq(engine.o.payload[j]) for j in range(c.d)]
-        # the word taken in one clock is in `landing` in the next, when `load` moves it on
-        m.d.sync += load.eq(take & offered)
+        # the word taken in one clock is in `landing` in the next, when `load` moves it on. (An
+        # If, not load.eq(take & offered): take reads ~load, so in Icarus an X in one operand
+        # for one clock would stay in the loop for good, where an If(X) is not taken.)
+        m.d.sync += load.eq(0)
         with m.If(take & offered):
-            m.d.sync += [got.eq(got + 1), taken_r.eq(got)]
+            m.d.sync += [load.eq(1), got.eq(got + 1), taken_r.eq(got)]
         with m.If(load):
             m.d.sync += [counts[j].eq(landing[j]) for j in range(c.d)]
             m.d.sync += [ser.eq(0), ser_active.eq(1), out["r"].eq(taken_r)]
