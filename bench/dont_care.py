@@ -6,8 +6,8 @@ before and after (the layer alone, built for the ULX3S as the board flow builds 
 node an `Array` of its table bits, inner tables LUT4 instances; a few minutes per run for
 2,048 nodes); with --yosys-engine the same for the block's whole engine (comparators, LUT
 layers, popcount, registers, output FIFO), synthesised as the board flow synthesises an
-engine apart (`engine_netlists`: abc9 with its delay target), 5-10 minutes per run. (The first line is Amaranth's linter option: engines are built for their
-summaries only.)
+engine apart (`engine_netlists`: abc9 with its delay target), 5-10 minutes per run. (The
+first line is Amaranth's linter option: engines are built for their summaries only.)
 
     .venv/bin/python bench/dont_care.py                       # export/reference, block 0
     .venv/bin/python bench/dont_care.py --yosys --layer 0     # and Yosys on layer 0

@@ -305,7 +305,7 @@ class ModelEngine(wiring.Component):
         if ht is None:
             return out
         rd = ht.read_port()
-        fed, got, taken_r = Signal(range(c.T + 1)), Signal(range(c.T + 1)), Signal(range(c.T + 1))
+        fed, got = Signal(range(c.T + 1)), Signal(range(c.T + 1))
         tok_valid = Signal()
         counts = [Signal(16, name=f"count{j}") for j in range(c.d)]  # shift toward count0, on `pre`
         landing = [Signal(16, name=f"landing{j}") for j in range(c.d)]
@@ -329,10 +329,10 @@ class ModelEngine(wiring.Component):
         # for one clock would stay in the loop for good, where an If(X) is not taken.)
         m.d.sync += load.eq(0)
         with m.If(take & offered):
-            m.d.sync += [load.eq(1), got.eq(got + 1), taken_r.eq(got)]
+            m.d.sync += [load.eq(1), got.eq(got + 1)]
         with m.If(load):
             m.d.sync += [counts[j].eq(landing[j]) for j in range(c.d)]
-            m.d.sync += [ser.eq(0), ser_active.eq(1), out["r"].eq(taken_r)]
+            m.d.sync += [ser.eq(0), ser_active.eq(1), out["r"].eq(got - 1)]  # no take while load
         with m.Elif(ser_active):
             m.d.sync += [counts[j].eq(counts[j + 1]) for j in range(c.d - 1)]
             m.d.sync += ser.eq(ser + 1)
