@@ -5,9 +5,12 @@ autograd function on the compiled kernels, called from quweit_hw.model.lutmlp.LU
 Why one function instead of one per layer: between autograd functions activations must be float
 tensors; inside one they travel as 0/1 bytes, and the first layer compares q with its thresholds
 itself, so neither the (F*T, N) thermometer bits nor any float copy of a layer's output is
-formed. The gradients are those of the reference chain, step for step: the table gradient and
-the EFD input gradient of each layer with the same kernels as `kernels.lut`, the last layer
-reading its group's output gradient without broadcasting it, and the thermometer's surrogate.
+formed. The gradients are those of the reference chain, step for step and summed in the same
+order: the table gradient and the EFD input gradient of each layer, the last layer reading its
+group's output gradient without broadcasting it, and the thermometer's surrogate. The backward
+runs in the blocked layout of blocked_kernels.cpp (blocks of 64 samples, each block of every
+gradient row one contiguous region that stays in L2), where `kernels.lut`'s per-layer ops
+stream whole rows.
 """
 
 from __future__ import annotations
@@ -44,16 +47,45 @@ def first_layer_rows(block) -> Tensor:
 def block_counts(block, q: Tensor) -> Tensor:
     """q (N, d) -> (N, d) group popcounts of `block`'s LUT path (before GroupSum's tau),
     differentiable in q and every layer's table, equal to the reference's forward bit for bit."""
-    therm = block.thermometer
-    plan = (
-        first_layer_rows(block),
-        [layer.mapping.flatten() for layer in block.layers],
-        [layer._kernel for layer in block.layers],
-        block.config.group_size,
-    )
-    thresholds = therm.thresholds.to(q.dtype).contiguous()
-    width = therm.surrogate_width().to(q.dtype).contiguous()
-    return _BlockFunction.apply(q, thresholds, width, plan, *(layer.luts for layer in block.layers))
+    plan = _plan(block, q.dtype)
+    return _BlockFunction.apply(q, plan.thresholds, plan.width, plan, *(layer.luts for layer in block.layers))
+
+
+class _Plan:
+    """What the block's kernels read besides q and the tables, derived from its mappings and
+    thresholds (buffers that training does not change): formed once and kept on the block while
+    those buffers stay as they are."""
+
+    def __init__(self, block, dtype):
+        therm, nthr = block.thermometer, block.config.thresholds
+        self.key = _plan_key(block, dtype)
+        self.bit_rows = first_layer_rows(block)
+        self.mappings = [layer.mapping.flatten() for layer in block.layers]
+        self.efd = [layer._kernel for layer in block.layers]
+        self.k = block.config.group_size
+        self.thresholds = therm.thresholds.to(dtype).contiguous()
+        self.width = therm.surrogate_width().to(dtype).contiguous()
+        self.feature = torch.div(self.bit_rows, nthr, rounding_mode="floor")
+        self.level = (self.bit_rows % nthr).to(torch.uint8)
+        # strictly increasing thresholds (as Thermometer keeps them): bit t is [level > t] on one
+        # byte per (feature, sample); otherwise compare q with each threshold
+        t = self.thresholds
+        self.by_level = nthr < 255 and bool((t[:, 1:] > t[:, :-1]).all())
+        self.q_level = t.reshape(-1).index_select(0, self.bit_rows)
+        self.zeros = [torch.zeros(m.numel(), dtype=torch.uint8) for m in self.mappings]  # 0/1 inputs: [x > 0]
+
+
+def _plan_key(block, dtype) -> tuple:
+    buffers = [block.thermometer.thresholds, *(layer.mapping for layer in block.layers)]
+    return (dtype, block.config.bit_order, *((b.data_ptr(), b._version) for b in buffers))
+
+
+def _plan(block, dtype) -> _Plan:
+    plan = getattr(block, "_kernel_plan", None)
+    if plan is None or plan.key != _plan_key(block, dtype):
+        plan = _Plan(block, dtype)
+        block._kernel_plan = plan
+    return plan
 
 
 class _BlockFunction(torch.autograd.Function):
@@ -62,31 +94,24 @@ class _BlockFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, thresholds, width, plan, *luts):
         ops = dispatch.ops()
-        bit_rows, mappings, _, k = plan
         q = q.contiguous()
-        batch, nthr = q.shape[0], thresholds.shape[1]
-        feature = torch.div(bit_rows, nthr, rounding_mode="floor")
-        # strictly increasing thresholds (as Thermometer keeps them): bit t is [level > t] on one
-        # byte per (feature, sample); otherwise compare q with each threshold
-        by_level = nthr < 255 and bool((thresholds[:, 1:] > thresholds[:, :-1]).all())
+        batch = q.shape[0]
         x, addrs = None, []
         for i, table in enumerate(luts):
             table = table.detach().contiguous()
             y = torch.empty(table.shape[0], batch, dtype=torch.uint8)
-            addr = torch.empty(table.shape[0], batch, dtype=torch.uint8)
-            if i == 0 and by_level:
+            addr = torch.empty(-(-batch // ops.block_samples()), table.shape[0], ops.block_samples(), dtype=torch.uint8)
+            if i == 0 and plan.by_level:
                 levels = torch.empty(q.shape[1], batch, dtype=torch.uint8)
                 ops.block_levels(q, thresholds, levels)
-                ops.block_forward_bytes(levels, feature, (bit_rows % nthr).to(torch.uint8), table, y, addr)
+                ops.block_forward_bytes(levels, plan.feature, plan.level, table, y, addr)
             elif i == 0:
-                level = thresholds.reshape(-1).index_select(0, bit_rows)
-                ops.block_forward_q(q.t().contiguous(), feature, level, table, y, addr)
+                ops.block_forward_q(q.t().contiguous(), plan.feature, plan.q_level, table, y, addr)
             else:
-                zero = torch.zeros(mappings[i].numel(), dtype=torch.uint8)  # 0/1 outputs: bit = [x > 0]
-                ops.block_forward_bytes(x, mappings[i], zero, table, y, addr)
+                ops.block_forward_bytes(x, plan.mappings[i], plan.zeros[i], table, y, addr)
             x = y
             addrs.append(addr)
-        counts = q.new_empty(batch, x.shape[0] // k)
+        counts = q.new_empty(batch, x.shape[0] // plan.k)
         ops.block_group_counts(x, counts)
         ctx.plan, ctx.layers = plan, len(luts)
         ctx.save_for_backward(q, thresholds, width, *luts, *addrs)
@@ -94,27 +119,38 @@ class _BlockFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gcounts):
+        """The gradients in the blocked layout of blocked_kernels.cpp: (blocks, rows, S), S samples
+        of a row contiguous, the batch padded to whole blocks; each layer's input gradient is the
+        next one's output gradient in that layout, the thermometer's backward reads it so."""
         ops = dispatch.ops()
-        bit_rows, mappings, efd, k = ctx.plan
+        plan = ctx.plan
+        bit_rows, mappings, efd, k = plan.bit_rows, plan.mappings, plan.efd, plan.k
         q, thresholds, width, *rest = ctx.saved_tensors
         luts, addrs = rest[: ctx.layers], rest[ctx.layers:]
         wants = ctx.needs_input_grad
-        g, group = gcounts.t().contiguous(), k  # (C, N): LUT j's output gradient is row j // k
+        batch, nb = q.shape[0], -(-q.shape[0] // ops.block_samples())
+        g, group = _blocked(ops, gcounts.t().contiguous(), nb), k  # LUT j's output gradient: row j // k
         dq, dluts = None, [None] * ctx.layers
         for i in reversed(range(ctx.layers)):
+            addr = addrs[i]  # blocked by the forward
             if wants[4 + i]:
                 dluts[i] = torch.empty(luts[i].shape, dtype=g.dtype)
-                ops.lut_dluts(addrs[i], g, dluts[i], group)
+                ops.blocked_dluts(addr, g, dluts[i], batch, group)
             if not (wants[0] or any(wants[4:4 + i])):
                 break
             e = compact_table(efd[i], luts[i])
-            if i > 0:
-                dx = g.new_empty(luts[i - 1].shape[0], q.shape[0])
-                ops.lut_dx(e, addrs[i], g, mappings[i], dx, 0, group)
-                g, group = dx, 1
-            else:
-                dbits = g.new_empty(thresholds.numel(), q.shape[0])
-                ops.lut_dx(e, addrs[0], g, bit_rows, dbits, 0, group)
+            rows = luts[i - 1].shape[0] if i > 0 else thresholds.numel()
+            dx = g.new_empty(nb, rows, ops.block_samples())
+            ops.blocked_dx(e, addr, g, mappings[i] if i > 0 else bit_rows, dx, group)
+            g, group = dx, 1
+            if i == 0:
                 dq = q.new_empty(q.shape)
-                ops.thermometer_backward(q, thresholds, width, dbits, dq)
+                ops.blocked_thermometer_backward(q, thresholds, width, dx, dq)
         return (dq, None, None, None, *dluts)
+
+
+def _blocked(ops, rows: Tensor, blocks: int) -> Tensor:
+    """rows (R, N) -> (blocks, R, S) in the blocked layout, zero past N."""
+    out = rows.new_empty(blocks, rows.shape[0], ops.block_samples())
+    ops.to_blocks(rows.contiguous(), out)
+    return out

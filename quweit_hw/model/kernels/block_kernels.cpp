@@ -13,8 +13,10 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
+#include "kernel_args.h"
 #include "lut_simd.h"
 
 namespace {
@@ -81,12 +83,47 @@ void q_span<float>(const float* const* qrows, const float* level, int n, const f
   }
 }
 
+#if defined(__AVX512BW__) && defined(__AVX512VBMI__)
+// n <= 6 on AVX-512 VBMI: 64 samples per step, each input a byte compare into a mask, and the
+// 64 signs one byte each, looked up by one byte permute (vpermb) at the address.
+inline void bytes_span_vbmi(const uint8_t* const* rows, const uint8_t* level, int n, const float* table, uint8_t* yj,
+                            uint8_t* aj, int64_t len) {
+  __m512i above[6], bit[6];  // x > level  <=>  x >= level + 1 (level < 255)
+  for (int l = 0; l < n; ++l) {
+    above[l] = _mm512_set1_epi8(char(level[l] + 1));
+    bit[l] = _mm512_set1_epi8(char(1 << l));
+  }
+  alignas(64) uint8_t signs[64] = {};
+  for (int a = 0; a < (1 << n); ++a) signs[a] = uint8_t(table[a] > 0.0f);
+  const __m512i sv = _mm512_load_si512(signs);
+  int64_t b = 0;
+  for (; b + 64 <= len; b += 64) {
+    __m512i a = _mm512_setzero_si512();
+    for (int l = 0; l < n; ++l) {
+      const __m512i x = _mm512_loadu_si512(rows[l] + b);
+      a = _mm512_mask_add_epi8(a, _mm512_cmpge_epu8_mask(x, above[l]), a, bit[l]);  // distinct bits: + is |
+    }
+    _mm512_storeu_si512(aj + b, a);
+    _mm512_storeu_si512(yj + b, _mm512_permutexvar_epi8(a, sv));
+  }
+  for (; b < len; ++b) {
+    int a = 0;
+    for (int l = 0; l < n; ++l) a |= int(rows[l][b] > level[l]) << l;
+    aj[b] = uint8_t(a);
+    yj[b] = signs[a];
+  }
+}
+#endif
+
 // n <= 6: the 64 signs as 8 bytes, looked up by the address's high 3 bits (a byte shuffle) and
 // tested at its low 3 bits; 32 samples per step.
 template <>
 void bytes_span<float>(const uint8_t* const* rows, const uint8_t* level, int n, const float* table, uint8_t* yj,
                        uint8_t* aj, int64_t len) {
   if (n > 6) return span_scalar(rows, level, n, table, yj, aj, len);
+#if defined(__AVX512BW__) && defined(__AVX512VBMI__)
+  return bytes_span_vbmi(rows, level, n, table, yj, aj, len);
+#endif
   __m256i above[kMaxFanIn], bit[kMaxFanIn];  // x > level  <=>  max(x, level + 1) == x (level < 255)
   for (int l = 0; l < n; ++l) {
     above[l] = _mm256_set1_epi8(char(level[l] + 1));
@@ -134,15 +171,21 @@ void rows_span(const uint8_t* const* rows, const uint8_t* level, int n, const sc
 
 // A LUT layer on rows x (in, B) of row_t: q transposed (the first layer, row_t = scalar_t) or
 // a layer's byte outputs (row_t = uint8_t). Input l of LUT j is [x[map[j*n + l], b] >
-// level[j*n + l]]. Parallel over LUTs.
+// level[j*n + l]]. The outputs y are rows; the addresses, which only the backward reads, are
+// written in its blocked layout (blocks, out, kBlockSamples), zero past the batch, from a row
+// buffer that stays in L1. Parallel over LUTs.
 template <typename row_t, typename scalar_t>
 void forward_rows_impl(const row_t* x, const int64_t* map, const row_t* level, const scalar_t* luts, uint8_t* y,
                        uint8_t* addr, int64_t out, int64_t n, int64_t batch) {
+  constexpr int64_t S = kBlockSamples;
+  const int64_t nb = (batch + S - 1) / S;
   at::parallel_for(0, out, 16, [&](int64_t j0, int64_t j1) {
     const row_t* rows[kMaxFanIn];
+    std::vector<uint8_t> aj(nb * S, 0);
     for (int64_t j = j0; j < j1; ++j) {
       for (int64_t l = 0; l < n; ++l) rows[l] = x + map[j * n + l] * batch;
-      rows_span<scalar_t>(rows, level + j * n, int(n), luts + (j << n), y + j * batch, addr + j * batch, batch);
+      rows_span<scalar_t>(rows, level + j * n, int(n), luts + (j << n), y + j * batch, aj.data(), batch);
+      for (int64_t c = 0; c < nb; ++c) std::memcpy(addr + (c * out + j) * S, aj.data() + c * S, S);
     }
   });
 }
@@ -164,30 +207,20 @@ void group_counts_impl(const uint8_t* y, scalar_t* counts, int64_t groups, int64
   });
 }
 
-void check_block(std::initializer_list<const at::Tensor*> tensors, const char* op) {
-  for (const at::Tensor* t : tensors) {
-    TORCH_CHECK(t->device().is_cpu(), "quweit_lut.", op, ": every tensor must be on the CPU");
-    TORCH_CHECK(t->is_contiguous(), "quweit_lut.", op, ": every tensor must be contiguous");
-  }
-}
-
-template <typename F>
-void on_scalar(const at::Tensor& values, F&& f) {
-  if (values.scalar_type() == at::kFloat) {
-    f(float{});
-  } else {
-    TORCH_CHECK(values.scalar_type() == at::kDouble, "quweit_lut: values must be float32 or float64");
-    f(double{});
-  }
+void check_blocked_addr(const at::Tensor& addr, int64_t out, int64_t batch, const char* op) {
+  TORCH_CHECK(addr.dim() == 3 && addr.size(0) == (batch + kBlockSamples - 1) / kBlockSamples && addr.size(1) == out &&
+                  addr.size(2) == kBlockSamples,
+              "quweit_lut.", op, ": addr must be blocked, (blocks, LUTs, ", kBlockSamples, ")");
 }
 
 void block_forward_q(const at::Tensor& qT, const at::Tensor& row, const at::Tensor& level, const at::Tensor& luts,
                      at::Tensor& y, at::Tensor& addr) {
-  check_block({&qT, &row, &level, &luts, &y, &addr}, "block_forward_q");
+  check_cpu_contiguous({&qT, &row, &level, &luts, &y, &addr}, "block_forward_q");
   const int64_t out = luts.size(0), n = row.numel() / out;
   TORCH_CHECK(n >= 1 && n <= kMaxFanIn && luts.size(1) == (int64_t(1) << n), "quweit_lut.block_forward_q: bad fan-in");
   TORCH_CHECK(y.scalar_type() == at::kByte && addr.scalar_type() == at::kByte, "quweit_lut.block_forward_q: bytes");
-  on_scalar(qT, [&](auto s) {
+  check_blocked_addr(addr, out, qT.size(1), "block_forward_q");
+  dispatch_scalar(qT, [&](auto s) {
     using scalar_t = decltype(s);
     forward_rows_impl<scalar_t, scalar_t>(qT.data_ptr<scalar_t>(), row.data_ptr<int64_t>(), level.data_ptr<scalar_t>(),
                              luts.data_ptr<scalar_t>(), y.data_ptr<uint8_t>(), addr.data_ptr<uint8_t>(), out, n,
@@ -197,14 +230,15 @@ void block_forward_q(const at::Tensor& qT, const at::Tensor& row, const at::Tens
 
 void block_forward_bytes(const at::Tensor& x, const at::Tensor& mapping, const at::Tensor& level,
                          const at::Tensor& luts, at::Tensor& y, at::Tensor& addr) {
-  check_block({&x, &mapping, &level, &luts, &y, &addr}, "block_forward_bytes");
+  check_cpu_contiguous({&x, &mapping, &level, &luts, &y, &addr}, "block_forward_bytes");
   TORCH_CHECK(level.scalar_type() == at::kByte && level.numel() == mapping.numel(),
               "quweit_lut.block_forward_bytes: one byte level per input");
   const int64_t out = luts.size(0), n = mapping.numel() / out;
   TORCH_CHECK(n >= 1 && n <= kMaxFanIn && luts.size(1) == (int64_t(1) << n), "quweit_lut.block_forward_bytes: bad fan-in");
   TORCH_CHECK(x.scalar_type() == at::kByte && y.scalar_type() == at::kByte && addr.scalar_type() == at::kByte,
               "quweit_lut.block_forward_bytes: bytes");
-  on_scalar(luts, [&](auto s) {
+  check_blocked_addr(addr, out, x.size(1), "block_forward_bytes");
+  dispatch_scalar(luts, [&](auto s) {
     using scalar_t = decltype(s);
     forward_rows_impl<uint8_t, scalar_t>(x.data_ptr<uint8_t>(), mapping.data_ptr<int64_t>(), level.data_ptr<uint8_t>(),
                                  luts.data_ptr<scalar_t>(),
@@ -234,9 +268,9 @@ void levels_impl(const scalar_t* q, const scalar_t* theta, uint8_t* levels, int6
 }
 
 void block_levels(const at::Tensor& q, const at::Tensor& theta, at::Tensor& levels) {
-  check_block({&q, &theta, &levels}, "block_levels");
+  check_cpu_contiguous({&q, &theta, &levels}, "block_levels");
   TORCH_CHECK(levels.scalar_type() == at::kByte && theta.size(1) < 255, "quweit_lut.block_levels: bytes, T < 255");
-  on_scalar(q, [&](auto s) {
+  dispatch_scalar(q, [&](auto s) {
     using scalar_t = decltype(s);
     levels_impl<scalar_t>(q.data_ptr<scalar_t>(), theta.data_ptr<scalar_t>(), levels.data_ptr<uint8_t>(), q.size(0),
                           q.size(1), theta.size(1));
@@ -244,10 +278,10 @@ void block_levels(const at::Tensor& q, const at::Tensor& theta, at::Tensor& leve
 }
 
 void block_group_counts(const at::Tensor& y, at::Tensor& counts) {
-  check_block({&y, &counts}, "block_group_counts");
+  check_cpu_contiguous({&y, &counts}, "block_group_counts");
   const int64_t groups = counts.size(1);
   TORCH_CHECK(y.scalar_type() == at::kByte && y.size(0) % groups == 0, "quweit_lut.block_group_counts: bad rows");
-  on_scalar(counts, [&](auto s) {
+  dispatch_scalar(counts, [&](auto s) {
     using scalar_t = decltype(s);
     group_counts_impl<scalar_t>(y.data_ptr<uint8_t>(), counts.data_ptr<scalar_t>(), groups, y.size(0) / groups,
                                 y.size(1));
@@ -352,12 +386,12 @@ void efd_table_exp_impl<float>(const float* luts, float* e, int64_t out, int64_t
 #endif
 
 void efd_table_exp(const at::Tensor& luts, double alpha, double beta, at::Tensor& e) {
-  check_block({&luts, &e}, "efd_table_exp");
+  check_cpu_contiguous({&luts, &e}, "efd_table_exp");
   int64_t n = 0;
   while ((int64_t(1) << n) < luts.size(1)) ++n;
   TORCH_CHECK(n >= 1 && (int64_t(1) << n) == luts.size(1) && e.numel() == luts.size(0) * n * (luts.size(1) / 2),
               "quweit_lut.efd_table_exp: bad shapes");
-  on_scalar(luts, [&](auto s) {
+  dispatch_scalar(luts, [&](auto s) {
     using scalar_t = decltype(s);
     efd_table_exp_impl<scalar_t>(luts.data_ptr<scalar_t>(), e.data_ptr<scalar_t>(), luts.size(0), n,
                                  scalar_t(alpha), scalar_t(beta));

@@ -28,13 +28,13 @@ import torch
 
 SOURCE = Path(__file__).with_name("lut_kernels.cpp")  # the library: it defines the TORCH_LIBRARY
 # compiled with SOURCE into the one library: fragments of its namespace, and the shared header
-EXTRA_SOURCES = (Path(__file__).with_name("block_kernels.cpp"),)
-HEADERS = (Path(__file__).with_name("lut_simd.h"),)
+EXTRA_SOURCES = (Path(__file__).with_name("block_kernels.cpp"), Path(__file__).with_name("blocked_kernels.cpp"))
+HEADERS = (Path(__file__).with_name("lut_simd.h"), Path(__file__).with_name("kernel_args.h"))
 LIBRARY = "quweit_lut"  # the TORCH_LIBRARY namespace of the source: torch.ops.quweit_lut
 # -fopenmp: at::parallel_for is an OpenMP loop inlined from ATen's headers (without the flag
 # it runs on one thread); the library then links libgomp.so.1, the very runtime torch has
 # already loaded, so both share one thread pool.
-CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-std=c++17")
+CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-std=c++20")
 LDFLAGS = ("-fopenmp",)  # tuples: cpp_extension appends to the lists it is given
 
 

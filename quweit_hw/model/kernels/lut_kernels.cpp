@@ -25,19 +25,20 @@
 #include <initializer_list>
 #include <vector>
 
+#include "kernel_args.h"
 #include "lut_simd.h"
 
 namespace {
 
 // The input gradient is parallel over batch tiles (each task owns dx[:, tile], no atomics).
-// Measured on Zen 3: the longer a tile the faster (prefetching along rows beats keeping a
-// tile's rows in L2), so a tile is the batch split evenly over the threads, in multiples of
-// 8 samples. The result does not depend on the tile: each dx element sums its terms in the
-// same order whatever the split.
+// Measured on Zen 3 and on Sapphire Rapids: the longer a tile the faster (prefetching along
+// rows beats keeping a tile's rows in L2, even in a buffer of the task's own), so a tile is
+// the batch split evenly over the threads, in multiples of 16 samples. The result does not
+// depend on the tile: each dx element sums its terms in the same order whatever the split.
 int64_t batch_tile(int64_t batch, int64_t forced) {
   if (forced > 0) return std::max<int64_t>(1, std::min(forced, batch));
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  const int64_t tile = ((batch + threads - 1) / threads + 7) / 8 * 8;
+  const int64_t tile = ((batch + threads - 1) / threads + 15) / 16 * 16;
   return std::max<int64_t>(1, std::min(tile, batch));
 }
 
@@ -233,9 +234,25 @@ inline void address_major(const float* e_j, int64_t half, int n, float* ea) {
 // each sample needs one aligned load for all its inputs; eight samples' rows are transposed
 // into one vector per input bit and added to that input's row. Fewer operations per term
 // than a table lookup per input bit (index arithmetic, permutes and blends, or a gather).
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+// AVX-512, n <= 6: EfdRows16 (lut_simd.h), 16 samples a step, one read-modify-write per row.
+template <int N>
+void dx_span_avx512(const float* e_j, int64_t half, const uint8_t* aj, const float* gj, float* const* drows,
+                    int64_t len) {
+  const EfdRows16<N> rows(e_j, half);
+  int64_t b = 0;
+  for (; b + 16 <= len; b += 16) rows.add16(aj + b, gj + b, drows, b);
+  for (; b < len; ++b)
+    for (int l = 0; l < N; ++l) drows[l][b] += e_j[l * half + compact_index(aj[b], l)] * gj[b];
+}
+#endif
+
 template <>
 void dx_span<float, uint8_t>(const float* e_j, int64_t half, const uint8_t* aj, const float* gj, float* const* drows,
                              int n, int64_t len) {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+  if (with_fan_in(n, [&]<int N>() { dx_span_avx512<N>(e_j, half, aj, gj, drows, len); })) return;
+#endif
   alignas(32) float ea[256 * 8];
   address_major(e_j, half, n, ea);
   int64_t b = 0;
@@ -420,24 +437,6 @@ void group_sum_backward_impl(const scalar_t* g, scalar_t* drows, int64_t groups,
 }
 
 // ------------------------------------------------------------------------- op wrappers
-
-// Calls f(scalar_t{}) with the scalar type of `values`, float32 or float64.
-template <typename F>
-void dispatch_scalar(const at::Tensor& values, F&& f) {
-  if (values.scalar_type() == at::kFloat) {
-    f(float{});
-  } else {
-    TORCH_CHECK(values.scalar_type() == at::kDouble, "quweit_lut: values must be float32 or float64");
-    f(double{});
-  }
-}
-
-void check_cpu_contiguous(std::initializer_list<const at::Tensor*> tensors, const char* op) {
-  for (const at::Tensor* t : tensors) {
-    TORCH_CHECK(t->device().is_cpu(), "quweit_lut.", op, ": every tensor must be on the CPU");
-    TORCH_CHECK(t->is_contiguous(), "quweit_lut.", op, ": every tensor must be contiguous");
-  }
-}
 
 // Calls f(scalar_t{}, addr_t{}) with the scalar type of `values` and the address type of `addr`.
 template <typename F>

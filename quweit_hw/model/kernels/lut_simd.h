@@ -6,6 +6,9 @@
 #include <cstdint>
 #include <cstring>
 
+// Samples per block of the blocked layout (blocked_kernels.cpp): (blocks, rows, kBlockSamples).
+constexpr int64_t kBlockSamples = 64;
+
 #if defined(__AVX2__)
 #include <immintrin.h>
 
@@ -49,6 +52,56 @@ inline void transpose8(const __m256* r, __m256* c) {
   for (int k = 0; k < 4; ++k) {
     c[k] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x20);
     c[k + 4] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x31);
+  }
+}
+#endif
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#include <immintrin.h>
+
+// The EFD input gradient of one LUT with N <= 6 inputs on AVX-512 (lut_kernels.cpp's rows
+// span, blocked_kernels.cpp's blocks). Each input bit's compact row (at most 32 floats) sits in
+// two registers and one two-register permute looks it up for 16 addresses; the compact index
+// (bit l removed) is one shift and one select. N is a template argument so that the rows stay
+// in registers. No transposes: the AVX2 span's 8x8 transpose is bound by the one shuffle port.
+template <int N>
+struct EfdRows16 {
+  __m512 lo[N], hi[N];
+
+  EfdRows16(const float* e_j, int64_t half) {
+    const __mmask16 mlo = __mmask16((1u << (half < 16 ? half : 16)) - 1);
+    const __mmask16 mhi = half > 16 ? __mmask16((1u << (half - 16)) - 1) : __mmask16(0);
+    for (int l = 0; l < N; ++l) {
+      lo[l] = _mm512_maskz_loadu_ps(mlo, e_j + l * half);
+      hi[l] = _mm512_maskz_loadu_ps(mhi, e_j + l * half + 16);
+    }
+  }
+
+  // d[l][off + s] += E[l, c(a[s], l)] * g[s] for the 16 samples s, l increasing (the reference's order;
+  // product and sum rounded apart, as -ffp-contract=off keeps them).
+  inline void add16(const uint8_t* a, const float* g, float* const* d, int64_t off) const {
+    const __m512i av = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(a)));
+    const __m512i above = _mm512_srli_epi32(av, 1);
+    const __m512 gv = _mm512_loadu_ps(g);
+    for (int l = 0; l < N; ++l) {  // low ? a : a >> 1, low = the bits below l
+      const __m512i c = _mm512_ternarylogic_epi32(_mm512_set1_epi32((1 << l) - 1), av, above, 0xCA);
+      const __m512 term = _mm512_mul_ps(_mm512_permutex2var_ps(lo[l], c, hi[l]), gv);
+      _mm512_storeu_ps(d[l] + off, _mm512_add_ps(_mm512_loadu_ps(d[l] + off), term));
+    }
+  }
+};
+
+// f.template operator()<N>() for the fan-in n in 1..6; false for larger n.
+template <typename F>
+inline bool with_fan_in(int n, F&& f) {
+  switch (n) {
+    case 1: f.template operator()<1>(); return true;
+    case 2: f.template operator()<2>(); return true;
+    case 3: f.template operator()<3>(); return true;
+    case 4: f.template operator()<4>(); return true;
+    case 5: f.template operator()<5>(); return true;
+    case 6: f.template operator()<6>(); return true;
+    default: return false;
   }
 }
 #endif

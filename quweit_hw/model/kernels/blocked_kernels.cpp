@@ -1,0 +1,248 @@
+// The fused LUT-MLP block's backward in the *blocked* layout (quweit_hw.model.kernels.block).
+//
+// Blocked layout: a (rows, batch) tensor stored as (blocks, rows, kBlock), kBlock samples of
+// one row contiguous, the batch padded to whole blocks (gradients 0, addresses 0 there). The
+// input gradient of a layer adds E[j, l, c(addr)] * g into the rows of the LUTs' inputs; in
+// the rows layout every LUT streams six random rows of the whole batch through the cache (an
+// 8 MB target for the last layer at 1,024 samples: bound by L3 bandwidth, and tiles of those
+// rows alias into the same cache sets, rows being 4 KB apart). In the blocked layout one block
+// of every row is one contiguous region (in * kBlock * 4 bytes: 256-512 KB) that stays in L2
+// while every LUT adds into it, and every other stream (addresses, gradients, the EFD tables)
+// is read front to back. The layer's output gradient comes in blocked and its input gradient
+// goes out blocked, so the two layers and the thermometer's backward hand it on without a
+// transpose; the forward saves its addresses blocked, and only the group gradient is blocked
+// on entry.
+//
+// Sums are those of lut_kernels.cpp, term for term and in the same order: dx sums in
+// increasing j*n + l, the table gradient in four interleaved partial histograms combined in a
+// fixed order, the thermometer's chain as the reference rounds it. Built with
+// -ffp-contract=off like the rest.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "kernel_args.h"
+#include "lut_simd.h"
+
+namespace {
+
+constexpr int64_t kBlock = kBlockSamples;  // four 16-float vectors
+constexpr int kMaxFanIn = 8;
+
+inline int32_t compact_index(int32_t a, int32_t l) {  // a with bit l removed
+  return (a & ((1 << l) - 1)) | ((a >> (l + 1)) << l);
+}
+
+// blocked[c, r, s] = rows[r, c * kBlock + s], 0 past the batch. Parallel over blocks.
+template <typename T>
+void to_blocks_impl(const T* rows, T* blocked, int64_t nrows, int64_t batch) {
+  const int64_t nb = (batch + kBlock - 1) / kBlock;
+  at::parallel_for(0, nb, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t b0 = c * kBlock, len = std::min(kBlock, batch - b0);
+      T* o = blocked + c * nrows * kBlock;
+      if (len == kBlock) {  // a constant size: the copy is inlined as vector moves
+        for (int64_t r = 0; r < nrows; ++r) std::memcpy(o + r * kBlock, rows + r * batch + b0, kBlock * sizeof(T));
+        continue;
+      }
+      for (int64_t r = 0; r < nrows; ++r) {
+        std::memcpy(o + r * kBlock, rows + r * batch + b0, size_t(len) * sizeof(T));
+        std::fill(o + r * kBlock + len, o + (r + 1) * kBlock, T(0));
+      }
+    }
+  });
+}
+
+// One LUT over one block: rows[map_j[l]][s] += E_j[l, c(a[s], l)] * g[s], l increasing.
+template <typename scalar_t>
+void block_span(const scalar_t* e_j, int64_t half, const uint8_t* a, const scalar_t* g, scalar_t* region,
+                const int64_t* map_j, int n) {
+  for (int64_t s = 0; s < kBlock; ++s)
+    for (int l = 0; l < n; ++l) region[map_j[l] * kBlock + s] += e_j[l * half + compact_index(a[s], l)] * g[s];
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+// n <= 6: EfdRows16 (lut_simd.h) over the block's four 16-sample steps.
+template <>
+void block_span<float>(const float* e_j, int64_t half, const uint8_t* a, const float* g, float* region,
+                       const int64_t* map_j, int n) {
+  const bool vector = with_fan_in(n, [&]<int N>() {
+    const EfdRows16<N> rows(e_j, half);
+    float* d[N];
+    for (int l = 0; l < N; ++l) d[l] = region + map_j[l] * kBlock;
+    for (int64_t s = 0; s < kBlock; s += 16) rows.add16(a + s, g + s, d, s);
+  });
+  if (!vector)
+    for (int64_t s = 0; s < kBlock; ++s)
+      for (int l = 0; l < n; ++l) region[map_j[l] * kBlock + s] += e_j[l * half + compact_index(a[s], l)] * g[s];
+}
+#endif
+
+// dx[c, i, :] = sum over (j, l) with map[j*n + l] = i, in increasing j*n + l, of
+// E[j, l, c(addr[c, j, s], l)] * g[c, j / group, s]. Parallel over blocks (each task owns its
+// blocks' regions: no atomics, the same sums whatever the thread count).
+template <typename scalar_t>
+void blocked_dx_impl(const scalar_t* e, const uint8_t* addr, const scalar_t* g, const int64_t* map, scalar_t* dx,
+                     int64_t in, int64_t out, int64_t n, int64_t nb, int64_t grows, int64_t group) {
+  const int64_t half = int64_t(1) << (n - 1);
+  at::parallel_for(0, nb, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      scalar_t* region = dx + c * in * kBlock;
+      std::fill(region, region + in * kBlock, scalar_t(0));
+      const uint8_t* ac = addr + c * out * kBlock;
+      const scalar_t* gc = g + c * grows * kBlock;
+      for (int64_t j = 0; j < out; ++j)
+        block_span<scalar_t>(e + j * n * half, half, ac + j * kBlock, gc + (j / group) * kBlock, region, map + j * n,
+                             int(n));
+    }
+  });
+}
+
+// dluts[j, a] = sum of g[c, j / group, s] over the samples with addr[c, j, s] = a, samples in
+// increasing order into four partial histograms (sample b into partial b % 4, which breaks the
+// store-to-load chains of a skewed address distribution), combined as (p0 + p1) + (p2 + p3).
+// Parallel over LUTs, each over its blocks in turn (the next LUT's segments are the next
+// cache lines of every block, so the strided walk stays in the prefetchers' reach).
+template <typename scalar_t>
+void blocked_dluts_impl(const uint8_t* addr, const scalar_t* g, scalar_t* dluts, int64_t out, int64_t n, int64_t nb,
+                        int64_t batch, int64_t grows, int64_t group) {
+  const int64_t size = int64_t(1) << n;
+  at::parallel_for(0, out, 16, [&](int64_t j0, int64_t j1) {
+    std::vector<scalar_t> part(4 * size);
+    for (int64_t j = j0; j < j1; ++j) {
+      std::fill(part.begin(), part.end(), scalar_t(0));
+      scalar_t* p = part.data();
+      for (int64_t c = 0; c < nb; ++c) {
+        const int64_t len = std::min(kBlock, batch - c * kBlock);
+        const uint8_t* a = addr + (c * out + j) * kBlock;
+        const scalar_t* gj = g + (c * grows + j / group) * kBlock;
+        int64_t s = 0;
+        for (; s + 8 <= len; s += 8) {  // eight addresses in one load, taken apart by shifts
+          uint64_t w;
+          std::memcpy(&w, a + s, 8);
+          for (int64_t k = 0; k < 8; ++k) p[(k & 3) * size + ((w >> (8 * k)) & 0xFF)] += gj[s + k];
+        }
+        for (; s < len; ++s) p[(s & 3) * size + a[s]] += gj[s];
+      }
+      for (int64_t a = 0; a < size; ++a) dluts[j * size + a] = (p[a] + p[size + a]) + (p[2 * size + a] + p[3 * size + a]);
+    }
+  });
+}
+
+// dx[b, f] = (sum_t max(0, 1 - |x[b, f] - theta[f, t]| / w[f]) * g[f*T + t, b]) / w[f] with g
+// blocked, each step rounded as the reference's in-place chain rounds it, summed in
+// increasing t (thermometer_backward of lut_kernels.cpp). Parallel over features.
+template <typename scalar_t>
+void blocked_thermometer_backward_impl(const scalar_t* x, const scalar_t* theta, const scalar_t* width,
+                                       const scalar_t* g, scalar_t* dx, int64_t batch, int64_t features,
+                                       int64_t nthr) {
+  const int64_t nb = (batch + kBlock - 1) / kBlock, grows = features * nthr;
+  at::parallel_for(0, features, 1, [&](int64_t f0, int64_t f1) {
+    scalar_t col[kBlock], acc[kBlock];
+    for (int64_t f = f0; f < f1; ++f) {
+      const scalar_t w = width[f];
+      for (int64_t c = 0; c < nb; ++c) {
+        const int64_t b0 = c * kBlock, len = std::min(kBlock, batch - b0);
+        for (int64_t s = 0; s < kBlock; ++s) {
+          col[s] = s < len ? x[(b0 + s) * features + f] : scalar_t(0);
+          acc[s] = scalar_t(0);
+        }
+        for (int64_t t = 0; t < nthr; ++t) {
+          const scalar_t th = theta[f * nthr + t];
+          const scalar_t* gt = g + (c * grows + f * nthr + t) * kBlock;
+          for (int64_t s = 0; s < kBlock; ++s) {
+            scalar_t tri = scalar_t(1) - std::fabs(col[s] - th) / w;
+            tri = tri < scalar_t(0) ? scalar_t(0) : tri;  // NaN stays NaN, as clamp_ keeps it
+            acc[s] += tri * gt[s];
+          }
+        }
+        for (int64_t s = 0; s < len; ++s) dx[(b0 + s) * features + f] = acc[s] / w;
+      }
+    }
+  });
+}
+
+// rows (R, N) -> blocked (ceil(N / kBlock), R, kBlock): bytes or float32/float64.
+void to_blocks(const at::Tensor& rows, at::Tensor& blocked) {
+  check_cpu_contiguous({&rows, &blocked}, "to_blocks");
+  const int64_t nrows = rows.size(0), batch = rows.size(1);
+  TORCH_CHECK(blocked.scalar_type() == rows.scalar_type() && blocked.dim() == 3 &&
+                  blocked.size(0) == (batch + kBlock - 1) / kBlock && blocked.size(1) == nrows &&
+                  blocked.size(2) == kBlock,
+              "quweit_lut.to_blocks: bad shapes");
+  if (rows.scalar_type() == at::kByte) {
+    to_blocks_impl<uint8_t>(rows.data_ptr<uint8_t>(), blocked.data_ptr<uint8_t>(), nrows, batch);
+    return;
+  }
+  dispatch_scalar(rows, [&](auto s) {
+    using scalar_t = decltype(s);
+    to_blocks_impl<scalar_t>(rows.data_ptr<scalar_t>(), blocked.data_ptr<scalar_t>(), nrows, batch);
+  });
+}
+
+void blocked_dx(const at::Tensor& e, const at::Tensor& addr, const at::Tensor& g, const at::Tensor& mapping,
+                at::Tensor& dx, int64_t group) {
+  check_cpu_contiguous({&e, &addr, &g, &mapping, &dx}, "blocked_dx");
+  const int64_t out = e.size(0), n = e.size(1), nb = addr.size(0);
+  TORCH_CHECK(addr.scalar_type() == at::kByte && addr.size(1) == out && addr.size(2) == kBlock && n <= kMaxFanIn &&
+                  mapping.numel() == out * n && g.size(0) == nb && dx.size(0) == nb && group >= 1 &&
+                  g.size(1) * group >= out && dx.scalar_type() == g.scalar_type() &&
+                  e.scalar_type() == g.scalar_type(),
+              "quweit_lut.blocked_dx: bad shapes");
+  dispatch_scalar(g, [&](auto s) {
+    using scalar_t = decltype(s);
+    blocked_dx_impl<scalar_t>(e.data_ptr<scalar_t>(), addr.data_ptr<uint8_t>(), g.data_ptr<scalar_t>(),
+                              mapping.data_ptr<int64_t>(), dx.data_ptr<scalar_t>(), dx.size(1), out, n, nb, g.size(1),
+                              group);
+  });
+}
+
+void blocked_dluts(const at::Tensor& addr, const at::Tensor& g, at::Tensor& dluts, int64_t batch, int64_t group) {
+  check_cpu_contiguous({&addr, &g, &dluts}, "blocked_dluts");
+  int64_t n = 0;
+  while ((int64_t(1) << n) < dluts.size(1)) ++n;
+  const int64_t out = dluts.size(0), nb = addr.size(0);
+  TORCH_CHECK(addr.scalar_type() == at::kByte && addr.size(1) == out && g.size(0) == nb && group >= 1 &&
+                  g.size(1) * group >= out && (batch + kBlock - 1) / kBlock == nb &&
+                  dluts.scalar_type() == g.scalar_type(),
+              "quweit_lut.blocked_dluts: bad shapes");
+  dispatch_scalar(g, [&](auto s) {
+    using scalar_t = decltype(s);
+    blocked_dluts_impl<scalar_t>(addr.data_ptr<uint8_t>(), g.data_ptr<scalar_t>(), dluts.data_ptr<scalar_t>(), out,
+                                 n, nb, batch, g.size(1), group);
+  });
+}
+
+void blocked_thermometer_backward(const at::Tensor& x, const at::Tensor& theta, const at::Tensor& width,
+                                  const at::Tensor& g, at::Tensor& dx) {
+  check_cpu_contiguous({&x, &theta, &width, &g, &dx}, "blocked_thermometer_backward");
+  TORCH_CHECK(g.size(0) == (x.size(0) + kBlock - 1) / kBlock && g.size(1) == theta.numel() && dx.sizes() == x.sizes(),
+              "quweit_lut.blocked_thermometer_backward: bad shapes");
+  dispatch_scalar(x, [&](auto s) {
+    using scalar_t = decltype(s);
+    blocked_thermometer_backward_impl<scalar_t>(x.data_ptr<scalar_t>(), theta.data_ptr<scalar_t>(),
+                                                width.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
+                                                dx.data_ptr<scalar_t>(), x.size(0), x.size(1), theta.size(1));
+  });
+}
+
+int64_t block_samples() { return kBlock; }
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(quweit_lut, m) {
+  m.def("block_samples() -> int", &block_samples);
+  m.def("to_blocks(Tensor rows, Tensor(a!) blocked) -> ()", &to_blocks);
+  m.def("blocked_dx(Tensor e, Tensor addr, Tensor g, Tensor mapping, Tensor(a!) dx, int group=1) -> ()", &blocked_dx);
+  m.def("blocked_dluts(Tensor addr, Tensor g, Tensor(a!) dluts, int batch, int group=1) -> ()", &blocked_dluts);
+  m.def("blocked_thermometer_backward(Tensor x, Tensor theta, Tensor width, Tensor g, Tensor(a!) dx) -> ()",
+        &blocked_thermometer_backward);
+}
