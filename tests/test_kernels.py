@@ -165,7 +165,8 @@ def test_fused_block_matches_reference(n, dtype, count_compiled):
                        bit_order=["feature", "threshold"][(n // 2) % 2])
     torch.manual_seed(n)
     block = LUTMLP(cfg).to(dtype)
-    for batch in BATCHES + (64, 130):  # the backward's blocks of 64 samples: one exactly, two and a tail
+    blocks = kernels.ops().block_samples()  # the backward's blocks: one exactly, two and a tail
+    for batch in BATCHES + (blocks, 2 * blocks + 13):
         h = torch.randn(batch, 6, dtype=dtype)
         block.calibrate(torch.randn(64, 6))
         block.thermometer.set_thresholds(torch.arange(-2.0, 3.0).repeat(6, 1) * 8 + torch.arange(6.0)[:, None])

@@ -8,7 +8,7 @@ itself, so neither the (F*T, N) thermometer bits nor any float copy of a layer's
 formed. The gradients are those of the reference chain, step for step and summed in the same
 order: the table gradient and the EFD input gradient of each layer, the last layer reading its
 group's output gradient without broadcasting it, and the thermometer's surrogate. The backward
-runs in the blocked layout of blocked_kernels.cpp (blocks of 64 samples, each block of every
+runs in the blocked layout of blocked_kernels.cpp (blocks of 256 samples, each block of every
 gradient row one contiguous region that stays in L2), where `kernels.lut`'s per-layer ops
 stream whole rows.
 """

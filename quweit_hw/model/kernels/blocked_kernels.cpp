@@ -6,7 +6,7 @@
 // the rows layout every LUT streams six random rows of the whole batch through the cache (an
 // 8 MB target for the last layer at 1,024 samples: bound by L3 bandwidth, and tiles of those
 // rows alias into the same cache sets, rows being 4 KB apart). In the blocked layout one block
-// of every row is one contiguous region (in * kBlock * 4 bytes: 256-512 KB) that stays in L2
+// of every row is one contiguous region (in * kBlock * 4 bytes: 1-2 MB) that stays in L2
 // while every LUT adds into it, and every other stream (addresses, gradients, the EFD tables)
 // is read front to back. The layer's output gradient comes in blocked and its input gradient
 // goes out blocked, so the two layers and the thermometer's backward hand it on without a
@@ -34,7 +34,7 @@
 
 namespace {
 
-constexpr int64_t kBlock = kBlockSamples;  // four 16-float vectors
+constexpr int64_t kBlock = kBlockSamples;  // a multiple of the 16-float vectors
 constexpr int kMaxFanIn = 8;
 
 inline int32_t compact_index(int32_t a, int32_t l) {  // a with bit l removed
@@ -99,9 +99,10 @@ void blocked_dx_impl(const scalar_t* e, const uint8_t* addr, const scalar_t* g, 
       std::fill(region, region + in * kBlock, scalar_t(0));
       const uint8_t* ac = addr + c * out * kBlock;
       const scalar_t* gc = g + c * grows * kBlock;
-      for (int64_t j = 0; j < out; ++j)
+      for (int64_t j = 0; j < out; ++j) {
         block_span<scalar_t>(e + j * n * half, half, ac + j * kBlock, gc + (j / group) * kBlock, region, map + j * n,
                              int(n));
+      }
     }
   });
 }
