@@ -355,6 +355,36 @@ def test_build_is_cached_and_named_by_its_inputs(tmp_path):
     assert build.build_name(build.SOURCE, build.CFLAGS[:-1]) != build.build_name(build.SOURCE)
 
 
+def _cpu_has(flag: str) -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and flag in line.split() for line in f)
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _cpu_has("avx512f"), reason="this CPU builds the AVX2 paths anyway")
+def test_avx2_paths_match_reference_on_an_avx512_cpu():
+    # the kernels built without AVX-512 (QUWEIT_KERNEL_CFLAGS), in a process of their own: the
+    # AVX2 spans (address-major input gradient, 32-byte lookups) that a CPU without AVX-512 runs
+    env = dict(os.environ, QUWEIT_KERNEL_CFLAGS="-mno-avx512f", QUWEIT_KERNELS="compiled")
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", __file__,
+         "-k", "(fused_block or lut_layer_matches or results_do_not_depend) and not avx2"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and "failed" not in run.stdout
+
+
+def test_build_flags_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv(build.EXTRA_CFLAGS_ENV, "-mno-avx512f -DX=1")
+    assert build.build_cflags() == build.CFLAGS + ("-mno-avx512f", "-DX=1")
+    assert build.build_name(build.SOURCE, build.build_cflags()) != build.build_name(build.SOURCE)
+    monkeypatch.delenv(build.EXTRA_CFLAGS_ENV)
+    assert build.build_cflags() == build.CFLAGS
+
+
 def test_efd_compact_table_is_the_reference_table_without_bit_l():
     layer, _ = make_layer(5, "random", "linear", torch.float64, seed=9)
     full = layer._kernel.table(layer.luts.detach())  # (out, n, 2**n)

@@ -14,7 +14,7 @@
 // on entry.
 //
 // Sums are those of lut_kernels.cpp, term for term and in the same order: dx sums in
-// increasing j*n + l, the table gradient in four interleaved partial histograms combined in a
+// increasing j*n + l (blocked_dx, in lut_kernels.cpp beside lut_dx: the same spans), the table gradient in four interleaved partial histograms combined in a
 // fixed order, the thermometer's chain as the reference rounds it. Built with
 // -ffp-contract=off like the rest.
 
@@ -35,11 +35,7 @@
 namespace {
 
 constexpr int64_t kBlock = kBlockSamples;  // a multiple of the 16-float vectors
-constexpr int kMaxFanIn = 8;
 
-inline int32_t compact_index(int32_t a, int32_t l) {  // a with bit l removed
-  return (a & ((1 << l) - 1)) | ((a >> (l + 1)) << l);
-}
 
 // blocked[c, r, s] = rows[r, c * kBlock + s], 0 past the batch. Parallel over blocks.
 template <typename T>
@@ -56,52 +52,6 @@ void to_blocks_impl(const T* rows, T* blocked, int64_t nrows, int64_t batch) {
       for (int64_t r = 0; r < nrows; ++r) {
         std::memcpy(o + r * kBlock, rows + r * batch + b0, size_t(len) * sizeof(T));
         std::fill(o + r * kBlock + len, o + (r + 1) * kBlock, T(0));
-      }
-    }
-  });
-}
-
-// One LUT over one block: rows[map_j[l]][s] += E_j[l, c(a[s], l)] * g[s], l increasing.
-template <typename scalar_t>
-void block_span(const scalar_t* e_j, int64_t half, const uint8_t* a, const scalar_t* g, scalar_t* region,
-                const int64_t* map_j, int n) {
-  for (int64_t s = 0; s < kBlock; ++s)
-    for (int l = 0; l < n; ++l) region[map_j[l] * kBlock + s] += e_j[l * half + compact_index(a[s], l)] * g[s];
-}
-
-#if defined(__AVX512F__) && defined(__AVX512BW__)
-// n <= 6: EfdRows16 (lut_simd.h) over the block's four 16-sample steps.
-template <>
-void block_span<float>(const float* e_j, int64_t half, const uint8_t* a, const float* g, float* region,
-                       const int64_t* map_j, int n) {
-  const bool vector = with_fan_in(n, [&]<int N>() {
-    const EfdRows16<N> rows(e_j, half);
-    float* d[N];
-    for (int l = 0; l < N; ++l) d[l] = region + map_j[l] * kBlock;
-    for (int64_t s = 0; s < kBlock; s += 16) rows.add16(a + s, g + s, d, s);
-  });
-  if (!vector)
-    for (int64_t s = 0; s < kBlock; ++s)
-      for (int l = 0; l < n; ++l) region[map_j[l] * kBlock + s] += e_j[l * half + compact_index(a[s], l)] * g[s];
-}
-#endif
-
-// dx[c, i, :] = sum over (j, l) with map[j*n + l] = i, in increasing j*n + l, of
-// E[j, l, c(addr[c, j, s], l)] * g[c, j / group, s]. Parallel over blocks (each task owns its
-// blocks' regions: no atomics, the same sums whatever the thread count).
-template <typename scalar_t>
-void blocked_dx_impl(const scalar_t* e, const uint8_t* addr, const scalar_t* g, const int64_t* map, scalar_t* dx,
-                     int64_t in, int64_t out, int64_t n, int64_t nb, int64_t grows, int64_t group) {
-  const int64_t half = int64_t(1) << (n - 1);
-  at::parallel_for(0, nb, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t c = c0; c < c1; ++c) {
-      scalar_t* region = dx + c * in * kBlock;
-      std::fill(region, region + in * kBlock, scalar_t(0));
-      const uint8_t* ac = addr + c * out * kBlock;
-      const scalar_t* gc = g + c * grows * kBlock;
-      for (int64_t j = 0; j < out; ++j) {
-        block_span<scalar_t>(e + j * n * half, half, ac + j * kBlock, gc + (j / group) * kBlock, region, map + j * n,
-                             int(n));
       }
     }
   });
@@ -189,23 +139,6 @@ void to_blocks(const at::Tensor& rows, at::Tensor& blocked) {
   });
 }
 
-void blocked_dx(const at::Tensor& e, const at::Tensor& addr, const at::Tensor& g, const at::Tensor& mapping,
-                at::Tensor& dx, int64_t group) {
-  check_cpu_contiguous({&e, &addr, &g, &mapping, &dx}, "blocked_dx");
-  const int64_t out = e.size(0), n = e.size(1), nb = addr.size(0);
-  TORCH_CHECK(addr.scalar_type() == at::kByte && addr.size(1) == out && addr.size(2) == kBlock && n <= kMaxFanIn &&
-                  mapping.numel() == out * n && g.size(0) == nb && dx.size(0) == nb && group >= 1 &&
-                  g.size(1) * group >= out && dx.scalar_type() == g.scalar_type() &&
-                  e.scalar_type() == g.scalar_type(),
-              "quweit_lut.blocked_dx: bad shapes");
-  dispatch_scalar(g, [&](auto s) {
-    using scalar_t = decltype(s);
-    blocked_dx_impl<scalar_t>(e.data_ptr<scalar_t>(), addr.data_ptr<uint8_t>(), g.data_ptr<scalar_t>(),
-                              mapping.data_ptr<int64_t>(), dx.data_ptr<scalar_t>(), dx.size(1), out, n, nb, g.size(1),
-                              group);
-  });
-}
-
 void blocked_dluts(const at::Tensor& addr, const at::Tensor& g, at::Tensor& dluts, int64_t batch, int64_t group) {
   check_cpu_contiguous({&addr, &g, &dluts}, "blocked_dluts");
   int64_t n = 0;
@@ -242,7 +175,6 @@ int64_t block_samples() { return kBlock; }
 TORCH_LIBRARY_FRAGMENT(quweit_lut, m) {
   m.def("block_samples() -> int", &block_samples);
   m.def("to_blocks(Tensor rows, Tensor(a!) blocked) -> ()", &to_blocks);
-  m.def("blocked_dx(Tensor e, Tensor addr, Tensor g, Tensor mapping, Tensor(a!) dx, int group=1) -> ()", &blocked_dx);
   m.def("blocked_dluts(Tensor addr, Tensor g, Tensor(a!) dluts, int batch, int group=1) -> ()", &blocked_dluts);
   m.def("blocked_thermometer_backward(Tensor x, Tensor theta, Tensor width, Tensor g, Tensor(a!) dx) -> ()",
         &blocked_thermometer_backward);

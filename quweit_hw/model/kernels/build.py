@@ -36,6 +36,14 @@ LIBRARY = "quweit_lut"  # the TORCH_LIBRARY namespace of the source: torch.ops.q
 # already loaded, so both share one thread pool.
 CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-std=c++20")
 LDFLAGS = ("-fopenmp",)  # tuples: cpp_extension appends to the lists it is given
+# More compiler flags from the environment, after CFLAGS (so they win): QUWEIT_KERNEL_CFLAGS
+# ="-mno-avx512f" builds the AVX2 paths on an AVX-512 machine, as tests/test_kernels.py does.
+EXTRA_CFLAGS_ENV = "QUWEIT_KERNEL_CFLAGS"
+
+
+def build_cflags() -> tuple:
+    """CFLAGS and the words of QUWEIT_KERNEL_CFLAGS, the flags the kernels are built with."""
+    return CFLAGS + tuple(os.environ.get(EXTRA_CFLAGS_ENV, "").split())
 
 
 class KernelBuildError(RuntimeError):
@@ -99,7 +107,7 @@ def build_name(source: Path = SOURCE, cflags=CFLAGS) -> str:
     return f"{LIBRARY}_{h.hexdigest()[:16]}"
 
 
-def build_and_load(source: Path = SOURCE, cflags=CFLAGS, quiet: bool = False) -> float | None:
+def build_and_load(source: Path = SOURCE, cflags=None, quiet: bool = False) -> float | None:
     """Compile `source` if its cached build is missing, then load it into torch.ops.
 
     Returns the compile time in seconds when it compiled (it also prints it once to
@@ -108,6 +116,7 @@ def build_and_load(source: Path = SOURCE, cflags=CFLAGS, quiet: bool = False) ->
     """
     from torch.utils import cpp_extension
 
+    cflags = build_cflags() if cflags is None else cflags
     name = build_name(source, cflags)
     if name in _loaded:
         return None

@@ -321,6 +321,29 @@ void lut_dx_impl(const scalar_t* e, const addr_t* addr, const scalar_t* g, const
   });
 }
 
+// The blocked layout of blocked_kernels.cpp: dx[c, i, :] = sum over (j, l) with map[j*n + l] = i, in increasing j*n + l, of
+// E[j, l, c(addr[c, j, s], l)] * g[c, j / group, s]. Parallel over blocks (each task owns its
+// blocks' regions: no atomics, the same sums whatever the thread count).
+template <typename scalar_t>
+void blocked_dx_impl(const scalar_t* e, const uint8_t* addr, const scalar_t* g, const int64_t* map, scalar_t* dx,
+                     int64_t in, int64_t out, int64_t n, int64_t nb, int64_t grows, int64_t group) {
+  const int64_t half = int64_t(1) << (n - 1);
+  at::parallel_for(0, nb, 1, [&](int64_t c0, int64_t c1) {
+    scalar_t* drows[kMaxFanIn];
+    for (int64_t c = c0; c < c1; ++c) {
+      scalar_t* region = dx + c * in * kBlockSamples;
+      std::fill(region, region + in * kBlockSamples, scalar_t(0));
+      const uint8_t* ac = addr + c * out * kBlockSamples;
+      const scalar_t* gc = g + c * grows * kBlockSamples;
+      for (int64_t j = 0; j < out; ++j) {
+        for (int64_t l = 0; l < n; ++l) drows[l] = region + map[j * n + l] * kBlockSamples;
+        dx_span<scalar_t, uint8_t>(e + j * n * half, half, ac + j * kBlockSamples, gc + (j / group) * kBlockSamples,
+                                   drows, int(n), kBlockSamples);
+      }
+    }
+  });
+}
+
 // gsel[j*n + l, b] = E[j, l, c(addr[j, b], l)] * g[j, b]: the EFD gradient of every selected
 // input, which the learnable mapping's products consume. Parallel over LUTs.
 template <typename scalar_t, typename addr_t>
@@ -472,6 +495,23 @@ void lut_dx(const at::Tensor& e, const at::Tensor& addr, const at::Tensor& g, co
   });
 }
 
+void blocked_dx(const at::Tensor& e, const at::Tensor& addr, const at::Tensor& g, const at::Tensor& mapping,
+                at::Tensor& dx, int64_t group) {
+  check_cpu_contiguous({&e, &addr, &g, &mapping, &dx}, "blocked_dx");
+  const int64_t out = e.size(0), n = e.size(1), nb = addr.size(0);
+  TORCH_CHECK(addr.scalar_type() == at::kByte && addr.size(1) == out && addr.size(2) == kBlockSamples && n <= kMaxFanIn && n >= 1 &&
+                  mapping.numel() == out * n && g.size(0) == nb && dx.size(0) == nb && group >= 1 &&
+                  g.size(1) * group >= out && dx.scalar_type() == g.scalar_type() &&
+                  e.scalar_type() == g.scalar_type(),
+              "quweit_lut.blocked_dx: bad shapes");
+  dispatch_scalar(g, [&](auto s) {
+    using scalar_t = decltype(s);
+    blocked_dx_impl<scalar_t>(e.data_ptr<scalar_t>(), addr.data_ptr<uint8_t>(), g.data_ptr<scalar_t>(),
+                              mapping.data_ptr<int64_t>(), dx.data_ptr<scalar_t>(), dx.size(1), out, n, nb, g.size(1),
+                              group);
+  });
+}
+
 void lut_gsel(const at::Tensor& e, const at::Tensor& addr, const at::Tensor& g, at::Tensor& gsel) {
   check_cpu_contiguous({&e, &addr, &g, &gsel}, "lut_gsel");
   dispatch_types(g, addr, [&](auto s, auto a) {
@@ -542,6 +582,7 @@ TORCH_LIBRARY(quweit_lut, m) {
   m.def("lut_forward(Tensor x, Tensor mapping, Tensor luts, Tensor(a!) y, Tensor(b!) addr) -> ()", &lut_forward);
   m.def("lut_dx(Tensor e, Tensor addr, Tensor g, Tensor mapping, Tensor(a!) dx, int tile=0, int group=1) -> ()",
         &lut_dx);
+  m.def("blocked_dx(Tensor e, Tensor addr, Tensor g, Tensor mapping, Tensor(a!) dx, int group=1) -> ()", &blocked_dx);
   m.def("lut_gsel(Tensor e, Tensor addr, Tensor g, Tensor(a!) gsel) -> ()", &lut_gsel);
   m.def("lut_dluts(Tensor addr, Tensor g, Tensor(a!) dluts, int group=1) -> ()", &lut_dluts);
   m.def("thermometer_forward(Tensor x, Tensor theta, Tensor(a!) bits) -> ()", &thermometer_forward);

@@ -1,6 +1,6 @@
 // SIMD helpers shared by the LUT layer kernels (lut_kernels.cpp) and the fused block kernels
 // (block_kernels.cpp, blocked_kernels.cpp): on AVX2 a LUT's table signs as bit words, looked up
-// for eight addresses at once; on AVX-512 the EFD input gradient for 16 samples (EfdRows16).
+// for eight addresses at once; on AVX-512 the EFD input gradient for 16 samples (EfdRows16); the blocked layout's block size.
 #pragma once
 
 #include <algorithm>
@@ -65,8 +65,8 @@ inline void transpose8(const __m256* r, __m256* c) {
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
 
-// The EFD input gradient of one LUT with N <= 6 inputs on AVX-512 (lut_kernels.cpp's rows
-// span, blocked_kernels.cpp's blocks). Each input bit's compact row (at most 32 floats) sits in
+// The EFD input gradient of one LUT with N <= 6 inputs on AVX-512 (lut_kernels.cpp's dx span,
+// rows or blocks). Each input bit's compact row (at most 32 floats) sits in
 // two registers and one two-register permute looks it up for 16 addresses; the compact index
 // (bit l removed) is one shift and one select. N is a template argument so that the rows stay
 // in registers. No transposes: the AVX2 span's 8x8 transpose is bound by the one shuffle port.
