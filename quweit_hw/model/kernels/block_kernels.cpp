@@ -343,41 +343,67 @@ void efd_table_exp_impl(const scalar_t* luts, scalar_t* e, int64_t out, int64_t 
 }
 
 #if defined(__AVX2__)
-// The same for float, eight LUTs per block of lanes, moved in and out with 8x8 transposes.
+// The same for float, eight LUTs per block of lanes (sixteen with AVX-512: two blocks of eight
+// side by side in one register), moved in and out with 8x8 transposes.
+#if defined(__AVX512F__)
+using EfdVec = __m512;
+constexpr int kEfdLanes = 16;
+inline EfdVec efd_join(__m256 lo, __m256 hi) { return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1); }
+inline __m256 efd_half(EfdVec x, int h) { return h ? _mm512_extractf32x8_ps(x, 1) : _mm512_castps512_ps256(x); }
+inline EfdVec efd_set1(float x) { return _mm512_set1_ps(x); }
+inline EfdVec efd_sub(EfdVec a, EfdVec b) { return _mm512_sub_ps(a, b); }
+inline EfdVec efd_fma(EfdVec a, EfdVec b, EfdVec c) { return _mm512_fmadd_ps(a, b, c); }
+inline EfdVec efd_mul(EfdVec a, EfdVec b) { return _mm512_mul_ps(a, b); }
+#else
+using EfdVec = __m256;
+constexpr int kEfdLanes = 8;
+inline EfdVec efd_join(__m256 lo, __m256) { return lo; }
+inline __m256 efd_half(EfdVec x, int) { return x; }
+inline EfdVec efd_set1(float x) { return _mm256_set1_ps(x); }
+inline EfdVec efd_sub(EfdVec a, EfdVec b) { return _mm256_sub_ps(a, b); }
+inline EfdVec efd_fma(EfdVec a, EfdVec b, EfdVec c) { return _mm256_add_ps(_mm256_mul_ps(a, b), c); }
+inline EfdVec efd_mul(EfdVec a, EfdVec b) { return _mm256_mul_ps(a, b); }
+#endif
+
 template <>
 void efd_table_exp_impl<float>(const float* luts, float* e, int64_t out, int64_t n, float alpha, float beta) {
-  const int64_t size = int64_t(1) << n, half = size / 2, full = out / 8 * 8;
+  constexpr int H = kEfdLanes / 8;  // blocks of eight LUTs per register
+  const int64_t size = int64_t(1) << n, half = size / 2, full = out / kEfdLanes * kEfdLanes;
   if (n < 4) return efd_table_exp_generic<float>(luts, e, out, 0, n, alpha, beta);
-  const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
-  at::parallel_for(0, full / 8, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<__m256> t(size), u(half);
+  const EfdVec va = efd_set1(alpha), vb = efd_set1(beta);
+  at::parallel_for(0, full / kEfdLanes, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<__m256> tt(size * H);
+    std::vector<EfdVec> t(size), u(half);
     __m256 r[8], c[8];
     for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t j0 = blk * 8;
-      for (int64_t k0 = 0; k0 < size; k0 += 8) {
-        for (int v = 0; v < 8; ++v) r[v] = _mm256_loadu_ps(luts + (j0 + v) * size + k0);
-        transpose8(r, &t[k0]);
-      }
+      const int64_t j0 = blk * kEfdLanes;
+      for (int h = 0; h < H; ++h)
+        for (int64_t k0 = 0; k0 < size; k0 += 8) {
+          for (int v = 0; v < 8; ++v) r[v] = _mm256_loadu_ps(luts + (j0 + h * 8 + v) * size + k0);
+          transpose8(r, &tt[h * size + k0]);
+        }
+      for (int64_t k = 0; k < size; ++k) t[k] = efd_join(tt[k], tt[(H - 1) * size + k]);
       for (int64_t l = 0; l < n; ++l) {
         const int64_t low = (int64_t(1) << l) - 1;
         for (int64_t i = 0; i < half; ++i) {
           const int64_t k0 = (i & low) | ((i & ~low) << 1);
-          u[i] = _mm256_sub_ps(t[k0 | (int64_t(1) << l)], t[k0]);
+          u[i] = efd_sub(t[k0 | (int64_t(1) << l)], t[k0]);
         }
         for (int64_t m = 0; m + 1 < n; ++m) {
           const int64_t bit = int64_t(1) << m;
           for (int64_t i = 0; i < half; ++i) {
             if (i & bit) continue;
-            const __m256 x0 = u[i], x1 = u[i | bit];
-            u[i] = _mm256_add_ps(x0, _mm256_mul_ps(vb, x1));
-            u[i | bit] = _mm256_add_ps(x1, _mm256_mul_ps(vb, x0));
+            const EfdVec x0 = u[i], x1 = u[i | bit];
+            u[i] = efd_fma(vb, x1, x0);
+            u[i | bit] = efd_fma(vb, x0, x1);
           }
         }
-        for (int64_t i0 = 0; i0 < half; i0 += 8) {
-          for (int s = 0; s < 8; ++s) r[s] = _mm256_mul_ps(va, u[i0 + s]);
-          transpose8(r, c);
-          for (int v = 0; v < 8; ++v) _mm256_storeu_ps(e + ((j0 + v) * n + l) * half + i0, c[v]);
-        }
+        for (int64_t i0 = 0; i0 < half; i0 += 8)
+          for (int h = 0; h < H; ++h) {
+            for (int s = 0; s < 8; ++s) r[s] = efd_half(efd_mul(va, u[i0 + s]), h);
+            transpose8(r, c);
+            for (int v = 0; v < 8; ++v) _mm256_storeu_ps(e + ((j0 + h * 8 + v) * n + l) * half + i0, c[v]);
+          }
       }
     }
   });
