@@ -344,8 +344,9 @@ void efd_table_exp_impl(const scalar_t* luts, scalar_t* e, int64_t out, int64_t 
 
 #if defined(__AVX2__)
 // The same for float, eight LUTs per block of lanes (sixteen with AVX-512: two blocks of eight
-// side by side in one register), moved in and out with 8x8 transposes.
-#if defined(__AVX512F__)
+// side by side in one register; the 256-bit halves need AVX512DQ), moved in and out with 8x8
+// transposes.
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
 using EfdVec = __m512;
 constexpr int kEfdLanes = 16;
 inline EfdVec efd_join(__m256 lo, __m256 hi) { return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1); }
@@ -398,9 +399,10 @@ void efd_table_exp_impl<float>(const float* luts, float* e, int64_t out, int64_t
             u[i | bit] = efd_fma(vb, x0, x1);
           }
         }
+        for (int64_t i = 0; i < half; ++i) u[i] = efd_mul(va, u[i]);
         for (int64_t i0 = 0; i0 < half; i0 += 8)
           for (int h = 0; h < H; ++h) {
-            for (int s = 0; s < 8; ++s) r[s] = efd_half(efd_mul(va, u[i0 + s]), h);
+            for (int s = 0; s < 8; ++s) r[s] = efd_half(u[i0 + s], h);
             transpose8(r, c);
             for (int v = 0; v < 8; ++v) _mm256_storeu_ps(e + ((j0 + h * 8 + v) * n + l) * half + i0, c[v]);
           }
