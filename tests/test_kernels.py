@@ -23,6 +23,8 @@ from quweit_hw.model.lut import LUTLayer
 from quweit_hw.model.lutmlp import LUTMLP, GroupSum, LUTMLPConfig
 from quweit_hw.model.thermometer import Thermometer
 
+QUANTIZE = kernels.quantize
+
 FLOAT32_TOL = dict(rtol=1e-5, atol=1e-5)
 FLOAT64_TOL = dict(rtol=0, atol=1e-6)
 BATCHES = (1, 13, 77)  # none a multiple of the 8-wide vectors; 1 leaves no vector body at all
@@ -184,6 +186,36 @@ def test_fused_block_matches_reference(n, dtype, count_compiled):
     assert ref[1].abs().sum() > 0 and all(ref[2][k].abs().sum() > 0 for k in ref[2])
 
 
+def test_fused_blocks_share_scratch_in_one_graph(count_compiled):
+    # the fused blocks' scratch tensors (layer outputs, input gradients) are shared from call
+    # to call and from block to block: two blocks of one shape and a third of another width,
+    # on batches of two sizes, all forwards before one backward (as in a model), must give
+    # the reference's values and gradients
+    torch.manual_seed(11)
+    cfg = LUTMLPConfig(d=6, thresholds=5, n=6, hidden=(40,), group_size=4, mapping="random")
+    blocks = [LUTMLP(cfg), LUTMLP(cfg), LUTMLP(LUTMLPConfig(d=6, thresholds=5, n=6, hidden=(24,), group_size=4))]
+    hs = [torch.randn(b, 6) for b in (300, 300, 77)]
+    for block in blocks:
+        block.calibrate(hs[0])
+
+    def run():
+        for block in blocks:
+            for p in block.parameters():
+                p.grad = None
+        xs = [h.clone().requires_grad_(True) for h in hs]
+        ys = [block(x) for block, x in zip(blocks, xs)]
+        sum((y * (i + 1)).sum() for i, y in enumerate(ys)).backward()
+        grads = [p.grad.clone() for block in blocks for p in block.parameters()]
+        return [y.detach() for y in ys], [x.grad for x in xs], grads
+
+    ref, got = in_mode("torch", run), in_mode("auto", run)
+    assert count_compiled["block"] == 3
+    for r, o in zip(ref[0], got[0]):
+        assert torch.equal(o, r)
+    for r, o in zip(ref[1] + ref[2], got[1] + got[2]):
+        torch.testing.assert_close(o, r, **FLOAT32_TOL)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_fused_block_with_unsorted_thresholds(dtype, count_compiled):
     # thresholds loaded as they are (a state dict is not validated): the first layer compares q
@@ -217,6 +249,38 @@ def thermometer_run(therm, x, g):
     rows = therm.encode_rows(x)
     (rows * g).sum().backward()
     return rows.detach(), x.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_quantizer_matches_reference_bit_for_bit(dtype, monkeypatch):
+    # x = h / s on ties (half to even), on both ends of the 8-bit range and half a step and a
+    # step past them, negatives that round to -0 (the reference gives +0), NaN and the
+    # infinities; 7 x 11 values: a 16-wide vector body and a tail
+    calls = []
+    monkeypatch.setattr(kernels, "quantize", lambda *a: calls.append(1) or QUANTIZE(*a))
+    edges = [-130, -129, -128.5, -128, -127.5, -2.5, -0.5, -0.3, -0.0, 0.0, 0.3, 0.5, 1.5, 2.5, 126.5, 127,
+             127.5, 128, 1e30, float("nan"), float("inf"), float("-inf")]
+    x = torch.cat([torch.tensor(edges, dtype=dtype), torch.randn(77 - len(edges), dtype=dtype, generator=torch.Generator().manual_seed(3)) * 90])
+    block = LUTMLP(LUTMLPConfig(d=7, thresholds=3, n=2, hidden=(8,), group_size=2)).to(dtype)
+    block.input_scale.fill_(0.25)  # h = x / 4 exactly
+    h, g = (x / 4).reshape(11, 7), torch.randn(11, 7, dtype=dtype)
+
+    def run():
+        hh = h.clone().requires_grad_(True)
+        q = block.quantize(hh)
+        q.backward(g)
+        return q.detach(), hh.grad
+
+    ref, got = in_mode("torch", run), in_mode("auto", run)
+    assert len(calls) == 1
+    for r, o in zip(ref, got):
+        torch.testing.assert_close(o, r, rtol=0, atol=0, equal_nan=True)
+        assert torch.equal(o.signbit(), r.signbit())  # +0 where the reference has +0
+    q = got[0].flatten()
+    assert q[:8].tolist() == [-128, -128, -128, -128, -128, -2, -0.0, -0.0] and q[12:18].tolist() == [2, 2, 126, 127, 127, 127]
+    dh = got[1].flatten()
+    passed = [dh[i] == g.flatten()[i] * 4 for i in range(18)]  # -128.5 and 127 round into the range, 127.5 out
+    assert passed[2:4] == [True, True] and passed[15] and not any(passed[:2] + passed[16:18])
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -366,11 +430,12 @@ def _cpu_has(flag: str) -> bool:
 @pytest.mark.skipif(not _cpu_has("avx512f"), reason="this CPU builds the AVX2 paths anyway")
 def test_avx2_paths_match_reference_on_an_avx512_cpu():
     # the kernels built without AVX-512 (QUWEIT_KERNEL_CFLAGS), in a process of their own: the
-    # AVX2 spans (address-major input gradient, 32-byte lookups) that a CPU without AVX-512 runs
+    # AVX2 spans (address-major input gradient, 32-byte lookups) and the scalar quantizer that
+    # a CPU without AVX-512 runs
     env = dict(os.environ, QUWEIT_KERNEL_CFLAGS="-mno-avx512f", QUWEIT_KERNELS="compiled")
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", __file__,
-         "-k", "(fused_block or lut_layer_matches or results_do_not_depend) and not avx2"],
+         "-k", "(fused_block or lut_layer_matches or results_do_not_depend or quantizer) and not avx2"],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]

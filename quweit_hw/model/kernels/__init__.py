@@ -15,6 +15,7 @@ from .build import KernelBuildError, build_and_load, cache_root
 from .dispatch import KernelFallbackWarning, mode, ops, use_compiled
 from .group_sum import group_sum_rows
 from .lut import compact_table, lut_backward, lut_forward
+from .quantize import quantize
 from .thermometer import thermometer_backward, thermometer_forward
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "lut_forward",
     "mode",
     "ops",
+    "quantize",
     "thermometer_backward",
     "thermometer_forward",
     "use_compiled",

@@ -15,6 +15,8 @@ stream whole rows.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 from torch import Tensor
 
@@ -75,6 +77,24 @@ class _Plan:
         self.zeros = [torch.zeros(m.numel(), dtype=torch.uint8) for m in self.mappings]  # 0/1 inputs: [x > 0]
 
 
+_scratch = threading.local()
+
+
+def scratch(name: str, shape: tuple, dtype) -> Tensor:
+    """A tensor for a value that lives only inside one forward or one backward call (a layer's
+    output bytes, a layer's input gradient), kept for the next call on this thread that asks
+    for the same name (the blocks of a model share them: one block's call runs at a time; a
+    new shape or dtype replaces the tensor, so a last short batch costs one allocation).
+    Fresh megabytes every step cost a page fault per 4 KB on first touch: 300-800 per step
+    of the bench's block, more time than blocked_dx's own work. What outlives the call (the
+    saved addresses, the returned gradients) is never taken from here."""
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    t = buffers.get(name)
+    if t is None or t.shape != tuple(shape) or t.dtype != dtype:
+        t = buffers[name] = torch.empty(shape, dtype=dtype)
+    return t
+
+
 def _plan_key(block, dtype) -> tuple:
     buffers = [block.thermometer.thresholds, *(layer.mapping for layer in block.layers)]
     return (dtype, block.config.bit_order, *((b.data_ptr(), b._version) for b in buffers))
@@ -99,10 +119,10 @@ class _BlockFunction(torch.autograd.Function):
         x, addrs = None, []
         for i, table in enumerate(luts):
             table = table.detach().contiguous()
-            y = torch.empty(table.shape[0], batch, dtype=torch.uint8)
+            y = scratch(f"y{i}", (table.shape[0], batch), torch.uint8)  # read by the next layer only
             addr = torch.empty(-(-batch // ops.block_samples()), table.shape[0], ops.block_samples(), dtype=torch.uint8)
             if i == 0 and plan.by_level:
-                levels = torch.empty(q.shape[1], batch, dtype=torch.uint8)
+                levels = scratch("levels", (q.shape[1], batch), torch.uint8)
                 ops.block_levels(q, thresholds, levels)
                 ops.block_forward_bytes(levels, plan.feature, plan.level, table, y, addr)
             elif i == 0:
@@ -140,7 +160,7 @@ class _BlockFunction(torch.autograd.Function):
                 break
             e = compact_table(efd[i], luts[i])
             rows = luts[i - 1].shape[0] if i > 0 else thresholds.numel()
-            dx = g.new_empty(nb, rows, ops.block_samples())
+            dx = scratch(f"dx{i}", (nb, rows, ops.block_samples()), g.dtype)  # the next step's g
             ops.blocked_dx(e, addr, g, mappings[i] if i > 0 else bit_rows, dx, group)
             g, group = dx, 1
             if i == 0:
@@ -151,6 +171,6 @@ class _BlockFunction(torch.autograd.Function):
 
 def _blocked(ops, rows: Tensor, blocks: int) -> Tensor:
     """rows (R, N) -> (blocks, R, S) in the blocked layout, zero past N."""
-    out = rows.new_empty(blocks, rows.shape[0], ops.block_samples())
+    out = scratch("g", (blocks, rows.shape[0], ops.block_samples()), rows.dtype)
     ops.to_blocks(rows.contiguous(), out)
     return out
