@@ -159,13 +159,13 @@ class _BlockFunction(torch.autograd.Function):
             if not (wants[0] or any(wants[4:4 + i])):
                 break
             e = compact_table(efd[i], luts[i])
-            rows = luts[i - 1].shape[0] if i > 0 else thresholds.numel()
-            dx = scratch(f"dx{i}", (nb, rows, ops.block_samples()), g.dtype)  # the next step's g
-            ops.blocked_dx(e, addr, g, mappings[i] if i > 0 else bit_rows, dx, group)
-            g, group = dx, 1
-            if i == 0:
+            if i == 0:  # the thermometer's backward reads each block of dx as it is formed
                 dq = q.new_empty(q.shape)
-                ops.blocked_thermometer_backward(q, thresholds, width, dx, dq)
+                ops.blocked_dx_thermometer(e, addr, g, bit_rows, q, thresholds, width, dq, group)
+                break
+            dx = scratch(f"dx{i}", (nb, luts[i - 1].shape[0], ops.block_samples()), g.dtype)  # the next step's g
+            ops.blocked_dx(e, addr, g, mappings[i], dx, group)
+            g, group = dx, 1
         return (dq, None, None, None, *dluts)
 
 

@@ -9,12 +9,13 @@
 // of every row is one contiguous region (in * kBlock * 4 bytes: 1-2 MB) that stays in L2
 // while every LUT adds into it, and every other stream (addresses, gradients, the EFD tables)
 // is read front to back. The layer's output gradient comes in blocked and its input gradient
-// goes out blocked, so the two layers and the thermometer's backward hand it on without a
-// transpose; the forward saves its addresses blocked, and only the group gradient is blocked
-// on entry.
+// goes out blocked, so the layers hand it on without a transpose; the first layer's blocks go
+// straight into the thermometer's backward, each while it is in L2 (blocked_dx_thermometer).
+// The forward saves its addresses blocked, and only the group gradient is blocked on entry.
 //
 // Sums are those of lut_kernels.cpp, term for term and in the same order: dx sums in
-// increasing j*n + l (blocked_dx, in lut_kernels.cpp beside lut_dx: the same spans), the table gradient in four interleaved partial histograms combined in a
+// increasing j*n + l (blocked_dx and blocked_dx_thermometer, in lut_kernels.cpp beside lut_dx:
+// the same spans), the table gradient in four interleaved partial histograms combined in a
 // fixed order, the thermometer's chain as the reference rounds it. Built with
 // -ffp-contract=off like the rest.
 
@@ -88,39 +89,6 @@ void blocked_dluts_impl(const uint8_t* addr, const scalar_t* g, scalar_t* dluts,
   });
 }
 
-// dx[b, f] = (sum_t max(0, 1 - |x[b, f] - theta[f, t]| / w[f]) * g[f*T + t, b]) / w[f] with g
-// blocked, each step rounded as the reference's in-place chain rounds it, summed in
-// increasing t (thermometer_backward of lut_kernels.cpp). Parallel over features.
-template <typename scalar_t>
-void blocked_thermometer_backward_impl(const scalar_t* x, const scalar_t* theta, const scalar_t* width,
-                                       const scalar_t* g, scalar_t* dx, int64_t batch, int64_t features,
-                                       int64_t nthr) {
-  const int64_t nb = (batch + kBlock - 1) / kBlock, grows = features * nthr;
-  at::parallel_for(0, features, 1, [&](int64_t f0, int64_t f1) {
-    scalar_t col[kBlock], acc[kBlock];
-    for (int64_t f = f0; f < f1; ++f) {
-      const scalar_t w = width[f];
-      for (int64_t c = 0; c < nb; ++c) {
-        const int64_t b0 = c * kBlock, len = std::min(kBlock, batch - b0);
-        for (int64_t s = 0; s < kBlock; ++s) {
-          col[s] = s < len ? x[(b0 + s) * features + f] : scalar_t(0);
-          acc[s] = scalar_t(0);
-        }
-        for (int64_t t = 0; t < nthr; ++t) {
-          const scalar_t th = theta[f * nthr + t];
-          const scalar_t* gt = g + (c * grows + f * nthr + t) * kBlock;
-          for (int64_t s = 0; s < kBlock; ++s) {
-            scalar_t tri = scalar_t(1) - std::fabs(col[s] - th) / w;
-            tri = tri < scalar_t(0) ? scalar_t(0) : tri;  // NaN stays NaN, as clamp_ keeps it
-            acc[s] += tri * gt[s];
-          }
-        }
-        for (int64_t s = 0; s < len; ++s) dx[(b0 + s) * features + f] = acc[s] / w;
-      }
-    }
-  });
-}
-
 // rows (R, N) -> blocked (ceil(N / kBlock), R, kBlock): bytes or float32/float64.
 void to_blocks(const at::Tensor& rows, at::Tensor& blocked) {
   check_cpu_contiguous({&rows, &blocked}, "to_blocks");
@@ -155,19 +123,6 @@ void blocked_dluts(const at::Tensor& addr, const at::Tensor& g, at::Tensor& dlut
   });
 }
 
-void blocked_thermometer_backward(const at::Tensor& x, const at::Tensor& theta, const at::Tensor& width,
-                                  const at::Tensor& g, at::Tensor& dx) {
-  check_cpu_contiguous({&x, &theta, &width, &g, &dx}, "blocked_thermometer_backward");
-  TORCH_CHECK(g.size(0) == (x.size(0) + kBlock - 1) / kBlock && g.size(1) == theta.numel() && dx.sizes() == x.sizes(),
-              "quweit_lut.blocked_thermometer_backward: bad shapes");
-  dispatch_scalar(x, [&](auto s) {
-    using scalar_t = decltype(s);
-    blocked_thermometer_backward_impl<scalar_t>(x.data_ptr<scalar_t>(), theta.data_ptr<scalar_t>(),
-                                                width.data_ptr<scalar_t>(), g.data_ptr<scalar_t>(),
-                                                dx.data_ptr<scalar_t>(), x.size(0), x.size(1), theta.size(1));
-  });
-}
-
 int64_t block_samples() { return kBlock; }
 
 }  // namespace
@@ -176,6 +131,4 @@ TORCH_LIBRARY_FRAGMENT(quweit_lut, m) {
   m.def("block_samples() -> int", &block_samples);
   m.def("to_blocks(Tensor rows, Tensor(a!) blocked) -> ()", &to_blocks);
   m.def("blocked_dluts(Tensor addr, Tensor g, Tensor(a!) dluts, int batch, int group=1) -> ()", &blocked_dluts);
-  m.def("blocked_thermometer_backward(Tensor x, Tensor theta, Tensor width, Tensor g, Tensor(a!) dx) -> ()",
-        &blocked_thermometer_backward);
 }

@@ -322,24 +322,78 @@ void lut_dx_impl(const scalar_t* e, const addr_t* addr, const scalar_t* g, const
 }
 
 // The blocked layout of blocked_kernels.cpp: dx[c, i, :] = sum over (j, l) with map[j*n + l] = i, in increasing j*n + l, of
-// E[j, l, c(addr[c, j, s], l)] * g[c, j / group, s]. Parallel over blocks (each task owns its
-// blocks' regions: no atomics, the same sums whatever the thread count).
+// E[j, l, c(addr[c, j, s], l)] * g[c, j / group, s], for one block c (ac, gc: its addresses
+// and output gradient) into its region (in rows of kBlockSamples).
+template <typename scalar_t>
+void blocked_dx_block(const scalar_t* e, const uint8_t* ac, const scalar_t* gc, const int64_t* map, scalar_t* region,
+                      int64_t in, int64_t out, int64_t n, int64_t group) {
+  const int64_t half = int64_t(1) << (n - 1);
+  scalar_t* drows[kMaxFanIn];
+  std::fill(region, region + in * kBlockSamples, scalar_t(0));
+  for (int64_t j = 0; j < out; ++j) {
+    for (int64_t l = 0; l < n; ++l) drows[l] = region + map[j * n + l] * kBlockSamples;
+    dx_span<scalar_t, uint8_t>(e + j * n * half, half, ac + j * kBlockSamples, gc + (j / group) * kBlockSamples, drows,
+                               int(n), kBlockSamples);
+  }
+}
+
+// Every block of dx. Parallel over blocks (each task owns its blocks' regions: no atomics,
+// the same sums whatever the thread count).
 template <typename scalar_t>
 void blocked_dx_impl(const scalar_t* e, const uint8_t* addr, const scalar_t* g, const int64_t* map, scalar_t* dx,
                      int64_t in, int64_t out, int64_t n, int64_t nb, int64_t grows, int64_t group) {
-  const int64_t half = int64_t(1) << (n - 1);
   at::parallel_for(0, nb, 1, [&](int64_t c0, int64_t c1) {
-    scalar_t* drows[kMaxFanIn];
-    for (int64_t c = c0; c < c1; ++c) {
-      scalar_t* region = dx + c * in * kBlockSamples;
-      std::fill(region, region + in * kBlockSamples, scalar_t(0));
-      const uint8_t* ac = addr + c * out * kBlockSamples;
-      const scalar_t* gc = g + c * grows * kBlockSamples;
-      for (int64_t j = 0; j < out; ++j) {
-        for (int64_t l = 0; l < n; ++l) drows[l] = region + map[j * n + l] * kBlockSamples;
-        dx_span<scalar_t, uint8_t>(e + j * n * half, half, ac + j * kBlockSamples, gc + (j / group) * kBlockSamples,
-                                   drows, int(n), kBlockSamples);
+    for (int64_t c = c0; c < c1; ++c)
+      blocked_dx_block(e, addr + c * out * kBlockSamples, g + c * grows * kBlockSamples, map,
+                       dx + c * in * kBlockSamples, in, out, n, group);
+  });
+}
+
+// dx[b0 + s, f] = (sum_t max(0, 1 - |x[b0 + s, f] - theta[f, t]| / w[f]) * g[f*T + t, s]) / w[f]
+// for s < len and every feature f, g one block (rows f*T + t, kBlockSamples each), each step
+// rounded as the reference's in-place chain rounds it, summed in increasing t
+// (thermometer_backward below).
+template <typename scalar_t>
+void thermometer_backward_block(const scalar_t* x, const scalar_t* theta, const scalar_t* width, const scalar_t* g,
+                                scalar_t* dx, int64_t b0, int64_t len, int64_t features, int64_t nthr) {
+  scalar_t col[kBlockSamples], acc[kBlockSamples];
+  for (int64_t f = 0; f < features; ++f) {
+    const scalar_t w = width[f];
+    for (int64_t s = 0; s < kBlockSamples; ++s) {
+      col[s] = s < len ? x[(b0 + s) * features + f] : scalar_t(0);
+      acc[s] = scalar_t(0);
+    }
+    for (int64_t t = 0; t < nthr; ++t) {
+      const scalar_t th = theta[f * nthr + t];
+      const scalar_t* gt = g + (f * nthr + t) * kBlockSamples;
+      for (int64_t s = 0; s < kBlockSamples; ++s) {
+        scalar_t tri = scalar_t(1) - std::fabs(col[s] - th) / w;
+        tri = tri < scalar_t(0) ? scalar_t(0) : tri;  // NaN stays NaN, as clamp_ keeps it
+        acc[s] += tri * gt[s];
       }
+    }
+    for (int64_t s = 0; s < len; ++s) dx[(b0 + s) * features + f] = acc[s] / w;
+  }
+}
+
+// The first layer's input gradient straight into the thermometer's backward, block by block:
+// each block's region (the thermometer's F*T bit rows) is formed in a buffer of the task's
+// own, kept from call to call, and read back while it is still in L2; the (blocks, F*T, S)
+// tensor is never formed. dq as thermometer_backward gives it from the whole dx, bit for bit.
+template <typename scalar_t>
+void blocked_dx_thermometer_impl(const scalar_t* e, const uint8_t* addr, const scalar_t* g, const int64_t* map,
+                                 const scalar_t* x, const scalar_t* theta, const scalar_t* width, scalar_t* dq,
+                                 int64_t out, int64_t n, int64_t grows, int64_t group, int64_t batch,
+                                 int64_t features, int64_t nthr) {
+  const int64_t in = features * nthr, nb = (batch + kBlockSamples - 1) / kBlockSamples;
+  at::parallel_for(0, nb, 1, [&](int64_t c0, int64_t c1) {
+    thread_local std::vector<scalar_t> region;
+    if (region.size() < size_t(in * kBlockSamples)) region.resize(in * kBlockSamples);
+    for (int64_t c = c0; c < c1; ++c) {
+      blocked_dx_block(e, addr + c * out * kBlockSamples, g + c * grows * kBlockSamples, map, region.data(), in, out,
+                       n, group);
+      thermometer_backward_block(x, theta, width, region.data(), dq, c * kBlockSamples,
+                                 std::min(kBlockSamples, batch - c * kBlockSamples), features, nthr);
     }
   });
 }
@@ -512,6 +566,32 @@ void blocked_dx(const at::Tensor& e, const at::Tensor& addr, const at::Tensor& g
   });
 }
 
+void blocked_dx_thermometer(const at::Tensor& e, const at::Tensor& addr, const at::Tensor& g, const at::Tensor& mapping,
+                            const at::Tensor& x, const at::Tensor& theta, const at::Tensor& width, at::Tensor& dq,
+                            int64_t group) {
+  check_cpu_contiguous({&e, &addr, &g, &mapping, &x, &theta, &width, &dq}, "blocked_dx_thermometer");
+  const int64_t out = e.size(0), n = e.size(1), nb = addr.size(0), batch = x.size(0), features = x.size(1);
+  TORCH_CHECK(addr.scalar_type() == at::kByte && addr.size(1) == out && addr.size(2) == kBlockSamples &&
+                  n <= kMaxFanIn && n >= 1 && mapping.numel() == out * n && g.size(0) == nb && group >= 1 &&
+                  g.size(1) * group >= out && nb == (batch + kBlockSamples - 1) / kBlockSamples &&
+                  theta.size(0) == features && width.numel() == features && dq.sizes() == x.sizes() &&
+                  e.scalar_type() == g.scalar_type() && x.scalar_type() == g.scalar_type() &&
+                  theta.scalar_type() == g.scalar_type() && width.scalar_type() == g.scalar_type() &&
+                  dq.scalar_type() == g.scalar_type(),
+              "quweit_lut.blocked_dx_thermometer: bad shapes");
+  const int64_t in = theta.numel(), *map = mapping.data_ptr<int64_t>();  // rows of the task's own buffer
+  TORCH_CHECK(std::all_of(map, map + mapping.numel(), [in](int64_t i) { return i >= 0 && i < in; }),
+              "quweit_lut.blocked_dx_thermometer: mapping out of the thermometer's rows");
+  dispatch_scalar(g, [&](auto s) {
+    using scalar_t = decltype(s);
+    blocked_dx_thermometer_impl<scalar_t>(e.data_ptr<scalar_t>(), addr.data_ptr<uint8_t>(), g.data_ptr<scalar_t>(),
+                                          mapping.data_ptr<int64_t>(), x.data_ptr<scalar_t>(),
+                                          theta.data_ptr<scalar_t>(), width.data_ptr<scalar_t>(),
+                                          dq.data_ptr<scalar_t>(), out, n, g.size(1), group, batch, features,
+                                          theta.size(1));
+  });
+}
+
 void lut_gsel(const at::Tensor& e, const at::Tensor& addr, const at::Tensor& g, at::Tensor& gsel) {
   check_cpu_contiguous({&e, &addr, &g, &gsel}, "lut_gsel");
   dispatch_types(g, addr, [&](auto s, auto a) {
@@ -583,6 +663,9 @@ TORCH_LIBRARY(quweit_lut, m) {
   m.def("lut_dx(Tensor e, Tensor addr, Tensor g, Tensor mapping, Tensor(a!) dx, int tile=0, int group=1) -> ()",
         &lut_dx);
   m.def("blocked_dx(Tensor e, Tensor addr, Tensor g, Tensor mapping, Tensor(a!) dx, int group=1) -> ()", &blocked_dx);
+  m.def("blocked_dx_thermometer(Tensor e, Tensor addr, Tensor g, Tensor mapping, Tensor x, Tensor theta, Tensor width, "
+        "Tensor(a!) dq, int group=1) -> ()",
+        &blocked_dx_thermometer);
   m.def("lut_gsel(Tensor e, Tensor addr, Tensor g, Tensor(a!) gsel) -> ()", &lut_gsel);
   m.def("lut_dluts(Tensor addr, Tensor g, Tensor(a!) dluts, int group=1) -> ()", &lut_dluts);
   m.def("thermometer_forward(Tensor x, Tensor theta, Tensor(a!) bits) -> ()", &thermometer_forward);
