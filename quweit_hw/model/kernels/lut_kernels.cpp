@@ -387,12 +387,14 @@ void blocked_dx_thermometer_impl(const scalar_t* e, const uint8_t* addr, const s
                                  int64_t features, int64_t nthr) {
   const int64_t in = features * nthr, nb = (batch + kBlockSamples - 1) / kBlockSamples;
   at::parallel_for(0, nb, 1, [&](int64_t c0, int64_t c1) {
-    thread_local std::vector<scalar_t> region;
-    if (region.size() < size_t(in * kBlockSamples)) region.resize(in * kBlockSamples);
+    thread_local std::vector<scalar_t> buffer;
+    constexpr int64_t kAlign = 64 / sizeof(scalar_t);  // rows on cache lines: no vector access splits one
+    if (buffer.size() < size_t(in * kBlockSamples + kAlign)) buffer.resize(in * kBlockSamples + kAlign);
+    scalar_t* region = buffer.data() + (kAlign - (reinterpret_cast<uintptr_t>(buffer.data()) / sizeof(scalar_t)) % kAlign) % kAlign;
     for (int64_t c = c0; c < c1; ++c) {
-      blocked_dx_block(e, addr + c * out * kBlockSamples, g + c * grows * kBlockSamples, map, region.data(), in, out,
-                       n, group);
-      thermometer_backward_block(x, theta, width, region.data(), dq, c * kBlockSamples,
+      blocked_dx_block(e, addr + c * out * kBlockSamples, g + c * grows * kBlockSamples, map, region, in, out, n,
+                       group);
+      thermometer_backward_block(x, theta, width, region, dq, c * kBlockSamples,
                                  std::min(kBlockSamples, batch - c * kBlockSamples), features, nthr);
     }
   });
