@@ -149,7 +149,9 @@ class _BlockFunction(torch.autograd.Function):
         luts, addrs = rest[: ctx.layers], rest[ctx.layers:]
         wants = ctx.needs_input_grad
         batch, nb = q.shape[0], -(-q.shape[0] // ops.block_samples())
-        g, group = _blocked(ops, gcounts.t().contiguous(), nb), k  # LUT j's output gradient: row j // k
+        g = scratch("g", (nb, gcounts.shape[1], ops.block_samples()), gcounts.dtype)
+        ops.columns_to_blocks(gcounts.contiguous(), g)
+        group = k  # LUT j's output gradient: row j // k of g
         dq, dluts = None, [None] * ctx.layers
         for i in reversed(range(ctx.layers)):
             addr = addrs[i]  # blocked by the forward
@@ -167,10 +169,3 @@ class _BlockFunction(torch.autograd.Function):
             ops.blocked_dx(e, addr, g, mappings[i], dx, group)
             g, group = dx, 1
         return (dq, None, None, None, *dluts)
-
-
-def _blocked(ops, rows: Tensor, blocks: int) -> Tensor:
-    """rows (R, N) -> (blocks, R, S) in the blocked layout, zero past N."""
-    out = scratch("g", (blocks, rows.shape[0], ops.block_samples()), rows.dtype)
-    ops.to_blocks(rows.contiguous(), out)
-    return out

@@ -11,7 +11,8 @@
 // is read front to back. The layer's output gradient comes in blocked and its input gradient
 // goes out blocked, so the layers hand it on without a transpose; the first layer's blocks go
 // straight into the thermometer's backward, each while it is in L2 (blocked_dx_thermometer).
-// The forward saves its addresses blocked, and only the group gradient is blocked on entry.
+// The forward saves its addresses blocked, and only the group gradient is blocked on entry
+// (columns_to_blocks, from the (batch, C) layout the block returns).
 //
 // Sums are those of lut_kernels.cpp, term for term and in the same order: dx sums in
 // increasing j*n + l (blocked_dx and blocked_dx_thermometer, in lut_kernels.cpp beside lut_dx:
@@ -38,20 +39,17 @@ namespace {
 constexpr int64_t kBlock = kBlockSamples;  // a multiple of the 16-float vectors
 
 
-// blocked[c, r, s] = rows[r, c * kBlock + s], 0 past the batch. Parallel over blocks.
+// blocked[c, r, s] = cols[c * kBlock + s, r], 0 past the batch: the block's (batch, C) output
+// gradient blocked without first transposing it to rows. Parallel over blocks.
 template <typename T>
-void to_blocks_impl(const T* rows, T* blocked, int64_t nrows, int64_t batch) {
+void columns_to_blocks_impl(const T* cols, T* blocked, int64_t nrows, int64_t batch) {
   const int64_t nb = (batch + kBlock - 1) / kBlock;
   at::parallel_for(0, nb, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t b0 = c * kBlock, len = std::min(kBlock, batch - b0);
       T* o = blocked + c * nrows * kBlock;
-      if (len == kBlock) {  // a constant size: the copy is inlined as vector moves
-        for (int64_t r = 0; r < nrows; ++r) std::memcpy(o + r * kBlock, rows + r * batch + b0, kBlock * sizeof(T));
-        continue;
-      }
       for (int64_t r = 0; r < nrows; ++r) {
-        std::memcpy(o + r * kBlock, rows + r * batch + b0, size_t(len) * sizeof(T));
+        for (int64_t s = 0; s < len; ++s) o[r * kBlock + s] = cols[(b0 + s) * nrows + r];
         std::fill(o + r * kBlock + len, o + (r + 1) * kBlock, T(0));
       }
     }
@@ -93,21 +91,17 @@ void blocked_dluts_impl(const uint8_t* addr, const scalar_t* g, scalar_t* dluts,
   });
 }
 
-// rows (R, N) -> blocked (ceil(N / kBlock), R, kBlock): bytes or float32/float64.
-void to_blocks(const at::Tensor& rows, at::Tensor& blocked) {
-  check_cpu_contiguous({&rows, &blocked}, "to_blocks");
-  const int64_t nrows = rows.size(0), batch = rows.size(1);
-  TORCH_CHECK(blocked.scalar_type() == rows.scalar_type() && blocked.dim() == 3 &&
+// cols (N, R) -> blocked (ceil(N / kBlock), R, kBlock): float32/float64.
+void columns_to_blocks(const at::Tensor& cols, at::Tensor& blocked) {
+  check_cpu_contiguous({&cols, &blocked}, "columns_to_blocks");
+  const int64_t batch = cols.size(0), nrows = cols.size(1);
+  TORCH_CHECK(cols.dim() == 2 && blocked.scalar_type() == cols.scalar_type() && blocked.dim() == 3 &&
                   blocked.size(0) == (batch + kBlock - 1) / kBlock && blocked.size(1) == nrows &&
                   blocked.size(2) == kBlock,
-              "quweit_lut.to_blocks: bad shapes");
-  if (rows.scalar_type() == at::kByte) {
-    to_blocks_impl<uint8_t>(rows.data_ptr<uint8_t>(), blocked.data_ptr<uint8_t>(), nrows, batch);
-    return;
-  }
-  dispatch_scalar(rows, [&](auto s) {
+              "quweit_lut.columns_to_blocks: bad shapes");
+  dispatch_scalar(cols, [&](auto s) {
     using scalar_t = decltype(s);
-    to_blocks_impl<scalar_t>(rows.data_ptr<scalar_t>(), blocked.data_ptr<scalar_t>(), nrows, batch);
+    columns_to_blocks_impl<scalar_t>(cols.data_ptr<scalar_t>(), blocked.data_ptr<scalar_t>(), nrows, batch);
   });
 }
 
@@ -133,6 +127,6 @@ int64_t block_samples() { return kBlock; }
 
 TORCH_LIBRARY_FRAGMENT(quweit_lut, m) {
   m.def("block_samples() -> int", &block_samples);
-  m.def("to_blocks(Tensor rows, Tensor(a!) blocked) -> ()", &to_blocks);
+  m.def("columns_to_blocks(Tensor cols, Tensor(a!) blocked) -> ()", &columns_to_blocks);
   m.def("blocked_dluts(Tensor addr, Tensor g, Tensor(a!) dluts, int batch, int group=1) -> ()", &blocked_dluts);
 }
