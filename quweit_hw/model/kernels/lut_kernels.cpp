@@ -349,6 +349,18 @@ void blocked_dx_impl(const scalar_t* e, const uint8_t* addr, const scalar_t* g, 
   });
 }
 
+// acc[b] += max(0, 1 - |col[b] - th| / w) * g[b]: one threshold's step of the thermometer's
+// backward, rounded as the reference's in-place chain rounds it.
+template <typename scalar_t>
+inline void thermometer_accumulate(const scalar_t* col, scalar_t th, scalar_t w, const scalar_t* g, scalar_t* acc,
+                                   int64_t len) {
+  for (int64_t b = 0; b < len; ++b) {
+    scalar_t tri = scalar_t(1) - std::fabs(col[b] - th) / w;
+    tri = tri < scalar_t(0) ? scalar_t(0) : tri;  // NaN stays NaN, as clamp_ keeps it
+    acc[b] += tri * g[b];
+  }
+}
+
 // dx[b0 + s, f] = (sum_t max(0, 1 - |x[b0 + s, f] - theta[f, t]| / w[f]) * g[f*T + t, s]) / w[f]
 // for s < len and every feature f, g one block (rows f*T + t, kBlockSamples each), each step
 // rounded as the reference's in-place chain rounds it, summed in increasing t
@@ -366,11 +378,7 @@ void thermometer_backward_block(const scalar_t* x, const scalar_t* theta, const 
     for (int64_t t = 0; t < nthr; ++t) {
       const scalar_t th = theta[f * nthr + t];
       const scalar_t* gt = g + (f * nthr + t) * kBlockSamples;
-      for (int64_t s = 0; s < kBlockSamples; ++s) {
-        scalar_t tri = scalar_t(1) - std::fabs(col[s] - th) / w;
-        tri = tri < scalar_t(0) ? scalar_t(0) : tri;  // NaN stays NaN, as clamp_ keeps it
-        acc[s] += tri * gt[s];
-      }
+      thermometer_accumulate(col, th, w, gt, acc, kBlockSamples);
     }
     for (int64_t s = 0; s < len; ++s) dx[(b0 + s) * features + f] = acc[s] / w;
   }
@@ -473,11 +481,7 @@ void thermometer_backward_impl(const scalar_t* x, const scalar_t* theta, const s
       for (int64_t t = 0; t < nthr; ++t) {
         const scalar_t th = theta[f * nthr + t];
         const scalar_t* gt = g + (f * nthr + t) * batch;
-        for (int64_t b = 0; b < batch; ++b) {
-          scalar_t tri = scalar_t(1) - std::fabs(col[b] - th) / w;
-          tri = tri < scalar_t(0) ? scalar_t(0) : tri;  // NaN stays NaN, as clamp_ keeps it
-          acc[b] += tri * gt[b];
-        }
+        thermometer_accumulate(col.data(), th, w, gt, acc.data(), batch);
       }
       for (int64_t b = 0; b < batch; ++b) dx[b * features + f] = acc[b] / w;
     }
