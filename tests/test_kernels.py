@@ -186,6 +186,21 @@ def test_fused_block_matches_reference(n, dtype, count_compiled):
     assert ref[1].abs().sum() > 0 and all(ref[2][k].abs().sum() > 0 for k in ref[2])
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_block_with_many_groups(dtype, count_compiled):
+    # d = 40 output groups: the group popcount's tiles of 16 groups, the last one short, and of
+    # 256 samples, the last one short (batch 525)
+    torch.manual_seed(5)
+    block = LUTMLP(LUTMLPConfig(d=40, thresholds=3, n=6, hidden=(96,), group_size=4, mapping="random")).to(dtype)
+    h = torch.randn(525, 40, dtype=dtype)
+    block.calibrate(h)
+    g = torch.randn(525, 40, dtype=dtype)
+    ref = in_mode("torch", lambda: block_run(block, h, g))
+    got = in_mode("auto", lambda: block_run(block, h, g))
+    assert count_compiled["block"] == 1
+    assert_same_run(ref, got, dtype)
+
+
 def test_fused_blocks_share_scratch_in_one_graph(count_compiled):
     # the fused blocks' scratch tensors (layer outputs, input gradients) are shared from call
     # to call and from block to block: two blocks of one shape and a third of another width,
@@ -264,6 +279,23 @@ def test_quantizer_matches_reference_bit_for_bit(dtype, monkeypatch):
     block = LUTMLP(LUTMLPConfig(d=7, thresholds=3, n=2, hidden=(8,), group_size=2)).to(dtype)
     block.input_scale.fill_(0.25)  # h = x / 4 exactly
     h, g = (x / 4).reshape(11, 7), torch.randn(11, 7, dtype=dtype)
+    q, dh = _quantizer_runs(block, h, g, calls)
+    assert q[:8].tolist() == [-128, -128, -128, -128, -128, -2, -0.0, -0.0] and q[12:18].tolist() == [2, 2, 126, 127, 127, 127]
+    passed = [dh[i] == g.flatten()[i] * 4 for i in range(18)]  # -128.5 and 127 round into the range, 127.5 out
+    assert passed[2:4] == [True, True] and passed[15] and not any(passed[:2] + passed[16:18])
+    # a scale that is not a power of two (the division rounds), values near the ties k + 1/2,
+    # and the edges in the scalar tail after 64 vector elements
+    s = 0.0371
+    block.input_scale.fill_(s)
+    near = (torch.arange(-40, 40, dtype=dtype) + 0.5) * s
+    _quantizer_runs(block, near.reshape(16, 5), torch.randn(16, 5, dtype=dtype), calls)
+    for part in (edges[:11], edges[11:]):  # 64 + 11 values: the edges are the 11 of the tail
+        h = torch.cat([near[:64], torch.tensor(part, dtype=dtype) * s]).reshape(15, 5)
+        _quantizer_runs(block, h, torch.randn(15, 5, dtype=dtype), calls)
+
+
+def _quantizer_runs(block, h, g, calls):
+    """The quantizer's q and dh on the reference and on the kernels, checked equal bit for bit."""
 
     def run():
         hh = h.clone().requires_grad_(True)
@@ -271,16 +303,13 @@ def test_quantizer_matches_reference_bit_for_bit(dtype, monkeypatch):
         q.backward(g)
         return q.detach(), hh.grad
 
+    before = len(calls)
     ref, got = in_mode("torch", run), in_mode("auto", run)
-    assert len(calls) == 1
+    assert len(calls) == before + 1
     for r, o in zip(ref, got):
         torch.testing.assert_close(o, r, rtol=0, atol=0, equal_nan=True)
         assert torch.equal(o.signbit(), r.signbit())  # +0 where the reference has +0
-    q = got[0].flatten()
-    assert q[:8].tolist() == [-128, -128, -128, -128, -128, -2, -0.0, -0.0] and q[12:18].tolist() == [2, 2, 126, 127, 127, 127]
-    dh = got[1].flatten()
-    passed = [dh[i] == g.flatten()[i] * 4 for i in range(18)]  # -128.5 and 127 round into the range, 127.5 out
-    assert passed[2:4] == [True, True] and passed[15] and not any(passed[:2] + passed[16:18])
+    return got[0].flatten(), got[1].flatten()
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

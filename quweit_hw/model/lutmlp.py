@@ -136,8 +136,8 @@ class LUTMLP(nn.Module):
     def quantize(self, h: Tensor) -> Tensor:
         """q = clamp(round(h / s_in), -2**(b-1), 2**(b-1)-1): float, exact integers (round half to
         even); straight-through gradient 1/s_in inside the range, 0 where clamped."""
-        # in training, one compiled pass each way, the same bits (an evaluation without the
-        # gradient gains nothing from it, and must not build the kernels for it)
+        # with a gradient, one compiled pass each way, the same bits; without one the reference's
+        # few ops are cheap, and an evaluation on an integer backend then never builds the kernels
         if h.requires_grad and torch.is_grad_enabled() and kernels.use_compiled(h, self.input_scale):
             return kernels.quantize(h, self.input_scale, -self.qmax - 1, self.qmax)
         x = h / self.input_scale

@@ -141,7 +141,8 @@ class _BlockFunction(torch.autograd.Function):
     def backward(ctx, gcounts):
         """The gradients in the blocked layout of blocked_kernels.cpp: (blocks, rows, S), S samples
         of a row contiguous, the batch padded to whole blocks; each layer's input gradient is the
-        next one's output gradient in that layout, the thermometer's backward reads it so."""
+        next one's output gradient in that layout, and the first layer's goes block by block
+        into the thermometer's backward without being kept (blocked_dx_thermometer)."""
         ops = dispatch.ops()
         plan = ctx.plan
         bit_rows, mappings, efd, k = plan.bit_rows, plan.mappings, plan.efd, plan.k

@@ -192,28 +192,27 @@ void forward_rows_impl(const row_t* x, const int64_t* map, const row_t* level, c
 }
 
 // counts[b, c] = sum_{m < k} y[c*k + m, b]: the group popcount of the last layer's bytes,
-// written in the block's (batch, C) layout. Parallel over chunks of kGroups groups, whose
-// sums are kept per sample and written kGroups at a time: one group at a time wrote one
-// float per 256-byte row of counts, a cache line per value.
+// written in the block's (batch, C) layout. Parallel over tiles of kGroups groups by kTile
+// samples, whose sums are written kGroups at a time: one group at a time wrote one float per
+// 256-byte row of counts, a cache line per value.
 template <typename scalar_t>
 void group_counts_impl(const uint8_t* y, scalar_t* counts, int64_t groups, int64_t k, int64_t batch) {
   constexpr int64_t kGroups = 16, kTile = 256;
-  at::parallel_for(0, (groups + kGroups - 1) / kGroups, 1, [&](int64_t t0, int64_t t1) {
+  const int64_t tiles = (batch + kTile - 1) / kTile;
+  at::parallel_for(0, (groups + kGroups - 1) / kGroups * tiles, 1, [&](int64_t t0, int64_t t1) {
     int32_t acc[kGroups][kTile];
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t c0 = t * kGroups, nc = std::min(kGroups, groups - c0);
-      for (int64_t b0 = 0; b0 < batch; b0 += kTile) {
-        const int64_t len = std::min(kTile, batch - b0);
-        for (int64_t c = 0; c < nc; ++c) {
-          std::fill(acc[c], acc[c] + kTile, 0);
-          for (int64_t m = 0; m < k; ++m) {
-            const uint8_t* r = y + ((c0 + c) * k + m) * batch + b0;
-            for (int64_t b = 0; b < len; ++b) acc[c][b] += r[b];
-          }
+      const int64_t c0 = t / tiles * kGroups, nc = std::min(kGroups, groups - c0);
+      const int64_t b0 = t % tiles * kTile, len = std::min(kTile, batch - b0);
+      for (int64_t c = 0; c < nc; ++c) {
+        std::fill(acc[c], acc[c] + kTile, 0);
+        for (int64_t m = 0; m < k; ++m) {
+          const uint8_t* r = y + ((c0 + c) * k + m) * batch + b0;
+          for (int64_t b = 0; b < len; ++b) acc[c][b] += r[b];
         }
-        for (int64_t b = 0; b < len; ++b)
-          for (int64_t c = 0; c < nc; ++c) counts[(b0 + b) * groups + c0 + c] = scalar_t(acc[c][b]);
       }
+      for (int64_t b = 0; b < len; ++b)
+        for (int64_t c = 0; c < nc; ++c) counts[(b0 + b) * groups + c0 + c] = scalar_t(acc[c][b]);
     }
   });
 }

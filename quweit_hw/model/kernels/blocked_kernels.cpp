@@ -73,7 +73,7 @@ void blocked_dluts_impl(const uint8_t* addr, const scalar_t* g, scalar_t* dluts,
       // one base register per partial: each increment is a load, an add and a store at
       // [base + 4 * byte] (one shared base costs an add and a lea more: the loop is bound by
       // its instruction count, not by memory)
-      scalar_t* const q[4] = {p, p + size, p + 2 * size, p + 3 * size};
+      scalar_t* const partial[4] = {p, p + size, p + 2 * size, p + 3 * size};
       for (int64_t c = 0; c < nb; ++c) {
         const int64_t len = std::min(kBlock, batch - c * kBlock);
         const uint8_t* a = addr + (c * out + j) * kBlock;
@@ -82,7 +82,7 @@ void blocked_dluts_impl(const uint8_t* addr, const scalar_t* g, scalar_t* dluts,
         for (; s + 8 <= len; s += 8) {  // eight addresses in one load, taken apart by shifts
           uint64_t w;
           std::memcpy(&w, a + s, 8);
-          for (int k = 0; k < 8; ++k) q[k & 3][(w >> (8 * k)) & 0xFF] += gj[s + k];
+          for (int k = 0; k < 8; ++k) partial[k & 3][(w >> (8 * k)) & 0xFF] += gj[s + k];
         }
         for (; s < len; ++s) p[(s & 3) * size + a[s]] += gj[s];
       }
