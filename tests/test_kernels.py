@@ -136,6 +136,15 @@ def block_run(block, h, g):
     return y.detach(), h.grad, grads
 
 
+def assert_one_fused_run_matches(block, h, g, dtype, count_compiled):
+    """One forward+backward of `block` on the reference and on the kernels: the kernels' run
+    is one fused-block call and matches (assert_same_run)."""
+    ref = in_mode("torch", lambda: block_run(block, h, g))
+    got = in_mode("auto", lambda: block_run(block, h, g))
+    assert count_compiled["block"] == 1
+    assert_same_run(ref, got, dtype)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("bit_order", ["feature", "threshold"])
 @pytest.mark.parametrize("mapping", ["random", "local", "learnable"])
@@ -195,10 +204,7 @@ def test_fused_block_with_many_groups(dtype, count_compiled):
     h = torch.randn(525, 40, dtype=dtype)
     block.calibrate(h)
     g = torch.randn(525, 40, dtype=dtype)
-    ref = in_mode("torch", lambda: block_run(block, h, g))
-    got = in_mode("auto", lambda: block_run(block, h, g))
-    assert count_compiled["block"] == 1
-    assert_same_run(ref, got, dtype)
+    assert_one_fused_run_matches(block, h, g, dtype, count_compiled)
 
 
 def test_fused_blocks_share_scratch_in_one_graph(count_compiled):
@@ -241,10 +247,7 @@ def test_fused_block_with_unsorted_thresholds(dtype, count_compiled):
     block.calibrate(h)
     block.thermometer.thresholds.copy_(torch.randn(6, 5) * 40)  # not increasing
     g = torch.randn(77, 6, dtype=dtype)
-    ref = in_mode("torch", lambda: block_run(block, h, g))
-    got = in_mode("auto", lambda: block_run(block, h, g))
-    assert count_compiled["block"] == 1
-    assert_same_run(ref, got, dtype)
+    assert_one_fused_run_matches(block, h, g, dtype, count_compiled)
 
 
 def test_fused_block_in_eval_mode_without_grad(count_compiled):

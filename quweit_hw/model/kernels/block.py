@@ -84,7 +84,8 @@ def scratch(name: str, shape: tuple, dtype) -> Tensor:
     """A tensor for a value that lives only inside one forward or one backward call (a layer's
     output bytes, a layer's input gradient), kept for the next call on this thread that asks
     for the same name (the blocks of a model share them: one block's call runs at a time; a
-    new shape or dtype replaces the tensor, so a last short batch costs one allocation).
+    new shape or dtype replaces the tensor: a short last batch costs an allocation, and the
+    next full one another). They stay allocated for the thread's life.
     Fresh megabytes every step cost a page fault per 4 KB on first touch: 300-800 per step
     of the bench's block, more time than blocked_dx's own work. What outlives the call (the
     saved addresses, the returned gradients) is never taken from here."""

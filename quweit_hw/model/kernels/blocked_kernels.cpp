@@ -67,13 +67,13 @@ void blocked_dluts_impl(const uint8_t* addr, const scalar_t* g, scalar_t* dluts,
   const int64_t size = int64_t(1) << n;
   at::parallel_for(0, out, 16, [&](int64_t j0, int64_t j1) {
     std::vector<scalar_t> part(4 * size);
+    scalar_t* const p = part.data();
+    // one base register per partial: each increment is a load, an add and a store at
+    // [base + 4 * byte] (one shared base costs an add and a lea more: the loop is bound by its
+    // instruction count, not by memory)
+    scalar_t* const partial[4] = {p, p + size, p + 2 * size, p + 3 * size};
     for (int64_t j = j0; j < j1; ++j) {
       std::fill(part.begin(), part.end(), scalar_t(0));
-      scalar_t* p = part.data();
-      // one base register per partial: each increment is a load, an add and a store at
-      // [base + 4 * byte] (one shared base costs an add and a lea more: the loop is bound by
-      // its instruction count, not by memory)
-      scalar_t* const partial[4] = {p, p + size, p + 2 * size, p + 3 * size};
       for (int64_t c = 0; c < nb; ++c) {
         const int64_t len = std::min(kBlock, batch - c * kBlock);
         const uint8_t* a = addr + (c * out + j) * kBlock;
@@ -84,7 +84,7 @@ void blocked_dluts_impl(const uint8_t* addr, const scalar_t* g, scalar_t* dluts,
           std::memcpy(&w, a + s, 8);
           for (int k = 0; k < 8; ++k) partial[k & 3][(w >> (8 * k)) & 0xFF] += gj[s + k];
         }
-        for (; s < len; ++s) p[(s & 3) * size + a[s]] += gj[s];
+        for (; s < len; ++s) partial[s & 3][a[s]] += gj[s];
       }
       for (int64_t a = 0; a < size; ++a) dluts[j * size + a] = (p[a] + p[size + a]) + (p[2 * size + a] + p[3 * size + a]);
     }

@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
+#include <memory>
 #include <vector>
 
 #include "kernel_args.h"
@@ -395,10 +396,12 @@ void blocked_dx_thermometer_impl(const scalar_t* e, const uint8_t* addr, const s
                                  int64_t features, int64_t nthr) {
   const int64_t in = features * nthr, nb = (batch + kBlockSamples - 1) / kBlockSamples;
   at::parallel_for(0, nb, 1, [&](int64_t c0, int64_t c1) {
-    thread_local std::vector<scalar_t> buffer;
-    constexpr int64_t kAlign = 64 / sizeof(scalar_t);  // rows on cache lines: no vector access splits one
-    if (buffer.size() < size_t(in * kBlockSamples + kAlign)) buffer.resize(in * kBlockSamples + kAlign);
-    scalar_t* region = buffer.data() + (kAlign - (reinterpret_cast<uintptr_t>(buffer.data()) / sizeof(scalar_t)) % kAlign) % kAlign;
+    thread_local std::vector<scalar_t> buffer;  // 64 bytes more, so the rows can start on a cache line
+    const size_t bytes = size_t(in * kBlockSamples) * sizeof(scalar_t);
+    if (buffer.size() * sizeof(scalar_t) < bytes + 64) buffer.resize(bytes / sizeof(scalar_t) + 64);
+    void* start = buffer.data();
+    size_t room = buffer.size() * sizeof(scalar_t);
+    scalar_t* region = static_cast<scalar_t*>(std::align(64, bytes, start, room));  // no access splits a line
     for (int64_t c = c0; c < c1; ++c) {
       blocked_dx_block(e, addr + c * out * kBlockSamples, g + c * grows * kBlockSamples, map, region, in, out, n,
                        group);

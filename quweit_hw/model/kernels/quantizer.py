@@ -36,6 +36,6 @@ class _QuantizeFunction(torch.autograd.Function):
 
 def quantize(h: Tensor, scale: Tensor, lo: int, hi: int) -> Tensor:
     """clamp(round(h / scale), lo, hi) (round half to even; NaN where h / scale is infinite or
-    NaN), gradient 1/scale inside [lo, hi]
-    (the bounds included) and 0 outside, as LUTMLP.quantize's reference; differentiable in h."""
+    NaN), gradient 1/scale inside [lo, hi] (the bounds included) and 0 outside, as
+    LUTMLP.quantize's reference; differentiable in h."""
     return _QuantizeFunction.apply(h, scale, lo, hi)
