@@ -147,7 +147,8 @@ class ModelEngine(wiring.Component):
         ln = LayerNormUnit(self.ins_layout, c.d, 1, 1, 1)
         self.ln_row_cycles, self.ln_out_latency = ln.row_cycles, ln.out_latency
         self.post_latency = post_latency(c.pre_bits)
-        self.softmax_row_cycles = SoftmaxUnit(self.ins_layout, c.T, c.score_bits).row_cycles
+        smx = SoftmaxUnit(self.ins_layout, c.T, c.score_bits)
+        self.softmax_row_cycles, self.softmax_tail = smx.row_cycles, smx.pipe2
         super().__init__({
             "i": In(stream.Signature(unsigned(8))),
             "o": Out(stream.Signature(data.StructLayout({"logits": data.ArrayLayout(signed(32), c.classes),
@@ -186,9 +187,9 @@ class ModelEngine(wiring.Component):
         x_ln, x_post = x.read_port(), x.read_port()
         m.d.comb += [x_ln.addr.eq(ln.x_addr), ln.x_data.eq(x_ln.data),
                      x_post.addr.eq(post.x_addr), post.x_data.eq(x_post.data)]
-        sc_rd, sc_max = sc.read_port(), Signal(signed(c.score_bits))
-        p_wr = pm.write_port()
-        m.d.comb += [sc_rd.addr.eq(smx.sc_addr), smx.sc_data.eq(sc_rd.data), smx.sc_max.eq(sc_max),
+        sc_rd, max_rd, p_wr = sc.read_port(), mem["sc_max"].read_port(), pm.write_port()
+        m.d.comb += [sc_rd.addr.eq(smx.sc_addr), smx.sc_data.eq(sc_rd.data), max_rd.addr.eq(smx.row),
+                     smx.sc_max.eq(later(m, max_rd.data, 1, "sc_max")),
                      p_wr.addr.eq(smx.p_addr), p_wr.data.eq(smx.p_data), p_wr.en.eq(smx.p_we)]
 
         lut = self._lut_feeder(m, ins, ht, c)
@@ -209,7 +210,7 @@ class ModelEngine(wiring.Component):
         logits = Array(Signal(signed(32), name=f"logit{k}") for k in range(c.classes))
         best, label = Signal(signed(32)), Signal(self.label_bits)
         self._writes(m, post, ins, {D_X: x, D_H: h, D_Q: q, D_CTX: ctx, D_G: g, D_SC: sc},
-                     {D_K: kmem, D_V: vmem}, ht, sc_max, logits, best, label)
+                     {D_K: kmem, D_V: vmem}, ht, mem["sc_max"], logits, best, label)
         self._sequencer(m, i_rd, ins, mac, ln, smx, post, lut, fill_o, fill_active, pix, logits, label)
         assert post.latency == self.post_latency
         return m
@@ -234,8 +235,8 @@ class ModelEngine(wiring.Component):
         tb = c.token_bits[0] if c.token_bits else 8
         shapes = {"pix": (signed(8), c.N * c.patch_len), "x": (signed(16), T * d), "h": (signed(8), T * d),
                   "q": (signed(8), T * d), "ctx": (signed(8), T * d), "g": (signed(8), T * c.hidden),
-                  "k": (wide, d * c.GT), "v": (wide, c.heads * T * c.GD), "sc": (signed(c.score_bits), T),
-                  "p": (unsigned(8), T), "ht": (unsigned(d * tb), T)}
+                  "k": (wide, d * c.GT), "v": (wide, c.heads * T * c.GD), "sc": (signed(c.score_bits), T * T),
+                  "sc_max": (signed(c.score_bits), T), "p": (unsigned(8), T * T), "ht": (unsigned(d * tb), T)}
         out = {"ht": None}  # HT only where a LUT block reads it
         for name, (shape, depth) in shapes.items():
             if name != "ht" or c.lut_blocks:
@@ -281,9 +282,17 @@ class ModelEngine(wiring.Component):
             port = ht.write_port(granularity=tb)
             m.d.comb += [port.addr.eq(post.w_addr), port.data.eq(Cat([post.w_data[:tb]] * self.compiled.d)),
                          port.en.eq(Mux(post.w_valid & (ins.dest == D_HT), 1 << post.w_lane[:self.compiled.d.bit_length()], 0))]
-        with m.If(post.w_valid & (ins.dest == D_SC)):
-            with m.If((post.w_addr == 0) | (post.w_data > sc_max)):
-                m.d.sync += sc_max.eq(post.w_data)
+        # each score row's maximum, for the softmax: the scores arrive row by row, T per row
+        # (the MAC array's order), and the running maximum goes to the row's entry each time
+        T = self.compiled.T
+        col, row, running = Signal(range(T)), Signal(range(T)), Signal(signed(self.compiled.score_bits))
+        highest = Mux((col == 0) | (post.w_data > running), post.w_data, running)
+        max_wr = sc_max.write_port()
+        m.d.comb += [max_wr.addr.eq(row), max_wr.data.eq(highest), max_wr.en.eq(post.w_valid & (ins.dest == D_SC))]
+        with m.If(max_wr.en):
+            m.d.sync += [running.eq(highest), col.eq(Mux(col == T - 1, 0, col + 1))]
+            with m.If(col == T - 1):
+                m.d.sync += row.eq(Mux(row == T - 1, 0, row + 1))
         with m.If(post.w_valid & (ins.dest == D_LOG)):
             m.d.sync += logits[post.w_addr].eq(post.w_data)
             with m.If((post.w_addr == 0) | (post.w_data > best)):
@@ -439,7 +448,7 @@ def instruction_cycles(engine):
         elif ins.kind == LAYERNORM:
             out.append(issue + ins.rows * engine.ln_row_cycles + engine.ln_out_latency + post + 1)
         elif ins.kind == SOFTMAX:
-            out.append(issue + engine.softmax_row_cycles + 1)
+            out.append(issue + ins.rows * engine.softmax_row_cycles + engine.softmax_tail + 1)
         elif ins.kind == LUT:
             out.append(issue + ins.rows * ins.O + engine.engines[ins.x_row].latency + post + 4)
         else:

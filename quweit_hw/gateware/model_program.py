@@ -1,10 +1,11 @@
 """The whole-model engine's program: a version-2 integer model as instructions and ROM contents.
 
 `compile_program(program, lanes)` turns the integer program of `contract.golden_model` into
-what `model_engine.ModelEngine` runs: a list of `Instruction`s (one per operation, unrolled
-over heads and query tokens, in the golden model's order), the weight ROM (MAC-array words),
-the per-channel parameter ROM (bias, multiplier, shift, gain) and the GELU tables, and the
-exact number of cycles each instruction takes. Plain Python and numpy: no amaranth here, so
+what `model_engine.ModelEngine` runs: a list of `Instruction`s (one per operation, in the
+golden model's order; the attention's scores, softmax and context one each per head, over
+all query tokens), the weight ROM (MAC-array words), the per-channel parameter ROM (bias,
+multiplier, shift, gain) and the GELU tables, and the exact number of cycles each
+instruction takes. Plain Python and numpy: no amaranth here, so
 the cycle figure can be computed, and checked, without building the hardware.
 
 Memories of the engine (element = one value; "wide" memories hold `lanes` values per word,
@@ -19,7 +20,7 @@ the operand word of the MAC array):
     V    wide: word (h*T + t)*GD + j // lanes, lane j % lanes    values, lanes over channels
     CTX  (T, d)     int8   attention context
     G    (T, 4d)    int8   dense MLP hidden activations (after the GELU table)
-    SC   (T,)       int    one row of attention scores;  P (T,) uint8 its probabilities
+    SC   (T, T)     int    one head's attention scores (query row, key);  P (T, T) uint8 its probabilities
 """
 
 from dataclasses import dataclass, fields
@@ -211,14 +212,14 @@ class _Compiler(_Builder):
                 self.linear(A_H, d, part(2 * d + h * dh, 2 * d + (h + 1) * dh), T, REQ, dest=D_V,
                             d_base=h * T * self.GD, d_rmul=self.GD, d_osh=self.logw, d_omul=1, d_omask=lanes - 1)
         ctx_params = self.param_block(dh, 0, blk["ctx"]["m"], blk["ctx"]["s"])
-        for t in range(T):  # per query token and head: scores, softmax, context
-            for h in range(self.heads):
-                self.emit(kind=MAC, rows=1, O=T, K=dh, a_src=A_Q, a_base=t * d + h * dh, b_src=B_K,
-                          b_base=h * dh * self.GT, b_gstride=1, b_kstride=self.GT, p_base=self.zeros, mode=RAW,
-                          dest=D_SC, d_omul=1)
-                self.emit(kind=SOFTMAX, rows=1, O=T, imm_m=int(blk["softmax"]["m"]), imm_s=int(blk["softmax"]["s"]))
-                self.emit(kind=MAC, rows=1, O=dh, K=T, a_src=A_P, b_src=B_V, b_base=h * T * self.GD, b_gstride=1,
-                          b_kstride=self.GD, p_base=ctx_params, mode=REQ, dest=D_CTX, d_base=t * d + h * dh, d_omul=1)
+        for h in range(self.heads):  # per head, every query token: scores, softmax, context
+            self.emit(kind=MAC, rows=T, O=T, K=dh, a_src=A_Q, a_base=h * dh, a_stride=d, b_src=B_K,
+                      b_base=h * dh * self.GT, b_gstride=1, b_kstride=self.GT, p_base=self.zeros, mode=RAW,
+                      **_scalar_dest(D_SC, 0, T))
+            self.emit(kind=SOFTMAX, rows=T, O=T, imm_m=int(blk["softmax"]["m"]), imm_s=int(blk["softmax"]["s"]))
+            self.emit(kind=MAC, rows=T, O=dh, K=T, a_src=A_P, a_stride=T, b_src=B_V, b_base=h * T * self.GD,
+                      b_gstride=1, b_kstride=self.GD, p_base=ctx_params, mode=REQ,
+                      **_scalar_dest(D_CTX, h * dh, d))
         self.linear(A_CTX, d, blk["proj"], T, ADD, RESIDUAL_BITS, **_scalar_dest(D_X, 0, d))
 
     def mlp(self, blk):

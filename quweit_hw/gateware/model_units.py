@@ -460,14 +460,18 @@ class LayerNormUnit(wiring.Component):
 
 
 class SoftmaxUnit(wiring.Component):
-    """contract.integer.softmax of one row of T scores (SC, its maximum `sc_max`) into P.
+    """contract.integer.softmax of `rows` rows of T scores (SC row r at r*T, its maximum
+    `sc_max` read at `row`) into P (row r at r*T).
 
     Pass 1 per score: delta = min(max - s, DELTA_MAX); u = min(round(delta * m / 2**s'),
     EXP_U_MAX); e = EXP2_TABLE[u & 63] >> (u >> 6), kept in E, summed into Z. Then R = 255 *
     2**30 // Z (the row's one division), and pass 2: p = (e * R + 2**29) >> 30. Both passes
     are pipelines with one multiplier, adder or 3-bit shift step per stage: `pipe1` clocks
-    from a score's read to its e's write, `pipe2` from an e's read to its p's write. Clocks
-    per row: `row_cycles`."""
+    from a score's read to its e's write, `pipe2` from an e's read to its p's write. The next
+    row's pass 1 starts in the clock after the last read of pass 2 (its E writes come after
+    them, and R changes only after its division), so a row takes `row_cycles` and an
+    instruction `pipe2` more for the last row's tail. `sc_max` must hold row `row`'s maximum
+    from two clocks after `row` changes."""
 
     def __init__(self, ins_layout, T, score_bits):
         self.T, self.score_bits = T, score_bits
@@ -482,10 +486,10 @@ class SoftmaxUnit(wiring.Component):
         m_bits, s_bits = layout["imm_m"].shape.width, layout["imm_s"].shape.width
         self.pipe1 = 3 + product_latency(unsigned(self.delta_bits), unsigned(m_bits)) + shift_latency(s_bits) + 4
         self.pipe2 = 2 + product_latency(unsigned(self.e_bits), unsigned(self.r_bits)) + 1
-        self.row_cycles = 2 * T + (self.pipe1 + 1) + (self.div.latency + 1) + self.pipe2
-        super().__init__({"ins": In(ins_layout), "start": In(1), "busy": Out(1),
-                          "sc_addr": Out(range(T)), "sc_data": In(signed(score_bits)), "sc_max": In(signed(score_bits)),
-                          "p_we": Out(1), "p_addr": Out(range(T)), "p_data": Out(8)})
+        self.row_cycles = 2 * T + (self.pipe1 + 1) + (self.div.latency + 1)
+        super().__init__({"ins": In(ins_layout), "start": In(1), "busy": Out(1), "row": Out(range(T)),
+                          "sc_addr": Out(range(T * T)), "sc_data": In(signed(score_bits)),
+                          "sc_max": In(signed(score_bits)), "p_we": Out(1), "p_addr": Out(range(T * T)), "p_data": Out(8)})
 
     def elaborate(self, platform):
         m = Module()
@@ -495,9 +499,9 @@ class SoftmaxUnit(wiring.Component):
                                              init=[int(v) for v in I.EXP2_TABLE])
         e_mem = m.submodules.e = Memory(shape=unsigned(self.e_bits), depth=T, init=[])
         x_rd, e_wr, e_rd = exp_rom.read_port(), e_mem.write_port(), e_mem.read_port()
-        j = Signal(range(T))
+        j, base = Signal(range(T)), Signal(range(T * T))  # the score in the row; the row's first, r * T
         issue1, issue2 = Signal(), Signal()
-        m.d.comb += [self.sc_addr.eq(j), e_rd.addr.eq(j)]
+        m.d.comb += [self.sc_addr.eq(base + j), e_rd.addr.eq(j)]
         # pass 1. 1: the score out of SC; 2: registered; 3: delta
         sc2 = later(m, self.sc_data, 1, "sc")
         delta = Signal(self.delta_bits)
@@ -528,13 +532,13 @@ class SoftmaxUnit(wiring.Component):
         m.d.sync += p.eq((t >> 1) + t[0])
         assert 2 + lq + 1 == self.pipe2
         w2 = later(m, issue2, self.pipe2, "w")
-        m.d.comb += [self.p_we.eq(w2), self.p_addr.eq(later(m, j, self.pipe2, "pj")), self.p_data.eq(p)]
+        m.d.comb += [self.p_we.eq(w2), self.p_addr.eq(later(m, self.sc_addr, self.pipe2, "pj")), self.p_data.eq(p)]
         wait = Signal(range(self.pipe1 + 2))
         tail = Signal(range(self.pipe2 + 1))
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += j.eq(0)
+                    m.d.sync += [j.eq(0), base.eq(0), self.row.eq(0)]
                     m.next = "PASS1"
             with m.State("PASS1"):
                 m.d.comb += issue1.eq(1)
@@ -555,8 +559,12 @@ class SoftmaxUnit(wiring.Component):
                 m.d.comb += issue2.eq(1)
                 m.d.sync += j.eq(Mux(j == T - 1, 0, j + 1))
                 with m.If(j == T - 1):
-                    m.d.sync += tail.eq(self.pipe2)
-                    m.next = "TAIL"
+                    with m.If(self.row == ins.rows - 1):
+                        m.d.sync += tail.eq(self.pipe2)
+                        m.next = "TAIL"
+                    with m.Else():
+                        m.d.sync += [self.row.eq(self.row + 1), base.eq(base + T)]
+                        m.next = "PASS1"
             with m.State("TAIL"):  # the last probability is written in its last clock
                 m.d.sync += tail.eq(tail - 1)
                 with m.If(tail == 1):
