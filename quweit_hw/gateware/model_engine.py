@@ -144,11 +144,9 @@ class ModelEngine(wiring.Component):
         self.ins_layout = instruction_layout(c.instructions)
         self.pixels = c.config.get("channels", 1) * c.config["image_size"] ** 2
         self.label_bits = max((c.classes - 1).bit_length(), 1)
-        ln = LayerNormUnit(self.ins_layout, c.d, 1, 1, 1)
-        self.ln_row_cycles, self.ln_out_latency = ln.row_cycles, ln.out_latency
+        self.layernorm = LayerNormUnit(self.ins_layout, c.d, 1, 1, 1)  # its clocks, for instruction_cycles
         self.post_latency = post_latency(c.pre_bits)
-        smx = SoftmaxUnit(self.ins_layout, c.T, c.score_bits)
-        self.softmax_row_cycles, self.softmax_tail = smx.row_cycles, smx.pipe2
+        self.softmax = SoftmaxUnit(self.ins_layout, c.T, c.score_bits)  # its clocks, for instruction_cycles
         super().__init__({
             "i": In(stream.Signature(unsigned(8))),
             "o": Out(stream.Signature(data.StructLayout({"logits": data.ArrayLayout(signed(32), c.classes),
@@ -184,8 +182,8 @@ class ModelEngine(wiring.Component):
                            {B_W: wrom, B_K: kmem, B_V: vmem})
 
         # LayerNorm and softmax operands
-        x_ln, x_post = x.read_port(), x.read_port()
-        m.d.comb += [x_ln.addr.eq(ln.x_addr), ln.x_data.eq(x_ln.data),
+        x_ln, x_ln2, x_post = x.read_port(), x.read_port(), x.read_port()
+        m.d.comb += [x_ln.addr.eq(ln.x_addr), ln.x_data.eq(x_ln.data), x_ln2.addr.eq(ln.x2_addr), ln.x2_data.eq(x_ln2.data),
                      x_post.addr.eq(post.x_addr), post.x_data.eq(x_post.data)]
         sc_rd, max_rd, p_wr = sc.read_port(), mem["sc_max"].read_port(), pm.write_port()
         m.d.comb += [sc_rd.addr.eq(smx.sc_addr), smx.sc_data.eq(sc_rd.data), max_rd.addr.eq(smx.row),
@@ -446,9 +444,10 @@ def instruction_cycles(engine):
             slots = ins.rows * sum(max(ins.K, n) for n in groups)
             out.append(issue + slots - max(0, groups[-1] - ins.K) + groups[-1] + MACArray.LATENCY + post)
         elif ins.kind == LAYERNORM:
-            out.append(issue + ins.rows * engine.ln_row_cycles + engine.ln_out_latency + post + 1)
+            ln = engine.layernorm
+            out.append(issue + ln.last_read(ins.rows) + ln.out_latency + post + 1)
         elif ins.kind == SOFTMAX:
-            out.append(issue + ins.rows * engine.softmax_row_cycles + engine.softmax_tail + 1)
+            out.append(issue + engine.softmax.last_read(ins.rows) + engine.softmax.pipe2 + 1)
         elif ins.kind == LUT:
             out.append(issue + ins.rows * ins.O + engine.engines[ins.x_row].latency + post + 4)
         else:

@@ -360,9 +360,14 @@ class LayerNormUnit(wiring.Component):
 
     Per row: pass 1 reads x and sums S = sum x and Q = sum x**2; sigma = max(1, isqrt(d*Q - S*S))
     (= isqrt(V // d) of the golden model: V = sum (d*x - S)**2 = d * (d*Q - S*S)); r = 2**40 //
-    sigma; pass 2 reads x again and sends z = round_half_up((d*x - S) * r / 2**30) to the
-    post-op, which applies gamma, beta and the requantization. Every memory output is
-    registered first, products are `pipelined_product`s. Clocks per row: `row_cycles`."""
+    sigma; pass 2 reads x again (its own read port) and sends z = round_half_up((d*x - S) * r /
+    2**30) to the post-op, which applies gamma, beta and the requantization.
+
+    The three steps run as a pipeline of rows in beats of `beat` clocks: in beat b, pass 1 reads
+    row b, the square root and the division work on row b-1, pass 2 reads row b-2; S and r move
+    one step on at the end of each beat. So `rows` rows take rows + 2 beats (the last one ends
+    with pass 2's last read) and `out_latency` clocks for the last z. Every memory output is
+    registered first, products are `pipelined_product`s."""
 
     def __init__(self, ins_layout, d, row_bits, word_bits, z_bits):
         self.d, self.z_bits = d, z_bits
@@ -371,29 +376,39 @@ class LayerNormUnit(wiring.Component):
         self.sqrt = IntegerSqrt(self.q_bits + d.bit_length())  # n = d*Q - S*S <= d*Q
         self.div = Divider(1 << I.LN_RECIP_BITS, self.sqrt.bits // 2)
         self.ss_latency = product_latency(signed(self.s_bits), signed(self.s_bits))
-        self.settle = 3 + self.ss_latency  # from the clock after the last pass-1 read to the square root's start
+        self.settle = 3 + self.ss_latency  # from the clock after the last pass-1 read to n's being ready
         # pass-2 read to o_valid: read, register, d*x - S, the product dv * r, the rounding
         self.out_latency = 3 + product_latency(signed(self.s_bits + 2), unsigned(I.LN_RECIP_BITS + 1)) + 1
-        self.row_cycles = 2 * d + 3 + self.settle + self.sqrt.latency + self.div.latency
+        # the beat: pass 1's reads and n's settling; the root (start, steps, its clock) and the
+        # division (steps, its clock) before the quotient is taken. Pass 2 reads S and r up to
+        # 3 clocks after its last read, which is shorter than pass 1's settling
+        self.beat = max(d + self.settle, self.sqrt.latency + self.div.latency + 3)
         super().__init__({"ins": In(ins_layout), "start": In(1), "busy": Out(1),
                           "x_addr": Out(word_bits), "x_data": In(signed(16)),
+                          "x2_addr": Out(word_bits), "x2_data": In(signed(16)),
                           "o_valid": Out(1), "o_pre": Out(signed(z_bits)), "o_r": Out(row_bits), "o_o": Out(range(d))})
+
+    def last_read(self, rows):
+        """Clocks from `start` to pass 2's last read of `rows` rows (its z is `out_latency` later)."""
+        return (rows + 1) * self.beat + self.d
 
     def elaborate(self, platform):
         m = Module()
-        d = self.d
+        d, L = self.d, self.beat
         m.submodules.sqrt, m.submodules.div = self.sqrt, self.div
-        r, c = Signal.like(self.o_r), Signal(range(d))
+        # the beat (b) and its clock (k); the rows of pass 1 (b) and pass 2 (b - 2) as addresses
+        b, k = Signal(range(2 ** len(self.o_r) + 2)), Signal(range(L))
+        base1, base2, r2row = Signal.like(self.x_addr), Signal.like(self.x_addr), Signal.like(self.o_r)
+        running = Signal()
         S, Q = Signal(signed(self.s_bits)), Signal(self.q_bits)
-        rr = Signal(I.LN_RECIP_BITS + 1)
-        issue1, first, issue2 = Signal(), Signal(), Signal()  # this clock's read: pass 1 (its row's first), pass 2
-        m.d.comb += self.x_addr.eq(r * d + c)
-        # 1: x out of the memory; 2: registered
+        S_next, S2, rr = Signal.like(S), Signal.like(S), Signal(I.LN_RECIP_BITS + 1)  # rows b-1, b-2
+        reading = running & (k < d)
+        issue1 = reading & (b < self.ins.rows)
+        issue2 = reading & (b >= 2)
+        m.d.comb += [self.x_addr.eq(base1 + k), self.x2_addr.eq(base2 + k)]
+        # pass 1. 1: x out of the memory; 2: registered, S; x*x registered in 2 and summed into Q in 3
         x2 = later(m, self.x_data, 1, "x")
-        acc2, first2, norm2 = (later(m, v, 2, n) for v, n in ((issue1, "acc"), (first, "first"), (issue2, "norm")))
-        c2, r2 = later(m, c, 2, "c"), later(m, r, 2, "r")
-        # pass 1: S in 2, x*x registered in 2 and summed into Q in 3. S and Q change only here:
-        # pass 2 of the row before has read them
+        acc2, first2 = later(m, issue1, 2, "acc"), later(m, k == 0, 2, "first")
         sq3 = Signal(32, name="sq3")
         acc3, first3 = later(m, acc2, 1, "acc"), later(m, first2, 1, "first")
         m.d.sync += sq3.eq(x2 * x2)
@@ -405,57 +420,38 @@ class LayerNormUnit(wiring.Component):
         assert lss == self.ss_latency
         n_reg = Signal(self.sqrt.bits, name="n")
         m.d.sync += n_reg.eq(Q * d - ss)
+        # the statistics of row b-1: n (settled in the beat before) into the root in clock 0,
+        # the root into the division as soon as it is out
+        stats = running & (b >= 1) & (b <= self.ins.rows)
+        m.d.comb += [self.sqrt.start.eq(stats & (k == 0)), self.sqrt.n.eq(n_reg),
+                     self.div.start.eq(stats & (k == self.sqrt.latency + 1)),
+                     self.div.den.eq(Mux(self.sqrt.root == 0, 1, self.sqrt.root))]
         # pass 2: dv = d*x - S in 3; prod = dv * rr; z = round(prod / 2**30) one clock later
+        y2 = later(m, self.x2_data, 1, "x2")
         dv = Signal(signed(self.s_bits + 2))
-        m.d.sync += dv.eq(x2 * d - S)
+        m.d.sync += dv.eq(y2 * d - S2)
         prod, lp = pipelined_product(m, dv, rr, "dvr")
         t = prod[I.LN_RECIP_BITS - I.LN_FRAC_BITS - 1:][:self.z_bits + 1].as_signed()  # |z| < 2**(z_bits-1)
         m.d.sync += self.o_pre.eq((t >> 1) + t[0])
         assert self.out_latency == 3 + lp + 1
-        m.d.sync += [self.o_valid.eq(later(m, norm2, 1 + lp, "norm")), self.o_o.eq(later(m, c2, 1 + lp, "c")),
-                     self.o_r.eq(later(m, r2, 1 + lp, "r"))]
-        tail = Signal(range(self.out_latency + 1))
-        wait = Signal(range(self.settle + 1))
-        with m.FSM() as fsm:
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.d.sync += [r.eq(0), c.eq(0)]
-                    m.next = "PASS1"
-            with m.State("PASS1"):
-                m.d.comb += [issue1.eq(1), first.eq(c == 0)]
-                m.d.sync += c.eq(Mux(c == d - 1, 0, c + 1))
-                with m.If(c == d - 1):
-                    m.d.sync += wait.eq(self.settle)
-                    m.next = "WAIT"
-            with m.State("WAIT"):  # until n = d*Q - S*S holds the row's statistics
-                m.d.sync += wait.eq(wait - 1)
-                with m.If(wait == 0):
-                    m.d.comb += [self.sqrt.start.eq(1), self.sqrt.n.eq(n_reg)]
-                    m.next = "SQRT"
-            with m.State("SQRT"):
-                with m.If(~self.sqrt.busy):
-                    m.d.comb += [self.div.start.eq(1),
-                                 self.div.den.eq(Mux(self.sqrt.root == 0, 1, self.sqrt.root))]
-                    m.next = "DIV"
-            with m.State("DIV"):
-                with m.If(~self.div.busy):
-                    m.d.sync += rr.eq(self.div.q)
-                    m.next = "PASS2"
-            with m.State("PASS2"):
-                m.d.comb += issue2.eq(1)
-                m.d.sync += c.eq(Mux(c == d - 1, 0, c + 1))
-                with m.If(c == d - 1):
-                    with m.If(r == self.ins.rows - 1):
-                        m.d.sync += tail.eq(self.out_latency - 1)
-                        m.next = "TAIL"
-                    with m.Else():
-                        m.d.sync += r.eq(r + 1)
-                        m.next = "PASS1"
-            with m.State("TAIL"):
-                m.d.sync += tail.eq(tail - 1)
-                with m.If(tail == 1):
-                    m.next = "IDLE"
-        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        in_flight = [issue2]
+        for j in range(self.out_latency - 1):
+            in_flight.append(later(m, in_flight[-1], 1, f"norm{j}"))
+        m.d.sync += [self.o_valid.eq(in_flight[-1]), self.o_o.eq(later(m, k, 3 + lp, "c")),
+                     self.o_r.eq(later(m, r2row, 3 + lp, "r"))]
+        with m.If(self.start):
+            m.d.sync += [running.eq(1), b.eq(0), k.eq(0), base1.eq(0), base2.eq(0), r2row.eq(0)]
+        with m.Elif(running):
+            m.d.sync += k.eq(k + 1)
+            with m.If((b == self.ins.rows + 1) & (k == d - 1)):  # pass 2's last read
+                m.d.sync += running.eq(0)
+            with m.If(k == L - 1):  # the beat's end: every row one step on
+                m.d.sync += [k.eq(0), b.eq(b + 1), S_next.eq(S), S2.eq(S_next), rr.eq(self.div.q)]
+                with m.If(b + 1 < self.ins.rows):  # (no read past the last row, even while pass 1 idles)
+                    m.d.sync += base1.eq(base1 + d)
+                with m.If(b >= 2):
+                    m.d.sync += [base2.eq(base2 + d), r2row.eq(r2row + 1)]
+        m.d.comb += self.busy.eq(running | Cat(in_flight[1:]).any() | self.o_valid)
         return m
 
 
@@ -467,11 +463,13 @@ class SoftmaxUnit(wiring.Component):
     EXP_U_MAX); e = EXP2_TABLE[u & 63] >> (u >> 6), kept in E, summed into Z. Then R = 255 *
     2**30 // Z (the row's one division), and pass 2: p = (e * R + 2**29) >> 30. Both passes
     are pipelines with one multiplier, adder or 3-bit shift step per stage: `pipe1` clocks
-    from a score's read to its e's write, `pipe2` from an e's read to its p's write. The next
-    row's pass 1 starts in the clock after the last read of pass 2 (its E writes come after
-    them, and R changes only after its division), so a row takes `row_cycles` and an
-    instruction `pipe2` more for the last row's tail. `sc_max` must hold row `row`'s maximum
-    from two clocks after `row` changes."""
+    from a score's read to its e's write, `pipe2` from an e's read to its p's write.
+
+    The three steps run as a pipeline of rows in beats of `beat` clocks: in beat b, pass 1
+    reads row b, the division works on row b-1, pass 2 reads row b-2 (E holds three rows, one
+    per step); Z and R move one step on at the end of each beat. So `rows` rows take rows + 2
+    beats (the last one ends with pass 2's last read) and `pipe2` clocks for the last p.
+    `sc_max` must hold row `row`'s maximum from two clocks after `row` changes."""
 
     def __init__(self, ins_layout, T, score_bits):
         self.T, self.score_bits = T, score_bits
@@ -486,22 +484,34 @@ class SoftmaxUnit(wiring.Component):
         m_bits, s_bits = layout["imm_m"].shape.width, layout["imm_s"].shape.width
         self.pipe1 = 3 + product_latency(unsigned(self.delta_bits), unsigned(m_bits)) + shift_latency(s_bits) + 4
         self.pipe2 = 2 + product_latency(unsigned(self.e_bits), unsigned(self.r_bits)) + 1
-        self.row_cycles = 2 * T + (self.pipe1 + 1) + (self.div.latency + 1)
+        # the beat: pass 1's reads and its last e into Z; the division (start, steps, its
+        # clock) before the quotient is taken; pass 2 reads R up to 3 clocks after its last read
+        self.beat = max(T + self.pipe1, self.div.latency + 2, T + 3)
         super().__init__({"ins": In(ins_layout), "start": In(1), "busy": Out(1), "row": Out(range(T)),
                           "sc_addr": Out(range(T * T)), "sc_data": In(signed(score_bits)),
                           "sc_max": In(signed(score_bits)), "p_we": Out(1), "p_addr": Out(range(T * T)), "p_data": Out(8)})
 
+    def last_read(self, rows):
+        """Clocks from `start` to pass 2's last read of `rows` rows (its p is written `pipe2` later)."""
+        return (rows + 1) * self.beat + self.T
+
     def elaborate(self, platform):
         m = Module()
-        T, ins = self.T, self.ins
+        T, ins, L = self.T, self.ins, self.beat
         m.submodules.div = self.div
         exp_rom = m.submodules.exp2 = Memory(shape=unsigned(self.e_bits), depth=len(I.EXP2_TABLE),
                                              init=[int(v) for v in I.EXP2_TABLE])
-        e_mem = m.submodules.e = Memory(shape=unsigned(self.e_bits), depth=T, init=[])
+        e_mem = m.submodules.e = Memory(shape=unsigned(self.e_bits), depth=3 * T, init=[])
         x_rd, e_wr, e_rd = exp_rom.read_port(), e_mem.write_port(), e_mem.read_port()
-        j, base = Signal(range(T)), Signal(range(T * T))  # the score in the row; the row's first, r * T
-        issue1, issue2 = Signal(), Signal()
-        m.d.comb += [self.sc_addr.eq(base + j), e_rd.addr.eq(j)]
+        # the beat (b) and its clock (j, the score in the row while j < T); per pass, its row's
+        # first score (r * T) and E row ((r mod 3) * T)
+        b, j = Signal(range(T + 3)), Signal(range(L))
+        base1, base2 = Signal(range(T * T)), Signal(range(T * T))
+        e1, e2 = Signal(range(3 * T)), Signal(range(3 * T))
+        running = Signal()
+        reading = running & (j < T)
+        issue1, issue2 = reading & (b < ins.rows), reading & (b >= 2)
+        m.d.comb += [self.sc_addr.eq(base1 + j), e_rd.addr.eq(e2 + j)]
         # pass 1. 1: the score out of SC; 2: registered; 3: delta
         sc2 = later(m, self.sc_data, 1, "sc")
         delta = Signal(self.delta_bits)
@@ -519,10 +529,12 @@ class SoftmaxUnit(wiring.Component):
         m.d.sync += e.eq(later(m, x_rd.data, 1, "table") >> shift)
         assert 3 + lp + ls + 4 == self.pipe1
         v1, j1 = later(m, issue1, self.pipe1, "v"), later(m, j, self.pipe1, "j")
-        m.d.comb += [e_wr.addr.eq(j1), e_wr.data.eq(e), e_wr.en.eq(v1)]
+        m.d.comb += [e_wr.addr.eq(later(m, e1 + j, self.pipe1, "ej")), e_wr.data.eq(e), e_wr.en.eq(v1)]
         Z = Signal(self.z_bits)
         with m.If(v1):
             m.d.sync += Z.eq(Mux(j1 == 0, 0, Z) + e)
+        # the division of row b-1: Z (complete since the beat before) in clock 0
+        m.d.comb += [self.div.start.eq(running & (b >= 1) & (b <= ins.rows) & (j == 0)), self.div.den.eq(Z)]
         R = Signal(self.r_bits)
         # pass 2. 1: e out of E; 2: registered; then e * R; p = (e * R + 2**29) >> 30 registered
         er = later(m, e_rd.data, 1, "e")
@@ -531,43 +543,24 @@ class SoftmaxUnit(wiring.Component):
         p = Signal(8)
         m.d.sync += p.eq((t >> 1) + t[0])
         assert 2 + lq + 1 == self.pipe2
-        w2 = later(m, issue2, self.pipe2, "w")
-        m.d.comb += [self.p_we.eq(w2), self.p_addr.eq(later(m, self.sc_addr, self.pipe2, "pj")), self.p_data.eq(p)]
-        wait = Signal(range(self.pipe1 + 2))
-        tail = Signal(range(self.pipe2 + 1))
-        with m.FSM() as fsm:
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.d.sync += [j.eq(0), base.eq(0), self.row.eq(0)]
-                    m.next = "PASS1"
-            with m.State("PASS1"):
-                m.d.comb += issue1.eq(1)
-                m.d.sync += j.eq(Mux(j == T - 1, 0, j + 1))
-                with m.If(j == T - 1):
-                    m.d.sync += wait.eq(self.pipe1 + 1)
-                    m.next = "WAIT"
-            with m.State("WAIT"):
-                m.d.sync += wait.eq(wait - 1)
-                with m.If(wait == 1):
-                    m.d.comb += [self.div.start.eq(1), self.div.den.eq(Z)]
-                    m.next = "DIV"
-            with m.State("DIV"):
-                with m.If(~self.div.busy):
-                    m.d.sync += R.eq(self.div.q)
-                    m.next = "PASS2"
-            with m.State("PASS2"):
-                m.d.comb += issue2.eq(1)
-                m.d.sync += j.eq(Mux(j == T - 1, 0, j + 1))
-                with m.If(j == T - 1):
-                    with m.If(self.row == ins.rows - 1):
-                        m.d.sync += tail.eq(self.pipe2)
-                        m.next = "TAIL"
-                    with m.Else():
-                        m.d.sync += [self.row.eq(self.row + 1), base.eq(base + T)]
-                        m.next = "PASS1"
-            with m.State("TAIL"):  # the last probability is written in its last clock
-                m.d.sync += tail.eq(tail - 1)
-                with m.If(tail == 1):
-                    m.next = "IDLE"
-        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE") | w2)
+        in_flight = [issue2]
+        for k in range(self.pipe2):
+            in_flight.append(later(m, in_flight[-1], 1, f"w{k}"))
+        m.d.comb += [self.p_we.eq(in_flight[-1]), self.p_addr.eq(later(m, base2 + j, self.pipe2, "pj")),
+                     self.p_data.eq(p)]
+        next_e = lambda v: Mux(v == 2 * T, 0, v + T)
+        with m.If(self.start):
+            m.d.sync += [running.eq(1), b.eq(0), j.eq(0), base1.eq(0), base2.eq(0), e1.eq(0), e2.eq(0),
+                         self.row.eq(0)]
+        with m.Elif(running):
+            m.d.sync += j.eq(j + 1)
+            with m.If((b == ins.rows + 1) & (j == T - 1)):  # pass 2's last read
+                m.d.sync += running.eq(0)
+            with m.If(j == L - 1):  # the beat's end: every row one step on
+                m.d.sync += [j.eq(0), b.eq(b + 1), R.eq(self.div.q), e1.eq(next_e(e1))]
+                with m.If(b + 1 < ins.rows):  # (no read past the last row, even while pass 1 idles)
+                    m.d.sync += [base1.eq(base1 + T), self.row.eq(self.row + 1)]
+                with m.If(b >= 2):
+                    m.d.sync += [base2.eq(base2 + T), e2.eq(next_e(e2))]
+        m.d.comb += self.busy.eq(running | Cat(in_flight[1:]).any())
         return m
