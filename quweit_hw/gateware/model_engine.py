@@ -233,8 +233,8 @@ class ModelEngine(wiring.Component):
         tb = c.token_bits[0] if c.token_bits else 8
         shapes = {"pix": (signed(8), c.N * c.patch_len), "x": (signed(16), T * d), "h": (signed(8), T * d),
                   "q": (signed(8), T * d), "ctx": (signed(8), T * d), "g": (signed(8), T * c.hidden),
-                  "k": (wide, d * c.GT), "v": (wide, c.heads * T * c.GD), "sc": (signed(c.score_bits), T * T),
-                  "sc_max": (signed(c.score_bits), T), "p": (unsigned(8), T * T), "ht": (unsigned(d * tb), T)}
+                  "k": (wide, d * c.GT), "v": (wide, c.heads * T * c.GD), "sc": (signed(c.score_bits), 2 * T * T),
+                  "sc_max": (signed(c.score_bits), 2 * T), "p": (unsigned(8), 2 * T * T), "ht": (unsigned(d * tb), T)}
         out = {"ht": None}  # HT only where a LUT block reads it
         for name, (shape, depth) in shapes.items():
             if name != "ht" or c.lut_blocks:
@@ -286,7 +286,7 @@ class ModelEngine(wiring.Component):
         col, row, running = Signal(range(T)), Signal(range(T)), Signal(signed(self.compiled.score_bits))
         highest = Mux((col == 0) | (post.w_data > running), post.w_data, running)
         max_wr = sc_max.write_port()
-        m.d.comb += [max_wr.addr.eq(row), max_wr.data.eq(highest), max_wr.en.eq(post.w_valid & (ins.dest == D_SC))]
+        m.d.comb += [max_wr.addr.eq(Mux(ins.buf, T, 0) + row), max_wr.data.eq(highest), max_wr.en.eq(post.w_valid & (ins.dest == D_SC))]
         with m.If(max_wr.en):
             m.d.sync += [running.eq(highest), col.eq(Mux(col == T - 1, 0, col + 1))]
             with m.If(col == T - 1):
@@ -376,7 +376,7 @@ class ModelEngine(wiring.Component):
         cycles = Signal(32)
         m.d.sync += cycles.eq(cycles + 1)
         unit_busy = Mux(ins.kind == MAC, mac.busy, Mux(ins.kind == LAYERNORM, ln.busy, Mux(
-            ins.kind == SOFTMAX, smx.busy, Mux(ins.kind == LUT, lut["busy"], fill_active))))
+            ins.kind == LUT, lut["busy"], fill_active)))
         # the handshake outputs come from registers (and are never left undefined in a 4-state simulator)
         loading, done = Signal(init=1), Signal()
         m.d.comb += [self.i.ready.eq(loading), self.o.valid.eq(done)]
@@ -394,11 +394,19 @@ class ModelEngine(wiring.Component):
                 m.d.sync += ins.eq(i_rd.data)
                 m.next = "START"
             with m.State("START"):
-                m.d.comb += [mac.start.eq(ins.kind == MAC), ln.start.eq(ins.kind == LAYERNORM),
-                             smx.start.eq(ins.kind == SOFTMAX), lut["start"].eq(ins.kind == LUT)]
-                with m.If(ins.kind == FILL):
-                    m.d.sync += [fill_o.eq(0), fill_active.eq(1)]
-                m.next = "RUN"
+                # the softmax runs beside what follows: it starts once the unit is idle, and
+                # the sequencer goes on; an instruction that reads its P waits for it first
+                with m.If(ins.kind == SOFTMAX):
+                    with m.If(~smx.busy):
+                        m.d.comb += smx.start.eq(1)
+                        m.d.sync += pc.eq(pc + 1)
+                        m.next = "FETCH"
+                with m.Elif(~ins.after_softmax | ~smx.busy):
+                    m.d.comb += [mac.start.eq(ins.kind == MAC), ln.start.eq(ins.kind == LAYERNORM),
+                                 lut["start"].eq(ins.kind == LUT)]
+                    with m.If(ins.kind == FILL):
+                        m.d.sync += [fill_o.eq(0), fill_active.eq(1)]
+                    m.next = "RUN"
             with m.State("RUN"):
                 with m.If(~unit_busy & ~post.busy & ~post.i_valid):
                     with m.If(pc == len(c.instructions) - 1):
@@ -429,27 +437,43 @@ class ModelEngine(wiring.Component):
 
 
 def instruction_cycles(engine):
-    """Clocks each instruction takes, from its fetch to the next fetch (exact: the test measures
-    them). Every instruction: fetch, latch and start (3 clocks), then its unit, then the
-    post-op's pipeline (`post_latency`) drains. MAC: one clock per operand slot, less the
-    trailing bubbles of the last group, then the array's latency and the last group's sums
-    through the serializer; LayerNorm and softmax: their units' row clocks; LUT: the engine's
-    latency and the registered hand-off, then d clocks per token."""
-    c = engine.compiled
-    issue, post = 3, engine.post_latency
-    out = []
-    for ins in c.instructions:
-        if ins.kind == MAC:
-            groups = [min(c.lanes, ins.O - g * c.lanes) for g in range(-(-ins.O // c.lanes))]
-            slots = ins.rows * sum(max(ins.K, n) for n in groups)
-            out.append(issue + slots - max(0, groups[-1] - ins.K) + groups[-1] + MACArray.LATENCY + post)
-        elif ins.kind == LAYERNORM:
-            ln = engine.layernorm
-            out.append(issue + ln.last_read(ins.rows) + ln.out_latency + post + 1)
-        elif ins.kind == SOFTMAX:
-            out.append(issue + engine.softmax.last_read(ins.rows) + engine.softmax.pipe2 + 1)
-        elif ins.kind == LUT:
-            out.append(issue + ins.rows * ins.O + engine.engines[ins.x_row].latency + post + 4)
+    """Clocks of the sequencer per instruction, from its fetch to the next fetch (exact: the
+    test measures their sum). Every instruction: fetch and latch (2 clocks), start (1 clock,
+    held while it waits for the softmax unit), then its unit and the post-op's pipeline
+    (`post_latency`) drain, except the softmax, which runs beside what follows (its own clocks:
+    `softmax_clocks`). MAC: one clock per operand slot, less the trailing bubbles of the last
+    group, then the array's latency and the last group's sums through the serializer;
+    LayerNorm: its unit's beats; LUT: the engine's latency and the registered hand-off, then
+    d clocks per token."""
+    out, t, softmax_free = [], 0, 0
+    for ins in engine.compiled.instructions:
+        start = t + 2  # the clock of START, held until the softmax unit is idle where it must be
+        if ins.kind == SOFTMAX or ins.after_softmax:
+            start = max(start, softmax_free)
+        if ins.kind == SOFTMAX:
+            softmax_free, after = start + softmax_clocks(engine, ins), start + 1
         else:
-            out.append(issue + ins.O + post + 1)
+            after = start + _unit_clocks(engine, ins) + 1
+        out.append(after - t)
+        t = after
     return out
+
+
+def softmax_clocks(engine, ins):
+    """Clocks from the softmax's start to its unit's being idle again."""
+    return engine.softmax.last_read(ins.rows) + engine.softmax.pipe2 + 1
+
+
+def _unit_clocks(engine, ins):
+    """Clocks of RUN after START, until the sequencer sees the unit and the post-op idle."""
+    c, post = engine.compiled, engine.post_latency
+    if ins.kind == MAC:
+        groups = [min(c.lanes, ins.O - g * c.lanes) for g in range(-(-ins.O // c.lanes))]
+        slots = ins.rows * sum(max(ins.K, n) for n in groups)
+        return slots - max(0, groups[-1] - ins.K) + groups[-1] + MACArray.LATENCY + post
+    if ins.kind == LAYERNORM:
+        ln = engine.layernorm
+        return ln.last_read(ins.rows) + ln.out_latency + post + 1
+    if ins.kind == LUT:
+        return ins.rows * ins.O + engine.engines[ins.x_row].latency + post + 4
+    return ins.O + post + 1  # FILL

@@ -20,7 +20,8 @@ the operand word of the MAC array):
     V    wide: word (h*T + t)*GD + j // lanes, lane j % lanes    values, lanes over channels
     CTX  (T, d)     int8   attention context
     G    (T, 4d)    int8   dense MLP hidden activations (after the GELU table)
-    SC   (T, T)     int    one head's attention scores (query row, key);  P (T, T) uint8 its probabilities
+    SC   2 x (T, T) int    a head's attention scores (query row, key), two buffers;  P likewise, uint8,
+                           their probabilities;  SC_MAX 2 x (T,) each score row's maximum
 """
 
 from dataclasses import dataclass, fields
@@ -80,6 +81,8 @@ class Instruction:
     imm_m: int = 0      # SOFTMAX: the row's dyadic multiplier
     imm_s: int = 0
     g_base: int = 0     # GELU: table base
+    buf: int = 0        # SOFTMAX and the scores: which of the two SC/P buffers
+    after_softmax: int = 0  # wait until the softmax unit is idle before starting
 
 
 FIELD_NAMES = tuple(f.name for f in fields(Instruction))
@@ -212,14 +215,25 @@ class _Compiler(_Builder):
                 self.linear(A_H, d, part(2 * d + h * dh, 2 * d + (h + 1) * dh), T, REQ, dest=D_V,
                             d_base=h * T * self.GD, d_rmul=self.GD, d_osh=self.logw, d_omul=1, d_omask=lanes - 1)
         ctx_params = self.param_block(dh, 0, blk["ctx"]["m"], blk["ctx"]["s"])
-        for h in range(self.heads):  # per head, every query token: scores, softmax, context
-            self.emit(kind=MAC, rows=T, O=T, K=dh, a_src=A_Q, a_base=h * dh, a_stride=d, b_src=B_K,
-                      b_base=h * dh * self.GT, b_gstride=1, b_kstride=self.GT, p_base=self.zeros, mode=RAW,
-                      **_scalar_dest(D_SC, 0, T))
-            self.emit(kind=SOFTMAX, rows=T, O=T, imm_m=int(blk["softmax"]["m"]), imm_s=int(blk["softmax"]["s"]))
-            self.emit(kind=MAC, rows=T, O=dh, K=T, a_src=A_P, a_stride=T, b_src=B_V, b_base=h * T * self.GD,
-                      b_gstride=1, b_kstride=self.GD, p_base=ctx_params, mode=REQ,
-                      **_scalar_dest(D_CTX, h * dh, d))
+        # per head, every query token: scores, softmax, context. The softmax runs beside the
+        # MAC array (the sequencer starts it and goes on), so head h's softmax overlaps head
+        # h-1's context and head h+1's scores, in the other of two SC/P buffers
+        score = lambda h: self.emit(kind=MAC, rows=T, O=T, K=dh, a_src=A_Q, a_base=h * dh, a_stride=d, b_src=B_K,
+                                    b_base=h * dh * self.GT, b_gstride=1, b_kstride=self.GT, p_base=self.zeros,
+                                    mode=RAW, buf=h % 2, **_scalar_dest(D_SC, h % 2 * T * T, T))
+        context = lambda h, wait: self.emit(kind=MAC, rows=T, O=dh, K=T, a_src=A_P, a_base=h % 2 * T * T, a_stride=T,
+                                            b_src=B_V, b_base=h * T * self.GD, b_gstride=1, b_kstride=self.GD,
+                                            p_base=ctx_params, mode=REQ, after_softmax=wait,
+                                            **_scalar_dest(D_CTX, h * dh, d))
+        score(0)
+        for h in range(self.heads):
+            self.emit(kind=SOFTMAX, rows=T, O=T, buf=h % 2, imm_m=int(blk["softmax"]["m"]),
+                      imm_s=int(blk["softmax"]["s"]))
+            if h > 0:
+                context(h - 1, 0)  # its softmax ended before this one started
+            if h + 1 < self.heads:
+                score(h + 1)
+        context(self.heads - 1, 1)
         self.linear(A_CTX, d, blk["proj"], T, ADD, RESIDUAL_BITS, **_scalar_dest(D_X, 0, d))
 
     def mlp(self, blk):

@@ -9,8 +9,8 @@ from ..contract.bundle_files import format_version
 from ..contract.folders import atomic_folder, check_output_folder
 from ..contract.model_bundle import load_model_bundle
 from ..errors import UserError
-from .model_engine import TOP, ModelEngine, instruction_cycles
-from .model_program import KIND_NAMES
+from .model_engine import TOP, ModelEngine, instruction_cycles, softmax_clocks
+from .model_program import KIND_NAMES, SOFTMAX
 from .toolchain import rtlil_to_verilog
 from .verilog import with_provenance
 
@@ -28,7 +28,9 @@ def load_program(path):
 
 
 def model_summary(engine):
-    """The engine's figures as JSON-ready data: instructions, cycles per image by kind, sizes."""
+    """The engine's figures as JSON-ready data: instructions, cycles per image by kind (the
+    sequencer's clocks: a softmax's are those it waited to start, its unit's own clocks run
+    beside the instructions after it and are `softmax_unit_cycles`), sizes."""
     c = engine.compiled
     by_kind = {}
     for ins, cycles in zip(c.instructions, instruction_cycles(engine)):
@@ -36,7 +38,9 @@ def model_summary(engine):
         by_kind[name] = by_kind.get(name, 0) + cycles
     return {"top": TOP, "lanes": c.lanes, "tokens": c.T, "d": c.d, "heads": c.heads, "classes": c.classes,
             "instructions": len(c.instructions), "cycles_per_image": engine.cycles_per_image,
-            "cycles_by_kind": by_kind, "lut_engines": [e.block.name for e in engine.engines],
+            "cycles_by_kind": by_kind,
+            "softmax_unit_cycles": sum(softmax_clocks(engine, i) for i in c.instructions if i.kind == SOFTMAX),
+            "lut_engines": [e.block.name for e in engine.engines],
             "weight_rom_words": len(c.weights), "parameter_entries": len(c.params),
             "ports": {"i": "stream of uint8 pixels, channel-major then row-major, C*H*W per image",
                       "o": f"stream: logits {c.classes} x int32 (class k at bits [32k, 32k+32)), then the label",

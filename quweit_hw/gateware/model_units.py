@@ -456,8 +456,10 @@ class LayerNormUnit(wiring.Component):
 
 
 class SoftmaxUnit(wiring.Component):
-    """contract.integer.softmax of `rows` rows of T scores (SC row r at r*T, its maximum
-    `sc_max` read at `row`) into P (row r at r*T).
+    """contract.integer.softmax of `rows` rows of T scores (SC row r at base + r*T, its
+    maximum `sc_max` read at `row` = buf*T + r) into P (row r at base + r*T), base = buf*T*T.
+    The instruction's fields are latched at `start`, so the sequencer may go on to other
+    instructions while the unit runs.
 
     Pass 1 per score: delta = min(max - s, DELTA_MAX); u = min(round(delta * m / 2**s'),
     EXP_U_MAX); e = EXP2_TABLE[u & 63] >> (u >> 6), kept in E, summed into Z. Then R = 255 *
@@ -487,9 +489,10 @@ class SoftmaxUnit(wiring.Component):
         # the beat: pass 1's reads and its last e into Z; the division (start, steps, its
         # clock) before the quotient is taken; pass 2 reads R up to 3 clocks after its last read
         self.beat = max(T + self.pipe1, self.div.latency + 2, T + 3)
-        super().__init__({"ins": In(ins_layout), "start": In(1), "busy": Out(1), "row": Out(range(T)),
-                          "sc_addr": Out(range(T * T)), "sc_data": In(signed(score_bits)),
-                          "sc_max": In(signed(score_bits)), "p_we": Out(1), "p_addr": Out(range(T * T)), "p_data": Out(8)})
+        super().__init__({"ins": In(ins_layout), "start": In(1), "busy": Out(1), "row": Out(range(2 * T)),
+                          "sc_addr": Out(range(2 * T * T)), "sc_data": In(signed(score_bits)),
+                          "sc_max": In(signed(score_bits)), "p_we": Out(1), "p_addr": Out(range(2 * T * T)),
+                          "p_data": Out(8)})
 
     def last_read(self, rows):
         """Clocks from `start` to pass 2's last read of `rows` rows (its p is written `pipe2` later)."""
@@ -497,8 +500,11 @@ class SoftmaxUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        T, ins, L = self.T, self.ins, self.beat
+        T, L = self.T, self.beat
         m.submodules.div = self.div
+        ins = Signal.like(self.ins, name="latched")  # the instruction's fields, latched at start
+        with m.If(self.start):
+            m.d.sync += ins.eq(self.ins)
         exp_rom = m.submodules.exp2 = Memory(shape=unsigned(self.e_bits), depth=len(I.EXP2_TABLE),
                                              init=[int(v) for v in I.EXP2_TABLE])
         e_mem = m.submodules.e = Memory(shape=unsigned(self.e_bits), depth=3 * T, init=[])
@@ -506,7 +512,7 @@ class SoftmaxUnit(wiring.Component):
         # the beat (b) and its clock (j, the score in the row while j < T); per pass, its row's
         # first score (r * T) and E row ((r mod 3) * T)
         b, j = Signal(range(T + 3)), Signal(range(L))
-        base1, base2 = Signal(range(T * T)), Signal(range(T * T))
+        base1, base2 = Signal(range(2 * T * T)), Signal(range(2 * T * T))
         e1, e2 = Signal(range(3 * T)), Signal(range(3 * T))
         running = Signal()
         reading = running & (j < T)
@@ -550,8 +556,9 @@ class SoftmaxUnit(wiring.Component):
                      self.p_data.eq(p)]
         next_e = lambda v: Mux(v == 2 * T, 0, v + T)
         with m.If(self.start):
-            m.d.sync += [running.eq(1), b.eq(0), j.eq(0), base1.eq(0), base2.eq(0), e1.eq(0), e2.eq(0),
-                         self.row.eq(0)]
+            first = Mux(self.ins.buf, T * T, 0)
+            m.d.sync += [running.eq(1), b.eq(0), j.eq(0), base1.eq(first), base2.eq(first), e1.eq(0), e2.eq(0),
+                         self.row.eq(Mux(self.ins.buf, T, 0))]
         with m.Elif(running):
             m.d.sync += j.eq(j + 1)
             with m.If((b == ins.rows + 1) & (j == T - 1)):  # pass 2's last read
