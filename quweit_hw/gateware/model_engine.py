@@ -11,8 +11,10 @@ sequencer that runs the instructions of `model_program.compile_program` one afte
 - the `LayerNormUnit` and `SoftmaxUnit` (model_units), one `MLPEngine` per LUT-MLP block;
 - one `PostOp` behind all of them, writing every result into the memory the instruction names.
 
-Each instruction finishes (its post-op writes landed) before the next starts, so no hazard
-needs a check and the cycles per image are exact: `cycles_per_image` (the test measures them).
+Each instruction finishes (its post-op writes landed) before the next starts, except the
+softmax, which runs beside the instructions after it; the program keeps what it reads and
+writes apart from theirs (two SC/P buffers; design.md). The cycles per image are exact:
+`cycles_per_image` (the test measures them).
 Bit-exact with `contract.golden_model.logits`. Imports amaranth and numpy, no torch.
 """
 
@@ -183,7 +185,8 @@ class ModelEngine(wiring.Component):
 
         # LayerNorm and softmax operands
         x_ln, x_ln2, x_post = x.read_port(), x.read_port(), x.read_port()
-        m.d.comb += [x_ln.addr.eq(ln.x_addr), ln.x_data.eq(x_ln.data), x_ln2.addr.eq(ln.x2_addr), ln.x2_data.eq(x_ln2.data),
+        m.d.comb += [x_ln.addr.eq(ln.x_addr), ln.x_data.eq(x_ln.data),
+                     x_ln2.addr.eq(ln.x2_addr), ln.x2_data.eq(x_ln2.data),
                      x_post.addr.eq(post.x_addr), post.x_data.eq(x_post.data)]
         sc_rd, max_rd, p_wr = sc.read_port(), mem["sc_max"].read_port(), pm.write_port()
         m.d.comb += [sc_rd.addr.eq(smx.sc_addr), smx.sc_data.eq(sc_rd.data), max_rd.addr.eq(smx.row),
@@ -286,7 +289,8 @@ class ModelEngine(wiring.Component):
         col, row, running = Signal(range(T)), Signal(range(T)), Signal(signed(self.compiled.score_bits))
         highest = Mux((col == 0) | (post.w_data > running), post.w_data, running)
         max_wr = sc_max.write_port()
-        m.d.comb += [max_wr.addr.eq(Mux(ins.buf, T, 0) + row), max_wr.data.eq(highest), max_wr.en.eq(post.w_valid & (ins.dest == D_SC))]
+        m.d.comb += [max_wr.addr.eq(Mux(ins.buf, T, 0) + row), max_wr.data.eq(highest),
+                     max_wr.en.eq(post.w_valid & (ins.dest == D_SC))]
         with m.If(max_wr.en):
             m.d.sync += [running.eq(highest), col.eq(Mux(col == T - 1, 0, col + 1))]
             with m.If(col == T - 1):
