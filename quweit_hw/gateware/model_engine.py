@@ -318,8 +318,12 @@ class ModelEngine(wiring.Component):
         rd = ht.read_port()
         fed, got = Signal(range(c.T + 1)), Signal(range(c.T + 1))
         tok_valid = Signal()
-        counts = [Signal(16, name=f"count{j}") for j in range(c.d)]  # shift toward count0, on `pre`
-        landing = [Signal(16, name=f"landing{j}") for j in range(c.d)]
+        # as wide as the counts are: constant bits in a d-long shift chain take Yosys' opt loop
+        # one round per stage to find (the 16-bit chain of before cost a whole-model build
+        # some 80 rounds of `opt` over the whole design)
+        width = max(block.count_width for block in c.lut_blocks)
+        counts = [Signal(width, name=f"count{j}") for j in range(c.d)]  # shift toward count0, on `pre`
+        landing = [Signal(width, name=f"landing{j}") for j in range(c.d)]
         ser, ser_active = Signal(range(c.d)), Signal()
         take, load, accepted = Signal(), Signal(name="lut_load"), Signal()
         m.d.comb += rd.addr.eq(fed)
