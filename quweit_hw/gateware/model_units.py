@@ -125,6 +125,15 @@ def later(m, value, clocks, name):
     return value
 
 
+def stages(m, value, clocks, name):
+    """Every stage of a delay line: [value, value 1 clock later, ..., `clocks` later] (a
+    pipeline's valid bits, whose `any()` says something is still inside)."""
+    out = [value]
+    for k in range(clocks):
+        out.append(later(m, out[-1], 1, f"{name}{k}"))
+    return out
+
+
 def times_constant(value, k):
     """`value` (unsigned) * `k` (a non-negative integer constant) as a sum of shifted copies
     of `value`, one per set bit of k, so that Yosys builds adders in fabric and not a
@@ -344,9 +353,7 @@ class PostOp(wiring.Component):
         m.d.comb += g_rd.addr.eq(g_at + saturate_bits(y1, 8))
         # y + 2: the table's value registered beside the result; both to the outputs in y + 4
         assert self.latency == y + 4
-        inside = [self.i_valid]  # the valid bit of each stage
-        for k in range(self.latency):
-            inside.append(later(m, inside[-1], 1, f"v{k}"))
+        inside = stages(m, self.i_valid, self.latency, "v")  # the valid bit of each stage
         valid = inside[-1]
         m.d.sync += [self.w_data.eq(Mux(ins.mode == GELU, later(m, g_rd.data, 1, "gelu"), later(m, yres, 1, "yres"))),
                      self.w_addr.eq(later(m, word4, y + 3 - 4, "word")),
@@ -434,9 +441,7 @@ class LayerNormUnit(wiring.Component):
         t = prod[I.LN_RECIP_BITS - I.LN_FRAC_BITS - 1:][:self.z_bits + 1].as_signed()  # |z| < 2**(z_bits-1)
         m.d.sync += self.o_pre.eq((t >> 1) + t[0])
         assert self.out_latency == 3 + lp + 1
-        in_flight = [issue2]
-        for j in range(self.out_latency - 1):
-            in_flight.append(later(m, in_flight[-1], 1, f"norm{j}"))
+        in_flight = stages(m, issue2, self.out_latency - 1, "norm")
         m.d.sync += [self.o_valid.eq(in_flight[-1]), self.o_o.eq(later(m, k, 3 + lp, "c")),
                      self.o_r.eq(later(m, r2row, 3 + lp, "r"))]
         with m.If(self.start):
@@ -549,9 +554,7 @@ class SoftmaxUnit(wiring.Component):
         p = Signal(8)
         m.d.sync += p.eq((t >> 1) + t[0])
         assert 2 + lq + 1 == self.pipe2
-        in_flight = [issue2]
-        for k in range(self.pipe2):
-            in_flight.append(later(m, in_flight[-1], 1, f"w{k}"))
+        in_flight = stages(m, issue2, self.pipe2, "w")
         m.d.comb += [self.p_we.eq(in_flight[-1]), self.p_addr.eq(later(m, base2 + j, self.pipe2, "pj")),
                      self.p_data.eq(p)]
         next_e = lambda v: Mux(v == 2 * T, 0, v + T)
