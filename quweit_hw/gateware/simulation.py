@@ -126,5 +126,19 @@ def simulate_model(engine, pixels, *, valid_prob=1.0, ready_prob=1.0, seed=0):
     sim = Simulator(engine)
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
+    for name, register, expected in getattr(engine, "invariants", []):
+        sim.add_testbench(_invariant(name, register, expected), background=True)
     sim.run()
     return np.array(logits, np.int64), np.array(labels, np.int64), {"compute_cycles": compute, "cycles_port": reported}
+
+
+def _invariant(name, register, expected):
+    """A background testbench that fails the simulation at the first clock where `register`
+    differs from `expected` (an engine's register that stands for an expression of others)."""
+    async def watch(ctx):
+        cycle = 0
+        async for _, _, got, want in ctx.tick().sample(register, expected):
+            if got != want:
+                raise AssertionError(f"{name}: {got} where {want} is expected, clock {cycle}")
+            cycle += 1
+    return watch
